@@ -1,0 +1,26 @@
+# The two commands of the quick start: `make dev` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/ledgerci: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: install dev test lint bench
+install: $(BIN)/ledgerci
+
+dev: install
+	$(BIN)/ledgerci dev --demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python -m bench.latency --runs 200

@@ -1,0 +1,278 @@
+"""The write side: every state change is a command that loads, decides and appends.
+
+Methods are the commands. Each loads its aggregate, lets the aggregate decide (the guards
+live in the domain), and saves at the expected version. On a version conflict the command
+reloads and decides again; a command whose effect already holds succeeds without appending.
+eventsourcing is synchronous: async callers run these methods in a worker thread.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Notification
+
+from domain.errors import (
+    AlreadyExistsError,
+    DomainError,
+    InvalidTransitionError,
+    InvalidWorkflowError,
+    RepositoryNotFoundError,
+    RunNotFoundError,
+    StaleAttemptError,
+    TenantNotFoundError,
+)
+from domain.ids import repository_aggregate_id, run_id_for, tenant_aggregate_id, token_aggregate_id
+from domain.messages import CommandReply, EventMessage, FinishJob, JobDispatch, StartJob
+from domain.registry import Repository, Tenant, Token
+from domain.run import Run
+from domain.status import JobStatus
+from domain.workflow import parse_workflow, ref_matches
+from commands.envelope import to_event_message
+from commands.store import APP_NAME
+
+A = TypeVar("A", bound=Aggregate)
+
+# Conflicts only happen between a handful of writers of one run; more than this means a bug.
+MAX_DECISION_ATTEMPTS = 20
+
+
+class ConcurrencyError(DomainError):
+    """A command kept losing the race for its aggregate."""
+
+
+class PushResult(NamedTuple):
+    run_id: UUID
+    duplicate: bool
+
+
+class Principal(NamedTuple):
+    """Who calls: the admin (tenant_id None) or one tenant."""
+
+    name: str
+    tenant_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant_id is None
+
+    def can_see(self, tenant_id: str) -> bool:
+        return self.tenant_id is None or self.tenant_id == tenant_id
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerApp(Application):
+    name = APP_NAME
+
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Callable[[], datetime] = utc_now):
+        super().__init__(env=dict(env) if env else None)
+        self.clock = clock
+        self._save_listeners: list[Callable[[], None]] = []
+
+    # ----- plumbing ---------------------------------------------------------------------------
+
+    def on_saved(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every save in this process (wakes the relay on SQLite)."""
+        self._save_listeners.append(listener)
+
+    def _notify(self, recordings: list) -> None:  # type: ignore[override]
+        super()._notify(recordings)
+        for listener in self._save_listeners:
+            listener()
+
+    def _load(self, aggregate_id: UUID, kind: type[A]) -> A | None:
+        try:
+            aggregate = self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+        return aggregate if isinstance(aggregate, kind) else None
+
+    def _create(self, aggregate: Aggregate, what: str) -> None:
+        try:
+            self.save(aggregate)
+        except IntegrityError:
+            raise AlreadyExistsError(f"{what} already exists") from None
+
+    def _decide(self, run_id: UUID, decide: Callable[[Run], bool]) -> Run:
+        """Load the run, let `decide` trigger events, save; on a conflict reload and retry."""
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            run = self._load(run_id, Run)
+            if run is None:
+                raise RunNotFoundError(f"run {run_id} not found")
+            if not decide(run):
+                return run
+            try:
+                self.save(run)
+            except IntegrityError:
+                continue  # another writer appended first: decide again on the new state
+            return run
+        raise ConcurrencyError(f"run {run_id}: too many concurrent writers")
+
+    # ----- tenants, tokens, repositories -----------------------------------------------------
+
+    def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        name: str,
+        weight: int,
+        max_concurrent_jobs: int,
+        max_queued_runs: int,
+        pushes_per_minute: int,
+        actor: str,
+    ) -> Tenant:
+        tenant = Tenant.create(
+            tenant_id=tenant_id, name=name, weight=weight, max_concurrent_jobs=max_concurrent_jobs,
+            max_queued_runs=max_queued_runs, pushes_per_minute=pushes_per_minute, actor=actor,
+            at=self.clock(),
+        )
+        self._create(tenant, f"tenant {tenant_id!r}")
+        return tenant
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self._load(tenant_aggregate_id(tenant_id), Tenant)
+        if tenant is None:
+            raise TenantNotFoundError(f"tenant {tenant_id!r} not found")
+        return tenant
+
+    def issue_token(self, tenant_id: str, *, actor: str) -> str:
+        """A new random token for the tenant; only its digest is stored."""
+        self.get_tenant(tenant_id)
+        token = f"lci_{secrets.token_urlsafe(32)}"
+        self.save(Token.issue(token=token, tenant_id=tenant_id, actor=actor, at=self.clock()))
+        return token
+
+    def tenant_of_token(self, token: str) -> str | None:
+        issued = self._load(token_aggregate_id(token), Token)
+        if issued is None or issued.revoked:
+            return None
+        return issued.tenant_id
+
+    def register_repository(
+        self, repository_id: str, *, tenant_id: str, clone_url: str, principal: Principal
+    ) -> Repository:
+        if not principal.can_see(tenant_id):
+            raise TenantNotFoundError(f"tenant {tenant_id!r} not found")
+        self.get_tenant(tenant_id)
+        repository = Repository.register(
+            repository_id=repository_id, tenant_id=tenant_id, clone_url=clone_url,
+            actor=principal.name, at=self.clock(),
+        )
+        self._create(repository, f"repository {repository_id!r}")
+        return repository
+
+    def get_repository(self, repository_id: str, principal: Principal) -> Repository:
+        repository = self._load(repository_aggregate_id(repository_id), Repository)
+        if repository is None or not principal.can_see(repository.tenant_id):
+            raise RepositoryNotFoundError(f"repository {repository_id!r} not found")
+        return repository
+
+    # ----- runs ------------------------------------------------------------------------------
+
+    def push(self, repository_id: str, commit: str, ref: str | None, principal: Principal) -> PushResult:
+        """Record a push at once; reading the workflow file happens later (the planner)."""
+        repository = self.get_repository(repository_id, principal)
+        run_id = run_id_for(repository_id, commit)
+        run = Run.request(
+            run_id=run_id, repository_id=repository_id, tenant_id=repository.tenant_id,
+            commit=commit.lower(), ref=ref, clone_url=repository.clone_url, rerun=0,
+            actor=principal.name, at=self.clock(),
+        )
+        try:
+            self.save(run)
+        except IntegrityError:
+            return PushResult(run_id, duplicate=True)  # version 1 exists: the same push again
+        return PushResult(run_id, duplicate=False)
+
+    def get_run(self, run_id: UUID | str, principal: Principal) -> Run:
+        try:
+            run = self._load(UUID(str(run_id)), Run)
+        except ValueError:
+            run = None
+        if run is None or not principal.can_see(run.tenant_id):
+            raise RunNotFoundError(f"run {run_id} not found")
+        return run
+
+    def plan_run(self, run_id: UUID, workflow_file: bytes | None, *, actor: str = "planner") -> Run:
+        """Decide what the push runs, from the workflow file read at its commit."""
+
+        def decide(run: Run) -> bool:
+            at = self.clock()
+            if workflow_file is None:
+                return run.skip(f"no .ledgerci.yml at commit {run.commit}", at, actor)
+            try:
+                workflow = parse_workflow(workflow_file)
+            except InvalidWorkflowError as error:
+                return run.fail_before_start(str(error), at, actor)
+            if not ref_matches(workflow.branches, run.ref):
+                reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
+                return run.skip(reason, at, actor)
+            return run.plan(workflow.jobs, workflow.name, at, actor)
+
+        return self._decide(run_id, decide)
+
+    def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
+        return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))
+
+    def dispatch_for(self, run_id: UUID, job_id: str, attempt: int) -> JobDispatch | None:
+        """The dispatch message for a queued attempt, or None if it is no longer queued."""
+        run = self._load(run_id, Run)
+        if run is None:
+            return None
+        job = run.job(job_id)
+        if job.status is not JobStatus.QUEUED or job.attempt != attempt:
+            return None
+        return JobDispatch(
+            run_id=str(run.id), job_id=str(job.id), attempt=attempt, job_name=job.name,
+            tenant_id=run.tenant_id, repository_id=run.repository_id, clone_url=run.clone_url,
+            commit=run.commit, ref=run.ref, script=job.spec.run, env=dict(job.spec.env),
+            image=job.spec.image, timeout_seconds=job.spec.timeout_seconds,
+            idempotency_key=f"{run.id}:{job.id}",
+        )
+
+    # ----- runner commands (fenced by attempt) ------------------------------------------------
+
+    def start_job(self, command: StartJob) -> CommandReply:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock()),
+        )
+
+    def finish_job(self, command: FinishJob) -> CommandReply:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.finish_job(
+                command.job_id, command.attempt, command.runner_id, command.exit_code,
+                self.clock(), command.error,
+            ),
+        )
+
+    def _runner_command(self, run_id: str, decide: Callable[[Run], bool]) -> CommandReply:
+        try:
+            self._decide(UUID(run_id), decide)
+        except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
+            return CommandReply(ok=False, refused=True, error=str(refused))
+        return CommandReply(ok=True)
+
+    # ----- history ------------------------------------------------------------------------
+
+    def history(self, run_id: UUID) -> list[EventMessage]:
+        """Every event of a run, in order (the audit trail)."""
+        return [to_event_message(event, None) for event in self.events.get(run_id)]
+
+    def notifications_after(self, position: int, limit: int) -> list[Notification]:
+        return list(self.recorder.select_notifications(start=position + 1, limit=limit))
+
+    def events_after(self, position: int, limit: int) -> Iterator[tuple[int, object]]:
+        """(position, domain event) pairs after `position`, in the store's global order."""
+        for notification in self.notifications_after(position, limit):
+            yield notification.id, self.mapper.to_domain_event(notification)

@@ -1,0 +1,83 @@
+"""The relay: publishes every stored event, in order, to the EVENTS stream, exactly once.
+
+It tails the event store's notification log and publishes each event with `Nats-Msg-Id` set
+to its position, so a re-publish after a crash is dropped by the stream. Each publish also
+carries `Nats-Expected-Last-Sequence`: a publish that would follow a lost one is refused by
+the server, so the stream never has a gap, and a batch can be pipelined safely. After a crash
+(or such a refusal) the relay asks the stream where it stopped and goes on from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from commands.app import LedgerApp
+from commands.envelope import to_event_message
+from domain.messages import EVENTS_STREAM, events_subject
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 256
+
+
+class Relay:
+    def __init__(self, app: LedgerApp, js: JetStreamContext) -> None:
+        self.app = app
+        self.js = js
+        self.position = 0  # last event position known to be in the stream
+        self.stream_seq = 0  # the stream's last sequence, for Nats-Expected-Last-Sequence
+
+    async def resume_point(self) -> None:
+        """Read where the stream stopped: its last message's id is the last position published."""
+        info = await self.js.stream_info(EVENTS_STREAM)
+        self.stream_seq = info.state.last_seq
+        self.position = 0
+        if self.stream_seq:
+            try:
+                last = await self.js.get_msg(EVENTS_STREAM, self.stream_seq)
+            except NotFoundError:
+                return
+            self.position = int((last.headers or {}).get("Nats-Msg-Id", "0"))
+
+    async def publish_pending(self) -> int:
+        events = await asyncio.to_thread(self._read_batch)
+        if not events:
+            return 0
+        try:
+            await self._publish_batch(events)
+        except Exception:
+            log.exception("relay publish failed; resuming from the stream's last message")
+            await asyncio.sleep(0.2)  # do not spin against a failing server
+            await self.resume_point()
+            return 0
+        return len(events)
+
+    def _read_batch(self) -> list[tuple[int, Any]]:
+        return list(self.app.events_after(self.position, BATCH_SIZE))
+
+    async def _publish_batch(self, events: list[tuple[int, Any]]) -> None:
+        # Pipelined: every publish names the sequence it must follow, so if one fails all
+        # later ones in the batch are refused too and no gap can reach the stream.
+        publishes = []
+        for offset, (position, event) in enumerate(events):
+            message = to_event_message(event, position)
+            headers = {
+                "Nats-Msg-Id": str(position),
+                "Nats-Expected-Last-Sequence": str(self.stream_seq + offset),
+            }
+            publishes.append(
+                self.js.publish(events_subject(message.type), msgspec.json.encode(message), headers=headers)
+            )
+        acks = await asyncio.gather(*publishes, return_exceptions=True)
+        for (position, _), ack in zip(events, acks, strict=True):
+            if isinstance(ack, BaseException):
+                raise ack
+            self.position = position
+            self.stream_seq = ack.seq
+

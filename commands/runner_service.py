@@ -1,0 +1,68 @@
+"""Answers runner commands (claim and report an attempt) over NATS request/reply.
+
+Runners hold no database credentials: their commands reach the event store only through
+here. Every command carries (job, attempt); the run aggregate refuses a stale attempt, and
+the reply says so, so the runner stops working on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from commands.app import LedgerApp
+from domain.messages import (
+    COMMAND_QUEUE_GROUP,
+    FINISH_JOB_SUBJECT,
+    START_JOB_SUBJECT,
+    CommandReply,
+    FinishJob,
+    StartJob,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -> None:
+    # nats-py runs one callback at a time per subscription; commands of different runs are
+    # independent, so each gets its own task and they overlap in worker threads.
+    in_flight: set[asyncio.Task[None]] = set()
+
+    def spawn(message: Msg, command) -> None:
+        task = asyncio.create_task(_answer(message, command))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    async def on_start(message: Msg) -> None:
+        command = msgspec.json.decode(message.data, type=StartJob)
+        spawn(message, lambda: app.start_job(command))
+
+    async def on_finish(message: Msg) -> None:
+        command = msgspec.json.decode(message.data, type=FinishJob)
+        spawn(message, lambda: app.finish_job(command))
+
+    subscriptions = [
+        await nc.subscribe(START_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_start),
+        await nc.subscribe(FINISH_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_finish),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+        if in_flight:
+            await asyncio.wait(in_flight)
+
+
+async def _answer(message: Msg, command) -> None:
+    try:
+        reply = await asyncio.to_thread(command)
+    except Exception as failed:
+        # Not a refusal: the runner keeps its attempt and retries the command.
+        log.exception("runner command on %s failed", message.subject)
+        reply = CommandReply(ok=False, refused=False, error=f"command failed: {failed}")
+    await message.respond(msgspec.json.encode(reply))

@@ -1,0 +1,61 @@
+"""The JetStream streams ledgerci uses, declared in one place and created idempotently."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from domain.messages import (
+    EVENTS_STREAM,
+    EVENTS_SUBJECT_PREFIX,
+    JOBS_STREAM,
+    JOBS_SUBJECT_PREFIX,
+    LOGS_STREAM,
+    LOGS_SUBJECT_PREFIX,
+)
+
+# The dedup window must outlast any relay restart: duplicates older than this are still
+# dropped by consumers' tracking, but the stream itself only remembers ids this long.
+DUPLICATE_WINDOW_SECONDS = 600.0
+
+
+def stream_configs(replicas: int = 1) -> list[StreamConfig]:
+    return [
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[f"{EVENTS_SUBJECT_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        ),
+        StreamConfig(
+            name=JOBS_STREAM,
+            subjects=[f"{JOBS_SUBJECT_PREFIX}.>"],
+            # A dispatched attempt is taken by exactly one runner and removed once acked.
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        ),
+        StreamConfig(
+            name=LOGS_STREAM,
+            subjects=[f"{LOGS_SUBJECT_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            discard=DiscardPolicy.OLD,
+            max_bytes=4 * 1024**3,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    for config in stream_configs(replicas):
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Exists with other settings (an older version of ours): bring it up to date.
+            await js.update_stream(config)

@@ -1,0 +1,49 @@
+"""The small hierarchy of domain errors. One place (gateway/errors.py) maps them to HTTP."""
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+
+class NotFoundError(DomainError):
+    """The thing asked for does not exist (or belongs to another tenant)."""
+
+
+class RunNotFoundError(NotFoundError):
+    pass
+
+
+class RepositoryNotFoundError(NotFoundError):
+    pass
+
+
+class TenantNotFoundError(NotFoundError):
+    pass
+
+
+class AlreadyExistsError(DomainError):
+    """Creating something whose id is taken."""
+
+
+class InvalidTransitionError(DomainError):
+    """A command asked for a state change the state machine does not allow."""
+
+
+class StaleAttemptError(DomainError):
+    """A runner command carried an attempt that is no longer the job's current one (fencing)."""
+
+
+class InvalidWorkflowError(DomainError):
+    """The workflow file is invalid; the message names the line and the field."""
+
+    def __init__(self, message: str, *, line: int | None = None, field: str | None = None):
+        self.message = message
+        self.line = line
+        self.field = field
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if field:
+            where.append(f"field {field}")
+        prefix = ", ".join(where)
+        super().__init__(f".ledgerci.yml {prefix}: {message}" if prefix else f".ledgerci.yml: {message}")

@@ -1,0 +1,36 @@
+"""Deterministic ids. Derived ids are what make repeated commands land on the same aggregate."""
+
+from __future__ import annotations
+
+import hashlib
+from uuid import UUID, uuid5
+
+# Fixed namespace for every id ledgerci derives; changing it would orphan every stored stream.
+LEDGERCI_NAMESPACE = UUID("8f6a2f0e-6a43-4c4e-9d3c-3c1f0f1b7a51")
+
+
+def run_id_for(repository_id: str, commit: str, rerun: int = 0) -> UUID:
+    """One push of (repository, commit) is one run; a re-run gets the next counter."""
+    return uuid5(LEDGERCI_NAMESPACE, f"run\n{repository_id}\n{commit.lower()}\n{rerun}")
+
+
+def job_id_for(run_id: UUID, job_name: str) -> UUID:
+    return uuid5(run_id, f"job\n{job_name}")
+
+
+def repository_aggregate_id(repository_id: str) -> UUID:
+    return uuid5(LEDGERCI_NAMESPACE, f"repository\n{repository_id}")
+
+
+def tenant_aggregate_id(tenant_id: str) -> UUID:
+    return uuid5(LEDGERCI_NAMESPACE, f"tenant\n{tenant_id}")
+
+
+def token_digest(token: str) -> str:
+    """Tokens are stored only as this digest (high-entropy secrets: a plain SHA-256 suffices)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_aggregate_id(token: str) -> UUID:
+    """A token's aggregate id derives from its digest, so a lookup is one keyed read."""
+    return uuid5(LEDGERCI_NAMESPACE, f"token\n{token_digest(token)}")

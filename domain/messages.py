@@ -1,0 +1,103 @@
+"""Shapes that cross process borders over NATS: subjects, job dispatches, runner commands.
+
+They live in the domain because the runner may import only the domain: these are the
+contract between the runner and the rest of the system.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+# JetStream streams and their subjects.
+EVENTS_STREAM = "LEDGERCI_EVENTS"
+EVENTS_SUBJECT_PREFIX = "ledgerci.events"  # ledgerci.events.<EventType>
+JOBS_STREAM = "LEDGERCI_JOBS"
+JOBS_SUBJECT_PREFIX = "ledgerci.jobs"  # ledgerci.jobs.<pool>
+LOGS_STREAM = "LEDGERCI_LOGS"
+LOGS_SUBJECT_PREFIX = "ledgerci.logs"  # ledgerci.logs.<job_id>.<attempt>
+
+# Runner commands are NATS requests answered by the command service (queue group).
+START_JOB_SUBJECT = "ledgerci.cmd.start_job"
+FINISH_JOB_SUBJECT = "ledgerci.cmd.finish_job"
+COMMAND_QUEUE_GROUP = "ledgerci-commands"
+
+
+def events_subject(event_type: str) -> str:
+    return f"{EVENTS_SUBJECT_PREFIX}.{event_type}"
+
+
+def jobs_subject(pool: str) -> str:
+    return f"{JOBS_SUBJECT_PREFIX}.{pool}"
+
+
+def logs_subject(job_id: str, attempt: int) -> str:
+    return f"{LOGS_SUBJECT_PREFIX}.{job_id}.{attempt}"
+
+
+def dispatch_msg_id(job_id: str, attempt: int) -> str:
+    """JetStream drops a second dispatch of the same attempt (exactly-once publish)."""
+    return f"{job_id}:{attempt}"
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
+    """Base of every NATS payload. Unknown fields are ignored so older readers survive."""
+
+
+class EventMessage(Message, frozen=True):
+    """One stored event as the relay publishes it (and as the audit API shows it)."""
+
+    position: int  # the notification id: global order in the event store
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    type: str  # past tense, e.g. JobSucceeded
+    at: datetime
+    actor: str | None
+    data: dict[str, Any]
+
+
+class JobDispatch(Message, frozen=True):
+    """What a runner needs to run one attempt of a job."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    job_name: str
+    tenant_id: str
+    repository_id: str
+    clone_url: str
+    commit: str
+    ref: str | None
+    script: str
+    env: dict[str, str]
+    image: str | None
+    timeout_seconds: int
+    # Stable across attempts of one job, so a script can make its own side effects idempotent.
+    idempotency_key: str
+
+
+class StartJob(Message, frozen=True):
+    run_id: str
+    job_id: str
+    attempt: int
+    runner_id: str
+
+
+class FinishJob(Message, frozen=True):
+    run_id: str
+    job_id: str
+    attempt: int
+    runner_id: str
+    exit_code: int | None
+    error: str | None = None
+
+
+class CommandReply(Message, frozen=True):
+    """The answer to a runner command. `refused` means: stop, this attempt is not yours."""
+
+    ok: bool
+    refused: bool = False
+    error: str | None = None

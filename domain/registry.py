@@ -1,0 +1,124 @@
+"""Tenants, their tokens and their repositories: small aggregates with derived ids.
+
+Ids derive from the natural key (tenant id, repository id, token digest), so creating one
+twice hits version 1 of the same stream and a lookup is one keyed read, with no read model
+in between (an API call made right after a create sees it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from eventsourcing.domain import Aggregate
+
+from domain.ids import repository_aggregate_id, tenant_aggregate_id, token_aggregate_id
+
+
+class Tenant(Aggregate):
+    class TenantCreated(Aggregate.Created):
+        tenant_id: str
+        name: str
+        weight: int
+        max_concurrent_jobs: int
+        max_queued_runs: int
+        pushes_per_minute: int
+        actor: str
+
+    def __init__(
+        self,
+        tenant_id: str,
+        name: str,
+        weight: int,
+        max_concurrent_jobs: int,
+        max_queued_runs: int,
+        pushes_per_minute: int,
+        actor: str,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self.name = name
+        self.weight = weight
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.max_queued_runs = max_queued_runs
+        self.pushes_per_minute = pushes_per_minute
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        tenant_id: str,
+        name: str,
+        weight: int,
+        max_concurrent_jobs: int,
+        max_queued_runs: int,
+        pushes_per_minute: int,
+        actor: str,
+        at: datetime,
+    ) -> Tenant:
+        return cls._create(
+            cls.TenantCreated,
+            id=tenant_aggregate_id(tenant_id),
+            timestamp=at,
+            tenant_id=tenant_id,
+            name=name,
+            weight=weight,
+            max_concurrent_jobs=max_concurrent_jobs,
+            max_queued_runs=max_queued_runs,
+            pushes_per_minute=pushes_per_minute,
+            actor=actor,
+        )
+
+
+class Token(Aggregate):
+    """A tenant's API token, known only by its digest."""
+
+    class TokenIssued(Aggregate.Created):
+        tenant_id: str
+        actor: str
+
+    def __init__(self, tenant_id: str, actor: str) -> None:
+        self.tenant_id = tenant_id
+        self.revoked = False
+
+    @classmethod
+    def issue(cls, *, token: str, tenant_id: str, actor: str, at: datetime) -> Token:
+        return cls._create(
+            cls.TokenIssued, id=token_aggregate_id(token), timestamp=at, tenant_id=tenant_id,
+            actor=actor,
+        )
+
+    def revoke(self, at: datetime, actor: str) -> None:
+        if not self.revoked:
+            self.trigger_event(self.TokenRevoked, timestamp=at, actor=actor)
+
+    class TokenRevoked(Aggregate.Event):
+        actor: str
+
+        def apply(self, token: Token) -> None:
+            token.revoked = True
+
+
+class Repository(Aggregate):
+    class RepositoryRegistered(Aggregate.Created):
+        repository_id: str
+        tenant_id: str
+        clone_url: str
+        actor: str
+
+    def __init__(self, repository_id: str, tenant_id: str, clone_url: str, actor: str) -> None:
+        self.repository_id = repository_id
+        self.tenant_id = tenant_id
+        self.clone_url = clone_url
+
+    @classmethod
+    def register(
+        cls, *, repository_id: str, tenant_id: str, clone_url: str, actor: str, at: datetime
+    ) -> Repository:
+        return cls._create(
+            cls.RepositoryRegistered,
+            id=repository_aggregate_id(repository_id),
+            timestamp=at,
+            repository_id=repository_id,
+            tenant_id=tenant_id,
+            clone_url=clone_url,
+            actor=actor,
+        )

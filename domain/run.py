@@ -1,0 +1,349 @@
+"""The run aggregate: one push of one commit, and its jobs, run one after another.
+
+A run and its jobs are one aggregate (one event stream) on purpose: jobs of a run run in
+sequence, so a job finishing and the next one becoming ready is one decision, appended in one
+save at one expected version. Two writers racing for the same transition (a duplicate
+finish, a stale runner) cannot both win: the loser's append conflicts, it reloads, and the
+guards below refuse or ignore it.
+
+Time always comes in as an argument (`at`), stored as the event's timestamp, so replaying a
+stream gives the same state on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import msgspec
+from eventsourcing.domain import Aggregate
+
+from domain.errors import InvalidTransitionError, StaleAttemptError
+from domain.ids import job_id_for
+from domain.status import JobStatus, RunStatus
+from domain.workflow import JobSpec
+
+
+@dataclass
+class Job:
+    """A job's state inside its run (not a separate aggregate: see the module docstring)."""
+
+    id: UUID
+    index: int
+    spec: JobSpec
+    status: JobStatus = JobStatus.PENDING
+    attempt: int = 0
+    runner_id: str | None = None
+    exit_code: int | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class Run(Aggregate):
+    class RunRequested(Aggregate.Created):
+        repository_id: str
+        tenant_id: str
+        commit: str
+        ref: str | None
+        clone_url: str
+        rerun: int
+        actor: str
+
+    def __init__(
+        self,
+        repository_id: str,
+        tenant_id: str,
+        commit: str,
+        ref: str | None,
+        clone_url: str,
+        rerun: int,
+        actor: str,
+    ) -> None:
+        self.repository_id = repository_id
+        self.tenant_id = tenant_id
+        self.commit = commit
+        self.ref = ref
+        self.clone_url = clone_url
+        self.rerun = rerun
+        self.status = RunStatus.QUEUED
+        self.error: str | None = None
+        self.workflow_name: str | None = None
+        self.jobs: list[Job] = []
+        self.planned = False
+        self.finished_at: datetime | None = None
+
+    @classmethod
+    def request(
+        cls,
+        *,
+        run_id: UUID,
+        repository_id: str,
+        tenant_id: str,
+        commit: str,
+        ref: str | None,
+        clone_url: str,
+        rerun: int,
+        actor: str,
+        at: datetime,
+    ) -> Run:
+        return cls._create(
+            cls.RunRequested,
+            id=run_id,
+            timestamp=at,
+            repository_id=repository_id,
+            tenant_id=tenant_id,
+            commit=commit,
+            ref=ref,
+            clone_url=clone_url,
+            rerun=rerun,
+            actor=actor,
+        )
+
+    # ----- queries -------------------------------------------------------------------------
+
+    @property
+    def created_at(self) -> datetime:
+        return self.created_on
+
+    def job(self, job_id: UUID | str) -> Job:
+        wanted = UUID(str(job_id))
+        for job in self.jobs:
+            if job.id == wanted:
+                return job
+        raise InvalidTransitionError(f"run {self.id} has no job {job_id}")
+
+    @property
+    def current_job(self) -> Job | None:
+        """The job that is queued or running, if any (jobs run one at a time)."""
+        for job in self.jobs:
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+                return job
+        return None
+
+    @property
+    def has_failed(self) -> bool:
+        """A job failed that was not allowed to: later jobs run only if `when` says so."""
+        return any(j.status is JobStatus.FAILED and not j.spec.allow_failure for j in self.jobs)
+
+    # ----- commands (decide, then trigger events) --------------------------------------------
+
+    def plan(self, jobs: list[JobSpec], workflow_name: str | None, at: datetime, actor: str) -> bool:
+        """Record the jobs the workflow file asks for, and queue the first. Idempotent."""
+        if self.planned or self.status.is_final:
+            return False
+        planned = [
+            {"id": str(job_id_for(self.id, spec.name)), "spec": msgspec.to_builtins(spec)}
+            for spec in jobs
+        ]
+        self.trigger_event(
+            self.RunPlanned, timestamp=at, workflow_name=workflow_name, jobs=planned, actor=actor
+        )
+        self._advance(at, actor)
+        return True
+
+    def skip(self, reason: str, at: datetime, actor: str) -> bool:
+        """No run starts for this push (no workflow file, or the ref is filtered out)."""
+        if self.planned or self.status.is_final:
+            return False
+        self.trigger_event(self.RunSkipped, timestamp=at, reason=reason, actor=actor)
+        return True
+
+    def fail_before_start(self, error: str, at: datetime, actor: str) -> bool:
+        """The run cannot start (an invalid workflow file): it fails before any job."""
+        if self.planned or self.status.is_final:
+            return False
+        self.trigger_event(self.RunFailed, timestamp=at, error=error, actor=actor)
+        return True
+
+    def start_job(self, job_id: UUID | str, attempt: int, runner_id: str, at: datetime) -> bool:
+        """A runner claims attempt `attempt` of a job. Returns False when it already holds it."""
+        job = self.job(job_id)
+        self._check_attempt(job, attempt)
+        if job.status is JobStatus.RUNNING and job.runner_id == runner_id:
+            return False
+        if job.status is not JobStatus.QUEUED:
+            raise InvalidTransitionError(f"job {job.name} is {job.status}, not queued")
+        self.trigger_event(
+            self.JobStarted,
+            timestamp=at,
+            job_id=str(job.id),
+            attempt=attempt,
+            runner_id=runner_id,
+            actor=f"runner:{runner_id}",
+        )
+        return True
+
+    def finish_job(
+        self,
+        job_id: UUID | str,
+        attempt: int,
+        runner_id: str,
+        exit_code: int | None,
+        at: datetime,
+        error: str | None = None,
+    ) -> bool:
+        """The runner reports how an attempt ended; the next job is decided in the same save."""
+        job = self.job(job_id)
+        self._check_attempt(job, attempt)
+        if job.status.is_final:
+            if job.exit_code == exit_code:
+                return False  # a repeated report of the same outcome changes nothing
+            raise InvalidTransitionError(f"job {job.name} already ended {job.status}")
+        if job.status is not JobStatus.RUNNING or job.runner_id != runner_id:
+            raise StaleAttemptError(f"job {job.name} attempt {attempt} is not held by {runner_id}")
+        actor = f"runner:{runner_id}"
+        if exit_code == 0 and error is None:
+            self.trigger_event(
+                self.JobSucceeded, timestamp=at, job_id=str(job.id), attempt=attempt,
+                exit_code=0, actor=actor,
+            )
+        else:
+            self.trigger_event(
+                self.JobFailed, timestamp=at, job_id=str(job.id), attempt=attempt,
+                exit_code=exit_code, error=error or f"exit code {exit_code}", actor=actor,
+            )
+        self._advance(at, actor)
+        return True
+
+    def _check_attempt(self, job: Job, attempt: int) -> None:
+        if attempt != job.attempt:
+            raise StaleAttemptError(
+                f"job {job.name} is at attempt {job.attempt}, not {attempt}"
+            )
+
+    def _advance(self, at: datetime, actor: str) -> None:
+        """Queue the next job that should run, skipping those whose `when` says no; or end."""
+        if self.current_job is not None:
+            return
+        for job in self.jobs:
+            if job.status is not JobStatus.PENDING:
+                continue
+            if _should_run(job.spec.when, self.has_failed):
+                self.trigger_event(
+                    self.JobQueued, timestamp=at, job_id=str(job.id), attempt=1, actor=actor
+                )
+                return
+            reason = "an earlier job failed" if self.has_failed else "no earlier job failed"
+            self.trigger_event(
+                self.JobSkipped, timestamp=at, job_id=str(job.id), attempt=0, reason=reason,
+                actor=actor,
+            )
+        if self.has_failed:
+            self.trigger_event(self.RunFailed, timestamp=at, error=None, actor=actor)
+        else:
+            self.trigger_event(self.RunSucceeded, timestamp=at, actor=actor)
+
+    # ----- events (appliers are deterministic: no clock, no I/O) ----------------------------
+
+    class RunPlanned(Aggregate.Event):
+        workflow_name: str | None
+        jobs: list[dict[str, Any]]
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.planned = True
+            run.workflow_name = self.workflow_name
+            run.jobs = [
+                Job(id=UUID(j["id"]), index=i, spec=msgspec.convert(j["spec"], JobSpec))
+                for i, j in enumerate(self.jobs)
+            ]
+
+    class RunSkipped(Aggregate.Event):
+        reason: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.status = RunStatus.SKIPPED
+            run.error = self.reason
+            run.finished_at = self.timestamp
+
+    class RunFailed(Aggregate.Event):
+        error: str | None
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.status = RunStatus.FAILED
+            run.error = self.error
+            run.finished_at = self.timestamp
+
+    class RunSucceeded(Aggregate.Event):
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.status = RunStatus.SUCCEEDED
+            run.finished_at = self.timestamp
+
+    class JobQueued(Aggregate.Event):
+        job_id: str
+        attempt: int
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            job = run.job(self.job_id)
+            job.status = JobStatus.QUEUED
+            job.attempt = self.attempt
+            job.queued_at = self.timestamp
+
+    class JobStarted(Aggregate.Event):
+        job_id: str
+        attempt: int
+        runner_id: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            job = run.job(self.job_id)
+            job.status = JobStatus.RUNNING
+            job.runner_id = self.runner_id
+            job.started_at = self.timestamp
+            run.status = RunStatus.RUNNING
+
+    class JobSucceeded(Aggregate.Event):
+        job_id: str
+        attempt: int
+        exit_code: int
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            _end(run.job(self.job_id), JobStatus.SUCCEEDED, self.exit_code, None, self.timestamp)
+
+    class JobFailed(Aggregate.Event):
+        job_id: str
+        attempt: int
+        exit_code: int | None
+        error: str | None
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            _end(run.job(self.job_id), JobStatus.FAILED, self.exit_code, self.error, self.timestamp)
+
+    class JobSkipped(Aggregate.Event):
+        job_id: str
+        attempt: int
+        reason: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            _end(run.job(self.job_id), JobStatus.SKIPPED, None, None, self.timestamp)
+
+
+def _should_run(when: str, earlier_failure: bool) -> bool:
+    if when == "always":
+        return True
+    if when == "on_failure":
+        return earlier_failure
+    return not earlier_failure
+
+
+def _end(job: Job, status: JobStatus, exit_code: int | None, error: str | None, at: datetime) -> None:
+    job.status = status
+    job.exit_code = exit_code
+    job.error = error
+    job.finished_at = at

@@ -1,0 +1,49 @@
+"""Bearer tokens: the admin token from settings, or a tenant token known by its digest."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+
+from commands.app import LedgerApp, Principal
+
+ADMIN = Principal(name="admin", tenant_id=None)
+
+
+class Authenticator:
+    def __init__(self, app: LedgerApp, admin_token: str) -> None:
+        self.app = app
+        self.admin_token = admin_token
+
+    async def principal(self, authorization: str | None) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthorizedException("a bearer token is required (Authorization: Bearer ...)")
+        if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return ADMIN
+        tenant_id = await asyncio.to_thread(self.app.tenant_of_token, token)
+        if tenant_id is None:
+            raise NotAuthorizedException("invalid or revoked token")
+        return Principal(name=f"tenant:{tenant_id}", tenant_id=tenant_id)
+
+
+def make_guard(authenticator: Authenticator):
+    """Every route needs a token unless it is marked `opt={"public": True}` (health only)."""
+
+    async def require_token(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+        if handler.opt.get("public"):
+            return
+        principal = await authenticator.principal(connection.headers.get("authorization"))
+        connection.state.principal = principal
+
+    return require_token
+
+
+def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    if not connection.state.principal.is_admin:
+        raise PermissionDeniedException("this needs the admin token")

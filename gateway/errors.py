@@ -1,0 +1,64 @@
+"""The one place where errors become HTTP answers. Handlers never build HTTP errors."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import (
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from domain.errors import AlreadyExistsError, DomainError, NotFoundError
+from projections.queries import InvalidCursorError
+
+log = logging.getLogger(__name__)
+
+
+def _error(status_code: int, detail: str, extra: object = None) -> Response:
+    body: dict[str, object] = {"status_code": status_code, "detail": detail}
+    if extra:
+        body["extra"] = extra
+    return Response(body, status_code=status_code)
+
+
+def _validation(_: Request, exc: ValidationException) -> Response:
+    # A malformed body is 422 (API.md), with what was wrong; Litestar's default is 400.
+    return _error(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, exc.extra)
+
+
+def _domain(_: Request, exc: DomainError) -> Response:
+    if isinstance(exc, NotFoundError):
+        return _error(HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExistsError):
+        return _error(HTTP_409_CONFLICT, str(exc))
+    return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
+
+
+def _cursor(_: Request, exc: InvalidCursorError) -> Response:
+    return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, exc.detail, exc.extra)
+    # Infrastructure trouble (store or NATS away) is a 503 the client may retry; the cause
+    # is logged here, never sent (it may name hosts or credentials).
+    log.exception("%s %s failed", request.method, request.url.path)
+    if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(("psycopg", "nats")):
+        return _error(HTTP_503_SERVICE_UNAVAILABLE, "a backing service is unavailable; retry shortly")
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+
+EXCEPTION_HANDLERS = {
+    ValidationException: _validation,
+    DomainError: _domain,
+    InvalidCursorError: _cursor,
+    HTTPException: _unexpected,
+    Exception: _unexpected,
+}

@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API (msgspec Structs, as OpenAPI shows them)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from domain.messages import EventMessage
+
+Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="1-64 of A-Z a-z 0-9 _ . -")]
+CommitSha = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{40}$", description="40 hex digits")]
+GitRef = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Request bodies refuse unknown fields: a typo is an error, not silently ignored."""
+
+
+class PushRequest(Body):
+    repository_id: Identifier
+    commit: CommitSha
+    ref: GitRef | None = None
+
+
+class PushResponse(msgspec.Struct, kw_only=True):
+    run_id: str
+    duplicate: bool
+
+
+class TenantRequest(Body):
+    id: Identifier
+    name: str | None = None
+    weight: Annotated[int, Meta(ge=1, le=1000)] = 1
+    max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
+    max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
+    pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
+
+
+class TenantResponse(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    weight: int
+    max_concurrent_jobs: int
+    max_queued_runs: int
+    pushes_per_minute: int
+
+
+class TokenResponse(msgspec.Struct, kw_only=True):
+    tenant_id: str
+    token: str  # shown once; only its digest is stored
+
+
+class RepositoryRequest(Body):
+    id: Identifier
+    tenant_id: Identifier
+    clone_url: Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class RepositoryResponse(msgspec.Struct, kw_only=True):
+    id: str
+    tenant_id: str
+    clone_url: str
+
+
+class EventList(msgspec.Struct, kw_only=True):
+    run_id: str
+    events: list[EventMessage]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    checks: dict[str, str] = {}

@@ -1,0 +1,164 @@
+"""HTTP handlers: each translates a request into a command or a query, and back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+
+from commands.app import LedgerApp, Principal
+from domain.errors import RunNotFoundError
+from gateway.auth import require_admin
+from gateway.logs import LogReader
+from gateway.models import (
+    EventList,
+    PushRequest,
+    PushResponse,
+    RepositoryRequest,
+    RepositoryResponse,
+    TenantRequest,
+    TenantResponse,
+    TokenResponse,
+)
+from projections.queries import RunPage, RunQueries, RunView
+
+
+def principal_of(request: Request) -> Principal:
+    return request.state.principal
+
+
+class Defaults:
+    """Tenant quota defaults from settings (enforced by a later issue; recorded now)."""
+
+    def __init__(self, max_concurrent_jobs: int, max_queued_runs: int, pushes_per_minute: int) -> None:
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self.max_queued_runs = max_queued_runs
+        self.pushes_per_minute = pushes_per_minute
+
+
+class PushController(Controller):
+    path = "/api/v1/push"
+    tags = ["push"]
+
+    @post(operation_id="push", status_code=HTTP_202_ACCEPTED)
+    async def push(self, request: Request, data: PushRequest, ledger: LedgerApp) -> Response[PushResponse]:
+        """Record a push: 202 with a new run, or 200 with the existing run of the same commit."""
+        result = await asyncio.to_thread(
+            ledger.push, data.repository_id, data.commit, data.ref, principal_of(request)
+        )
+        status = HTTP_200_OK if result.duplicate else HTTP_202_ACCEPTED
+        return Response(PushResponse(run_id=str(result.run_id), duplicate=result.duplicate),
+                        status_code=status)
+
+
+class AdminController(Controller):
+    path = "/api/v1"
+    tags = ["administration"]
+
+    @post("/tenants", operation_id="createTenant", guards=[require_admin], status_code=HTTP_201_CREATED)
+    async def create_tenant(
+        self, request: Request, data: TenantRequest, ledger: LedgerApp, defaults: Defaults
+    ) -> TenantResponse:
+        """Create a tenant with its weight and quotas (admin only)."""
+        tenant = await asyncio.to_thread(
+            ledger.create_tenant,
+            data.id,
+            name=data.name or data.id,
+            weight=data.weight,
+            max_concurrent_jobs=data.max_concurrent_jobs or defaults.max_concurrent_jobs,
+            max_queued_runs=data.max_queued_runs or defaults.max_queued_runs,
+            pushes_per_minute=data.pushes_per_minute or defaults.pushes_per_minute,
+            actor=principal_of(request).name,
+        )
+        return TenantResponse(
+            id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
+            max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
+            pushes_per_minute=tenant.pushes_per_minute,
+        )
+
+    @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
+          status_code=HTTP_201_CREATED)
+    async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
+        """Issue a tenant token. It is shown once; only its digest is stored."""
+        token = await asyncio.to_thread(ledger.issue_token, tenant_id, actor=principal_of(request).name)
+        return TokenResponse(tenant_id=tenant_id, token=token)
+
+    @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED)
+    async def register_repository(
+        self, request: Request, data: RepositoryRequest, ledger: LedgerApp
+    ) -> RepositoryResponse:
+        """Register a repository of a tenant (the admin, or that tenant)."""
+        repository = await asyncio.to_thread(
+            ledger.register_repository, data.id, tenant_id=data.tenant_id,
+            clone_url=data.clone_url, principal=principal_of(request),
+        )
+        return RepositoryResponse(id=repository.repository_id, tenant_id=repository.tenant_id,
+                                  clone_url=repository.clone_url)
+
+
+class RunsController(Controller):
+    path = "/api/v1"
+    tags = ["runs"]
+
+    @get("/runs", operation_id="listRuns")
+    async def list_runs(
+        self,
+        request: Request,
+        queries: RunQueries,
+        repository_id: str | None = None,
+        status: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """The caller's runs, newest first."""
+        return await asyncio.to_thread(
+            queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
+            status=status, limit=limit, cursor=cursor,
+        )
+
+    @get("/runs/{run_id:str}", operation_id="getRun")
+    async def get_run(self, request: Request, run_id: str, queries: RunQueries) -> RunView:
+        """A run and its jobs, in workflow order."""
+        run = await asyncio.to_thread(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
+        if run is None:
+            raise RunNotFoundError(f"run {run_id} not found")
+        return run
+
+    @get("/runs/{run_id:str}/events", operation_id="getRunEvents")
+    async def run_events(self, request: Request, run_id: str, ledger: LedgerApp) -> EventList:
+        """The run's full event history, in order, read from the event store (the audit trail)."""
+        run = await asyncio.to_thread(ledger.get_run, _uuid(run_id), principal_of(request))
+        events = await asyncio.to_thread(ledger.history, run.id)
+        return EventList(run_id=str(run.id), events=events)
+
+    @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8")
+    async def job_log(
+        self,
+        request: Request,
+        job_id: str,
+        queries: RunQueries,
+        logs: LogReader,
+        offset: Annotated[int, Parameter(ge=0)] = 0,
+    ) -> Response[bytes]:
+        """The job's log so far, as text; `offset` (bytes) returns only what follows it."""
+        job = await asyncio.to_thread(queries.locate_job, _uuid(job_id), principal_of(request).tenant_id)
+        if job is None:
+            raise RunNotFoundError(f"job {job_id} not found")
+        text = await logs.read(job.job_id, job.attempt)
+        return Response(
+            text[offset:],
+            media_type="text/plain; charset=utf-8",
+            headers={"X-Log-Size": str(len(text)), "X-Job-Status": job.status},
+        )
+
+
+def _uuid(value: str) -> str:
+    """Ids are UUIDs; anything else names nothing that exists (404, not a 500)."""
+    try:
+        return str(UUID(value))
+    except ValueError:
+        raise RunNotFoundError(f"{value} not found") from None

@@ -1,0 +1,110 @@
+"""Mirrors under one directory, one per repository, safe for threads and processes."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Only protocols a CI system needs; `ext::` and friends would run commands from a URL.
+_GIT_ENV = {
+    "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class GitError(Exception):
+    """git failed; the message carries what git said."""
+
+
+class CommitNotFoundError(GitError):
+    pass
+
+
+class GitMirrors:
+    def __init__(self, root: Path, *, fetch_timeout_seconds: float = 300.0) -> None:
+        self.root = root
+        self.fetch_timeout = fetch_timeout_seconds
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def mirror_path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.root / f"{_SAFE_NAME.sub('_', key)[:64]}-{digest}.git"
+
+    def ensure_commit(self, key: str, clone_url: str, commit: str) -> Path:
+        """The mirror of `key`, fetched from `clone_url` if it does not hold `commit` yet."""
+        mirror = self.mirror_path(key)
+        if mirror.exists() and self._has_commit(mirror, commit):
+            return mirror  # the common case: no lock, no network
+        with self._locked(mirror):
+            if not mirror.exists():
+                self._clone(clone_url, mirror)
+            elif not self._has_commit(mirror, commit):
+                _git(["fetch", "--quiet", "--prune", "--force", "origin", "+refs/*:refs/*"],
+                     cwd=mirror, timeout=self.fetch_timeout)
+            if not self._has_commit(mirror, commit):
+                raise CommitNotFoundError(f"commit {commit} not found in {clone_url}")
+        return mirror
+
+    def read_file(self, mirror: Path, commit: str, path: str) -> bytes | None:
+        """The file at `path` in `commit`, or None when the commit has no such file."""
+        spec = f"{commit}:{path}"
+        probe = _run(["git", "cat-file", "-e", spec], cwd=mirror, timeout=30)
+        if probe.returncode != 0:
+            return None
+        return _git(["cat-file", "blob", spec], cwd=mirror, timeout=30)
+
+    def checkout(self, mirror: Path, commit: str, dest: Path) -> None:
+        """A fresh working tree of `commit` in `dest` (a real clone, objects shared)."""
+        _git(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(dest)], timeout=120)
+        _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit],
+             cwd=dest, timeout=300)
+
+    def _has_commit(self, mirror: Path, commit: str) -> bool:
+        probe = _run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror, timeout=30)
+        return probe.returncode == 0
+
+    def _clone(self, clone_url: str, mirror: Path) -> None:
+        partial = mirror.with_name(mirror.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        _git(["clone", "--quiet", "--mirror", clone_url, str(partial)], timeout=self.fetch_timeout)
+        partial.rename(mirror)  # atomic: readers never see a half-made mirror
+
+    @contextmanager
+    def _locked(self, mirror: Path) -> Iterator[None]:
+        """One fetcher per mirror: a thread lock here, a file lock across processes."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._locks_guard:
+            lock = self._locks.setdefault(mirror, threading.Lock())
+        with lock, open(mirror.with_name(mirror.name + ".lock"), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(args: list[str], *, cwd: Path | None = None, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, **_GIT_ENV}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, timeout=timeout, check=False)
+
+
+def _git(args: list[str], *, cwd: Path | None = None, timeout: float) -> bytes:
+    try:
+        done = _run(["git", *args], cwd=cwd, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GitError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip()
+        raise GitError(f"git {args[0]} failed: {said}")
+    return done.stdout

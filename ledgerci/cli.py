@@ -1,0 +1,242 @@
+"""`ledgerci`: run the services, or talk to a gateway. See `ledgerci --help`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from ledgerci.client import (
+    FINAL_RUN_STATUSES,
+    ClientError,
+    GatewayClient,
+    print_events,
+    print_json,
+    print_run,
+    print_runs,
+)
+from ledgerci.settings import Settings
+
+SERVICES = ("gateway", "relay", "projector", "scheduler", "runner")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except ClientError as failed:
+        print(f"ledgerci: {failed}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ledgerci", description="Event-sourced CI/CD.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run everything on this machine (embedded NATS, SQLite)")
+    dev.add_argument("--data-dir", default=".ledgerci", help="where the store, NATS and workspaces live")
+    dev.add_argument("--port", type=int, default=8080, help="the gateway's port")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--executor", choices=["local", "docker"], default="local")
+    dev.add_argument("--demo", action="store_true", help="add a demo tenant and repository, and push")
+    dev.set_defaults(handler=_dev)
+
+    for name in SERVICES:
+        service = commands.add_parser(name, help=f"run the {name} service (settings from the environment)")
+        if name == "gateway":
+            service.add_argument("--host")
+            service.add_argument("--port", type=int)
+        service.set_defaults(handler=_service, service=name)
+
+    migrate = commands.add_parser("migrate", help="create the tables and streams, then exit")
+    migrate.set_defaults(handler=_migrate)
+
+    def client(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--url", help="gateway URL (LEDGERCI_URL)")
+        sub.add_argument("--token", help="bearer token (LEDGERCI_TOKEN, else LEDGERCI_ADMIN_TOKEN)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    push = client("push", "report a push", _push)
+    push.add_argument("--repo", required=True)
+    push.add_argument("--commit", required=True)
+    push.add_argument("--ref")
+
+    runs = client("runs", "list runs", _runs)
+    runs.add_argument("--repo")
+    runs.add_argument("--status")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--cursor")
+
+    run = client("run", "show a run", _run)
+    run.add_argument("run_id")
+    run.add_argument("--watch", action="store_true", help="refresh until the run ends")
+
+    logs = client("logs", "print a job's log", _logs)
+    logs.add_argument("job_id")
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+
+    events = client("events", "a run's event history", _events)
+    events.add_argument("run_id")
+
+    tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
+    create = tenant.add_parser("create", help="create a tenant (admin)")
+    for flag in ("--url", "--token"):
+        create.add_argument(flag)
+    create.add_argument("--json", action="store_true")
+    create.add_argument("tenant_id")
+    create.add_argument("--name")
+    create.add_argument("--weight", type=int)
+    create.add_argument("--token-out", action="store_true", help="also issue a token and print it")
+    create.set_defaults(handler=_tenant_create)
+
+    repo = commands.add_parser("repo", help="repositories").add_subparsers(metavar="ACTION")
+    add = repo.add_parser("add", help="register a repository")
+    for flag in ("--url", "--token"):
+        add.add_argument(flag)
+    add.add_argument("--json", action="store_true")
+    add.add_argument("repository_id")
+    add.add_argument("--tenant", required=True)
+    add.add_argument("--clone-url", required=True)
+    add.set_defaults(handler=_repo_add)
+    return parser
+
+
+# ----- services -------------------------------------------------------------------------------
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_until_signalled(main_coroutine: Callable[[asyncio.Event], object]) -> int:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main_coroutine(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+def _service(args: argparse.Namespace) -> int:
+    from ledgerci.services import run_service
+
+    settings = Settings.from_env()
+    if args.service == "gateway" and (args.host or args.port):
+        from dataclasses import replace
+
+        settings = replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    configure_logging(settings)
+    return run_until_signalled(lambda stop: run_service(args.service, settings, stop))
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from ledgerci.services import nats_connection, store
+
+    settings = Settings.from_env()
+
+    async def migrate(stop: asyncio.Event) -> None:
+        async with store(settings), nats_connection(settings, "ledgerci-migrate"):
+            print("schema and streams are ready")
+
+    return run_until_signalled(migrate)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from ledgerci.dev import run_dev
+
+    return run_dev(args)
+
+
+# ----- client commands ------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    return GatewayClient(args.url, args.token)
+
+
+def _push(args: argparse.Namespace) -> int:
+    body = {"repository_id": args.repo, "commit": args.commit}
+    if args.ref:
+        body["ref"] = args.ref
+    result = _client(args).json("POST", "/api/v1/push", json=body)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['run_id']}{'  (duplicate: the run of this commit)' if result['duplicate'] else ''}")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in {"repository_id": args.repo, "status": args.status, "limit": args.limit,
+                                "cursor": args.cursor}.items() if v is not None}
+    page = _client(args).json("GET", "/api/v1/runs", params=params)
+    print_json(page) if args.json else print_runs(page)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    client = _client(args)
+    while True:
+        run = client.json("GET", f"/api/v1/runs/{args.run_id}")
+        if not args.watch or run["status"] in FINAL_RUN_STATUSES:
+            break
+        print_run(run)
+        print()
+        import time
+
+        time.sleep(1.0)  # the live stream arrives with issue 5
+    print_json(run) if args.json else print_run(run)
+    return 0 if run["status"] != "failed" else 3
+
+
+def _logs(args: argparse.Namespace) -> int:
+    _client(args).follow_log(args.job_id, follow=args.follow)
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    history = _client(args).json("GET", f"/api/v1/runs/{args.run_id}/events")
+    print_json(history) if args.json else print_events(history["events"])
+    return 0
+
+
+def _tenant_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+    body = {"id": args.tenant_id}
+    if args.name:
+        body["name"] = args.name
+    if args.weight:
+        body["weight"] = args.weight
+    tenant = client.json("POST", "/api/v1/tenants", json=body)
+    if args.token_out:
+        tenant["token"] = client.json("POST", f"/api/v1/tenants/{args.tenant_id}/tokens")["token"]
+    if args.json:
+        print_json(tenant)
+    else:
+        print(f"tenant {tenant['id']} created (weight {tenant['weight']})")
+        if "token" in tenant:
+            print(f"token (shown once): {tenant['token']}")
+    return 0
+
+
+def _repo_add(args: argparse.Namespace) -> int:
+    body = {"id": args.repository_id, "tenant_id": args.tenant, "clone_url": args.clone_url}
+    repository = _client(args).json("POST", "/api/v1/repositories", json=body)
+    print_json(repository) if args.json else print(f"repository {repository['id']} added")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

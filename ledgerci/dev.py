@@ -1,0 +1,111 @@
+"""`ledgerci dev`: the whole system in one process tree, on embedded defaults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from ledgerci.cli import configure_logging, run_until_signalled
+from ledgerci.client import GatewayClient
+from ledgerci.embedded_nats import EmbeddedNats
+from ledgerci.settings import Settings
+
+DEMO_WORKFLOW = """\
+name: demo
+env:
+  GREETING: hello
+jobs:
+  - name: build
+    run: |
+      echo "$GREETING from $LEDGERCI_JOB_NAME at $LEDGERCI_COMMIT"
+      ls -la
+  - name: test
+    run: |
+      for i in 1 2 3; do echo "test $i ok"; done
+  - name: report
+    when: always
+    run: echo "run $LEDGERCI_RUN_ID done"
+"""
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if args.executor == "docker":
+        print("ledgerci dev: the docker executor arrives with issue 6; using local", file=sys.stderr)
+    admin_token = os.environ.get("LEDGERCI_ADMIN_TOKEN") or _saved_token(data_dir)
+    embedded = EmbeddedNats(data_dir / "nats")
+    embedded.start()
+    settings = replace(
+        Settings.from_env(),
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'ledgerci.db'}",
+        nats_url=embedded.url,
+        admin_token=admin_token,
+        host=args.host,
+        port=args.port,
+        executor="local",
+    )
+    configure_logging(settings)
+    url = f"http://{settings.host}:{settings.port}"
+
+    def on_ready() -> None:
+        print(f"\nledgerci is running: {url}  (API {url}/api/v1, OpenAPI {url}/schema)")
+        print(f"admin token: {admin_token}")
+        print(f"  export LEDGERCI_URL={url} LEDGERCI_TOKEN={admin_token}")
+        if args.demo:
+            threading.Thread(target=_demo, args=(url, admin_token, data_dir), daemon=True).start()
+        print("Ctrl-C stops everything.\n", flush=True)
+
+    from ledgerci.services import run_all
+
+    try:
+        return run_until_signalled(lambda stop: run_all(settings, stop, on_ready))
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        embedded.stop()
+
+
+def _saved_token(data_dir: Path) -> str:
+    """A generated admin token, kept in the data dir so a restart keeps it."""
+    path = data_dir / "admin-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = f"lci_admin_{secrets.token_urlsafe(24)}"
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def _demo(url: str, admin_token: str, data_dir: Path) -> None:
+    """A demo tenant and repository, and one push to it."""
+    repo = data_dir / "demo-repo"
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        (repo / ".ledgerci.yml").write_text(DEMO_WORKFLOW)
+        (repo / "README.md").write_text("A repository made by `ledgerci dev --demo`.\n")
+        git = ["git", "-C", str(repo), "-c", "user.name=ledgerci", "-c", "user.email=dev@ledgerci.invalid"]
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+        subprocess.run([*git, "add", "."], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "demo"], check=True)
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    client = GatewayClient(url, admin_token)
+    if client.http.get("/api/v1/runs", params={"limit": 1}).status_code == 200:
+        client.http.post("/api/v1/tenants", json={"id": "demo", "name": "Demo"})
+        client.http.post("/api/v1/repositories",
+                         json={"id": "demo", "tenant_id": "demo", "clone_url": f"file://{repo}"})
+    pushed = client.json("POST", "/api/v1/push",
+                         json={"repository_id": "demo", "commit": commit, "ref": "refs/heads/main"})
+    print(f"demo: pushed {commit[:12]} to repository 'demo': run {pushed['run_id']}")
+    print(f"  ledgerci run {pushed['run_id']} --watch", flush=True)
+
+

@@ -1,0 +1,267 @@
+"""Wiring: builds each service from Settings and runs it until `stop` is set.
+
+This module wires and decides nothing. Every service prepares the schema and streams it
+needs (idempotently, under a lock), so a deployment cannot start them in a wrong order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import nats
+import psycopg
+import uvicorn
+from nats.aio.client import Client as NATS
+
+from commands.app import LedgerApp
+from commands.relay import Relay
+from commands.runner_service import serve_runner_commands
+from commands.scheduler import run_scheduler
+from commands.store import eventsourcing_env, is_postgres
+from commands.streams import ensure_streams
+from domain.messages import EVENTS_SUBJECT_PREFIX
+from gateway.app import GatewayDeps, create_app
+from gateway.routes import Defaults
+from gitcache import GitMirrors
+from ledgerci.settings import Settings
+from projections.queries import RunQueries
+from projections.runs import RunsProjection
+from projections.schema import create_read_model_tables
+from projections.sql import Database, open_database
+from runner.agent import RunnerAgent
+from runner.local import LocalExecutor
+
+log = logging.getLogger("ledgerci")
+
+# Any fixed number: migrations of every process take this PostgreSQL advisory lock.
+MIGRATION_LOCK_ID = 7_334_001
+EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's name on insert
+
+
+# ----- resources -----------------------------------------------------------------------------
+
+def open_ledger(settings: Settings) -> LedgerApp:
+    return LedgerApp(env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size))
+
+
+def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
+    """Create the event store's and the read models' tables if they are missing."""
+    if not is_postgres(settings.database_url):
+        ledger.recorder.create_table()
+        create_read_model_tables(db)
+        return
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            ledger.recorder.create_table()
+            create_read_model_tables(db)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+
+async def connect_nats(settings: Settings, name: str) -> NATS:
+    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+    return await nats.connect(
+        servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        connect_timeout=5, allow_reconnect=True,
+    )
+
+
+@asynccontextmanager
+async def store(settings: Settings) -> AsyncIterator[tuple[LedgerApp, Database]]:
+    ledger = await asyncio.to_thread(open_ledger, settings)
+    db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size)
+    try:
+        await asyncio.to_thread(migrate, settings, ledger, db)
+        yield ledger, db
+    finally:
+        db.close()
+        ledger.close()
+
+
+@asynccontextmanager
+async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
+    nc = await connect_nats(settings, name)
+    try:
+        await ensure_streams(nc.jetstream(), settings.stream_replicas)
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+# ----- wake-ups --------------------------------------------------------------------------------
+
+async def run_woken(
+    step: Callable[[], Awaitable[int]], wake: asyncio.Event, stop: asyncio.Event, idle_seconds: float
+) -> None:
+    """Call `step` until it has nothing to do, then sleep until woken (or the backstop timer)."""
+    while not stop.is_set():
+        wake.clear()  # before the step, so a commit during it is not missed
+        if await step():
+            continue
+        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waiters, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """PostgreSQL: wake on the NOTIFY that every insert of events sends."""
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                wake.set()  # anything committed while we were not listening
+                async for _ in conn.notifies():
+                    wake.set()
+        except (psycopg.Error, OSError):
+            log.warning("lost the LISTEN connection; reconnecting")
+            await asyncio.sleep(0.5)
+
+
+def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
+    """SQLite has no NOTIFY: saves made in this process wake the relay directly."""
+    loop = asyncio.get_running_loop()
+    ledger.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
+
+
+async def wake_on_published_events(nc: NATS, wake: asyncio.Event) -> None:
+    """The projector wakes when the relay has published something."""
+
+    async def on_event(_msg) -> None:
+        wake.set()
+
+    await nc.subscribe(f"{EVENTS_SUBJECT_PREFIX}.>", cb=on_event)
+
+
+# ----- the services ---------------------------------------------------------------------------
+
+async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
+    wake = asyncio.Event()
+    relay = Relay(ledger, nc.jetstream())
+    await relay.resume_point()
+    log.info("relay resumes after position %d", relay.position)
+    async with asyncio.TaskGroup() as group:
+        if is_postgres(settings.database_url):
+            listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
+        else:
+            wake_on_local_saves(ledger, wake)
+            listener = None
+        await run_woken(relay.publish_pending, wake, stop, settings.idle_check_seconds)
+        if listener:
+            listener.cancel()
+
+
+async def projector_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                            nc: NATS) -> None:
+    wake = asyncio.Event()
+    projection = RunsProjection(db)
+    position = await asyncio.to_thread(projection.position)
+
+    async def step() -> int:
+        nonlocal position
+        events = await asyncio.to_thread(lambda: list(ledger.events_after(position, 500)))
+        if events:
+            position = await asyncio.to_thread(projection.apply, events)
+        return len(events)
+
+    await wake_on_published_events(nc, wake)
+    await run_woken(step, wake, stop, settings.idle_check_seconds)
+
+
+async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
+    mirrors = GitMirrors(settings.data_dir / "mirrors")
+    async with asyncio.TaskGroup() as group:
+        group.create_task(serve_runner_commands(ledger, nc, stop))
+        group.create_task(run_scheduler(ledger, nc.jetstream(), mirrors, stop))
+
+
+async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:
+    if settings.executor != "local":
+        raise SystemExit(f"executor {settings.executor!r} is not available yet: use local")
+    agent = RunnerAgent(
+        nc, LocalExecutor(), runner_id=settings.runner_id, pool=settings.runner_pool,
+        slots=settings.runner_slots, data_dir=settings.data_dir,
+    )
+    await agent.run(stop)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus its own signal handling: our stop event decides when to shut down."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[override]
+        yield
+
+
+async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                          nc: NATS, on_ready: Callable[[], None] | None = None) -> None:
+    if not settings.admin_token:
+        raise SystemExit("LEDGERCI_ADMIN_TOKEN is not set: the gateway will not run without one")
+    app = create_app(GatewayDeps(
+        ledger=ledger, queries=RunQueries(db), nc=nc, admin_token=settings.admin_token,
+        defaults=Defaults(settings.default_max_concurrent_jobs, settings.default_max_queued_runs,
+                          settings.default_pushes_per_minute),
+    ))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            timeout_graceful_shutdown=5, lifespan="on")
+    server = _Server(config)
+
+    async def stop_when_asked() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    async def announce() -> None:
+        while not server.started:
+            await asyncio.sleep(0.02)  # start-up only, not a hot path
+        log.info("gateway listening on http://%s:%d", settings.host, settings.port)
+        if on_ready:
+            on_ready()
+
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(stop_when_asked())
+        announcer = group.create_task(announce())
+        await server.serve()
+        watcher.cancel()
+        announcer.cancel()
+
+
+# ----- entry points ----------------------------------------------------------------------------
+
+async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> None:
+    """One service per process (`ledgerci relay|projector|scheduler|runner|gateway`)."""
+    async with AsyncExitStack() as stack:
+        nc = await stack.enter_async_context(nats_connection(settings, f"ledgerci-{name}"))
+        if name == "runner":  # the runner never opens the database
+            await runner_service(settings, stop, nc)
+            return
+        ledger, db = await stack.enter_async_context(store(settings))
+        if name == "relay":
+            await relay_service(settings, stop, ledger, nc)
+        elif name == "projector":
+            await projector_service(settings, stop, ledger, db, nc)
+        elif name == "scheduler":
+            await scheduler_service(settings, stop, ledger, nc)
+        elif name == "gateway":
+            await gateway_service(settings, stop, ledger, db, nc)
+        else:
+            raise ValueError(f"unknown service {name!r}")
+
+
+async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+    """Every service in one process (`ledgerci dev`): one store, one NATS connection each."""
+    async with AsyncExitStack() as stack:
+        ledger, db = await stack.enter_async_context(store(settings))
+        nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev"))
+        runner_nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev-runner"))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(relay_service(settings, stop, ledger, nc))
+            group.create_task(projector_service(settings, stop, ledger, db, nc))
+            group.create_task(scheduler_service(settings, stop, ledger, nc))
+            group.create_task(runner_service(settings, stop, runner_nc))
+            group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))

@@ -1,0 +1,80 @@
+"""Settings, read from the environment. Every variable is listed in the README's table."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    """LEDGERCI_DATA_DIR: local files of a service (repository mirrors, workspaces, dev store)."""
+    database_url: str
+    """LEDGERCI_DATABASE_URL: event store and read models, postgresql://… or sqlite:///path."""
+    nats_url: str
+    """LEDGERCI_NATS_URL: NATS servers, comma-separated."""
+    admin_token: str
+    """LEDGERCI_ADMIN_TOKEN: the admin token (the gateway refuses to start without one)."""
+    secret_key: str
+    """LEDGERCI_SECRET_KEY: key that encrypts secrets at rest (secrets arrive with issue 6)."""
+    host: str
+    """LEDGERCI_HOST: the gateway's listen address."""
+    port: int
+    """LEDGERCI_PORT: the gateway's port."""
+    runner_pool: str
+    """LEDGERCI_RUNNER_POOL: the pool a runner serves."""
+    runner_slots: int
+    """LEDGERCI_RUNNER_SLOTS: how many jobs one runner runs at once."""
+    runner_id: str
+    """LEDGERCI_RUNNER_ID: a runner's name in events (default host-pid)."""
+    executor: str
+    """LEDGERCI_EXECUTOR: `local` (docker arrives with issue 6)."""
+    lease_seconds: float
+    """LEDGERCI_LEASE_SECONDS: how long a claim lasts without a heartbeat (used from issue 3)."""
+    stream_replicas: int
+    """LEDGERCI_STREAM_REPLICAS: JetStream replicas per stream (3 on a 3-node cluster)."""
+    idle_check_seconds: float
+    """LEDGERCI_IDLE_CHECK_SECONDS: backstop re-check of the store when no wake-up came."""
+    db_pool_size: int
+    """LEDGERCI_DB_POOL_SIZE: database connections per process."""
+    default_max_concurrent_jobs: int
+    """LEDGERCI_DEFAULT_MAX_CONCURRENT_JOBS: a new tenant's concurrent-job quota."""
+    default_max_queued_runs: int
+    """LEDGERCI_DEFAULT_MAX_QUEUED_RUNS: a new tenant's queued-run quota."""
+    default_pushes_per_minute: int
+    """LEDGERCI_DEFAULT_PUSHES_PER_MINUTE: a new tenant's push rate."""
+    log_level: str
+    """LEDGERCI_LOG_LEVEL: DEBUG, INFO, WARNING…"""
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = Path(_env("LEDGERCI_DATA_DIR", ".ledgerci")).absolute()
+        return cls(
+            data_dir=data_dir,
+            database_url=_env("LEDGERCI_DATABASE_URL", f"sqlite:///{data_dir / 'ledgerci.db'}"),
+            nats_url=_env("LEDGERCI_NATS_URL", "nats://127.0.0.1:4222"),
+            admin_token=_env("LEDGERCI_ADMIN_TOKEN", ""),
+            secret_key=_env("LEDGERCI_SECRET_KEY", ""),
+            host=_env("LEDGERCI_HOST", "127.0.0.1"),
+            port=int(_env("LEDGERCI_PORT", "8080")),
+            runner_pool=_env("LEDGERCI_RUNNER_POOL", "default"),
+            runner_slots=int(_env("LEDGERCI_RUNNER_SLOTS", "2")),
+            runner_id=_env("LEDGERCI_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}"),
+            executor=_env("LEDGERCI_EXECUTOR", "local"),
+            lease_seconds=float(_env("LEDGERCI_LEASE_SECONDS", "30")),
+            stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),
+            idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),
+            db_pool_size=int(_env("LEDGERCI_DB_POOL_SIZE", "4")),
+            default_max_concurrent_jobs=int(_env("LEDGERCI_DEFAULT_MAX_CONCURRENT_JOBS", "10")),
+            default_max_queued_runs=int(_env("LEDGERCI_DEFAULT_MAX_QUEUED_RUNS", "100")),
+            default_pushes_per_minute=int(_env("LEDGERCI_DEFAULT_PUSHES_PER_MINUTE", "60")),
+            log_level=_env("LEDGERCI_LOG_LEVEL", "INFO"),
+        )

@@ -1,0 +1,147 @@
+"""Queries over the runs/jobs read model, always scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import base64
+
+import msgspec
+
+from projections.sql import Database
+
+
+class JobView(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    status: str
+    attempt: int
+    runner_id: str | None
+    exit_code: int | None
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+
+
+class RunView(msgspec.Struct, kw_only=True):
+    id: str
+    repository_id: str
+    tenant_id: str
+    commit: str
+    ref: str | None
+    status: str
+    created_at: str
+    finished_at: str | None
+    error: str | None
+    jobs: list[JobView] = []
+
+
+class RunPage(msgspec.Struct, kw_only=True):
+    runs: list[RunView]
+    next_cursor: str | None
+
+
+class JobLocation(msgspec.Struct, kw_only=True):
+    """Where a job's log lives: its run, tenant, current attempt and whether it ended."""
+
+    job_id: str
+    run_id: str
+    tenant_id: str
+    attempt: int
+    status: str
+
+
+_RUN_COLUMNS = "id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error"
+_JOB_COLUMNS = (
+    "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error"
+)
+
+
+def _run(row: tuple) -> RunView:
+    return RunView(
+        id=row[0], repository_id=row[1], tenant_id=row[2], commit=row[3], ref=row[4],
+        status=row[5], created_at=row[6], finished_at=row[7], error=row[8],
+    )
+
+
+def _job(row: tuple) -> JobView:
+    return JobView(
+        id=row[0], name=row[1], status=row[2], attempt=row[3], runner_id=row[4],
+        exit_code=row[5], queued_at=row[6], started_at=row[7], finished_at=row[8], error=row[9],
+    )
+
+
+class RunQueries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get_run(self, run_id: str, tenant_id: str | None) -> RunView | None:
+        """The run with its jobs in workflow order; None if absent or another tenant's."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM lci_runs WHERE id = ?"
+        params: list = [run_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        rows = self.db.query(sql, params)
+        if not rows:
+            return None
+        run = _run(rows[0])
+        jobs = self.db.query(f"SELECT {_JOB_COLUMNS} FROM lci_jobs WHERE run_id = ? ORDER BY idx", (run_id,))
+        run.jobs = [_job(j) for j in jobs]
+        return run
+
+    def list_runs(
+        self,
+        tenant_id: str | None,
+        *,
+        repository_id: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Newest first, paged by a cursor (the last row's created_at and id)."""
+        clauses, params = [], []
+        for column, value in (("tenant_id", tenant_id), ("repository_id", repository_id),
+                              ("status", status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if cursor:
+            created_at, run_id = _decode_cursor(cursor)
+            clauses.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            params += [created_at, created_at, run_id]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self.db.query(
+            f"SELECT {_RUN_COLUMNS} FROM lci_runs {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        runs = [_run(r) for r in rows[:limit]]
+        next_cursor = _encode_cursor(runs[-1]) if len(rows) > limit else None
+        return RunPage(runs=runs, next_cursor=next_cursor)
+
+    def locate_job(self, job_id: str, tenant_id: str | None) -> JobLocation | None:
+        sql = "SELECT id, run_id, tenant_id, attempt, status FROM lci_jobs WHERE id = ?"
+        params: list = [job_id]
+        if tenant_id is not None:
+            sql += " AND tenant_id = ?"
+            params.append(tenant_id)
+        rows = self.db.query(sql, params)
+        if not rows:
+            return None
+        row = rows[0]
+        return JobLocation(job_id=row[0], run_id=row[1], tenant_id=row[2], attempt=row[3], status=row[4])
+
+
+class InvalidCursorError(ValueError):
+    pass
+
+
+def _encode_cursor(run: RunView) -> str:
+    return base64.urlsafe_b64encode(f"{run.created_at}|{run.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created_at, run_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidCursorError(f"invalid cursor {cursor!r}") from None
+    return created_at, run_id

@@ -1,0 +1,138 @@
+"""The runs/jobs read model: what the API's run list and run detail show.
+
+Each batch of events is applied in one transaction together with the projection's tracking
+position, so an event is applied exactly once however often it is delivered: a position at or
+below the tracked one is skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from functools import singledispatchmethod
+from typing import Any
+
+from domain.run import Run
+from domain.status import JobStatus, RunStatus
+from projections.sql import Cursor, Database
+
+PROJECTION_NAME = "runs"
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class RunsProjection:
+    def __init__(self, db: Database, name: str = PROJECTION_NAME) -> None:
+        self.db = db
+        self.name = name
+
+    def position(self) -> int:
+        rows = self.db.query("SELECT position FROM lci_tracking WHERE projection = ?", (self.name,))
+        return int(rows[0][0]) if rows else 0
+
+    def apply(self, events: Iterable[tuple[int, Any]]) -> int:
+        """Apply (position, event) pairs in order; returns the new tracked position."""
+        batch = list(events)
+        with self.db.transaction(lock=True) as cursor:
+            cursor.execute(
+                "SELECT position FROM lci_tracking WHERE projection = ?"
+                + (" FOR UPDATE" if self.db.dialect == "postgresql" else ""),
+                (self.name,),
+            )
+            row = cursor.fetchone()
+            tracked = int(row[0]) if row else 0
+            for position, event in batch:
+                if position <= tracked:
+                    continue  # already applied: a redelivery or a second replica
+                self.handle(event, cursor, position)
+                tracked = position
+            cursor.execute(
+                "INSERT INTO lci_tracking (projection, position) VALUES (?, ?) "
+                "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                (self.name, tracked),
+            )
+        return tracked
+
+    @singledispatchmethod
+    def handle(self, event: Any, cursor: Cursor, position: int) -> None:
+        """Events this read model does not show (tenants, tokens, repositories)."""
+
+    @handle.register
+    def _(self, event: Run.RunRequested, cursor: Cursor, position: int) -> None:
+        cursor.execute(
+            "INSERT INTO lci_runs (id, tenant_id, repository_id, commit_sha, ref, rerun, status, "
+            "created_at, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (str(event.originator_id), event.tenant_id, event.repository_id, event.commit,
+             event.ref, event.rerun, RunStatus.QUEUED.value, rfc3339(event.timestamp), position),
+        )
+
+    @handle.register
+    def _(self, event: Run.RunPlanned, cursor: Cursor, position: int) -> None:
+        run_id = str(event.originator_id)
+        tenant_id = cursor.execute("SELECT tenant_id FROM lci_runs WHERE id = ?", (run_id,)).fetchone()[0]
+        for index, job in enumerate(event.jobs):
+            cursor.execute(
+                "INSERT INTO lci_jobs (id, run_id, tenant_id, idx, name, status, attempt) "
+                "VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
+                (job["id"], run_id, tenant_id, index, job["spec"]["name"], JobStatus.PENDING.value),
+            )
+
+    @handle.register
+    def _(self, event: Run.RunSkipped, cursor: Cursor, position: int) -> None:
+        self._end_run(cursor, event, RunStatus.SKIPPED, event.reason)
+
+    @handle.register
+    def _(self, event: Run.RunFailed, cursor: Cursor, position: int) -> None:
+        self._end_run(cursor, event, RunStatus.FAILED, event.error)
+
+    @handle.register
+    def _(self, event: Run.RunSucceeded, cursor: Cursor, position: int) -> None:
+        self._end_run(cursor, event, RunStatus.SUCCEEDED, None)
+
+    @handle.register
+    def _(self, event: Run.JobQueued, cursor: Cursor, position: int) -> None:
+        cursor.execute(
+            "UPDATE lci_jobs SET status = ?, attempt = ?, queued_at = ?, runner_id = NULL, "
+            "started_at = NULL WHERE id = ?",
+            (JobStatus.QUEUED.value, event.attempt, rfc3339(event.timestamp), event.job_id),
+        )
+
+    @handle.register
+    def _(self, event: Run.JobStarted, cursor: Cursor, position: int) -> None:
+        cursor.execute(
+            "UPDATE lci_jobs SET status = ?, runner_id = ?, started_at = ? WHERE id = ?",
+            (JobStatus.RUNNING.value, event.runner_id, rfc3339(event.timestamp), event.job_id),
+        )
+        cursor.execute(
+            "UPDATE lci_runs SET status = ? WHERE id = ? AND status = ?",
+            (RunStatus.RUNNING.value, str(event.originator_id), RunStatus.QUEUED.value),
+        )
+
+    @handle.register
+    def _(self, event: Run.JobSucceeded, cursor: Cursor, position: int) -> None:
+        self._end_job(cursor, event, JobStatus.SUCCEEDED, event.exit_code, None)
+
+    @handle.register
+    def _(self, event: Run.JobFailed, cursor: Cursor, position: int) -> None:
+        self._end_job(cursor, event, JobStatus.FAILED, event.exit_code, event.error)
+
+    @handle.register
+    def _(self, event: Run.JobSkipped, cursor: Cursor, position: int) -> None:
+        self._end_job(cursor, event, JobStatus.SKIPPED, None, None)
+
+    @staticmethod
+    def _end_run(cursor: Cursor, event: Any, status: RunStatus, error: str | None) -> None:
+        cursor.execute(
+            "UPDATE lci_runs SET status = ?, error = ?, finished_at = ? WHERE id = ?",
+            (status.value, error, rfc3339(event.timestamp), str(event.originator_id)),
+        )
+
+    @staticmethod
+    def _end_job(cursor: Cursor, event: Any, status: JobStatus, exit_code: int | None,
+                 error: str | None) -> None:
+        cursor.execute(
+            "UPDATE lci_jobs SET status = ?, exit_code = ?, error = ?, finished_at = ? WHERE id = ?",
+            (status.value, exit_code, error, rfc3339(event.timestamp), event.job_id),
+        )

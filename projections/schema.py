@@ -1,0 +1,47 @@
+"""Read-model tables. Thrown away and rebuilt from the event history at will."""
+
+from projections.sql import Database
+
+TABLES = [
+    """CREATE TABLE IF NOT EXISTS lci_tracking (
+        projection TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS lci_runs (
+        id TEXT PRIMARY KEY,
+        tenant_id TEXT NOT NULL,
+        repository_id TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        ref TEXT,
+        rerun INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        finished_at TEXT,
+        position BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS lci_runs_by_tenant ON lci_runs (tenant_id, created_at, id)",
+    "CREATE INDEX IF NOT EXISTS lci_runs_by_repository ON lci_runs (repository_id, created_at, id)",
+    """CREATE TABLE IF NOT EXISTS lci_jobs (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        runner_id TEXT,
+        exit_code INTEGER,
+        error TEXT,
+        queued_at TEXT,
+        started_at TEXT,
+        finished_at TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
+]
+
+
+def create_read_model_tables(db: Database) -> None:
+    with db.transaction(lock=True) as cursor:
+        for statement in TABLES:
+            cursor.execute(statement)

@@ -1,0 +1,105 @@
+"""One small SQL surface over PostgreSQL (psycopg) and SQLite, for the read models.
+
+Statements are written once with `?` placeholders and portable SQL (upserts with
+ON CONFLICT work on both); only the connection handling differs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from psycopg_pool import ConnectionPool
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class Database(Protocol):
+    dialect: str
+
+    def transaction(self, *, lock: bool = False) -> Any: ...
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
+
+
+class _PgCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._cursor.execute(sql.replace("?", "%s"), params)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 4) -> None:
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
+                                    kwargs={"connect_timeout": 5})
+
+    @contextmanager
+    def transaction(self, *, lock: bool = False) -> Iterator[Cursor]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+            yield _PgCursor(cursor)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn, conn.cursor() as cursor:
+            cursor.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall()
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class SqliteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection shared by worker threads, serialised by a lock: SQLite has one
+        # writer anyway, and readers here are short.
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def transaction(self, *, lock: bool = False) -> Iterator[Cursor]:
+        with self._lock:
+            cursor = self._conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE" if lock else "BEGIN")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            cursor.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_database(database_url: str, *, pool_size: int = 4) -> Database:
+    if database_url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(database_url, pool_size=pool_size)
+    if database_url.startswith("sqlite:///"):
+        return SqliteDatabase(Path(database_url.removeprefix("sqlite:///")))
+    raise ValueError(f"unsupported database URL {database_url!r}")

@@ -1,0 +1,33 @@
+"""The executor contract: run one attempt's script somewhere, streaming its output.
+
+Lifecycle, as woodpecker's backends have it, kept short: the agent prepares a workspace,
+calls `run` (start, tail output, wait), and cleans up. Job failures (a non-zero exit, a
+timeout) are told apart from infrastructure failures (`error` set, exit code None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+OutputSink = Callable[[bytes], Awaitable[None]]
+
+
+class Execution(msgspec.Struct, frozen=True, kw_only=True):
+    script: str
+    env: dict[str, str]
+    workdir: Path
+    image: str | None
+    timeout_seconds: float
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    exit_code: int | None
+    error: str | None = None  # set when the job did not end by itself (timed out, could not start)
+
+
+class Executor(Protocol):
+    async def run(self, execution: Execution, output: OutputSink) -> Outcome: ...

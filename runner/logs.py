@@ -1,0 +1,67 @@
+"""Streams a job's output to the LOGS stream as it comes, batched by size and time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.js import JetStreamContext
+
+from domain.messages import logs_subject
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK_BYTES = 32 * 1024
+# Output waits at most this long for more to batch with: lines show up well within ~100 ms.
+MAX_DELAY_SECONDS = 0.05
+
+
+class LogStream:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int) -> None:
+        self.js = js
+        self.job_id = job_id
+        self.attempt = attempt
+        self.subject = logs_subject(job_id, attempt)
+        self.sequence = 0
+        self.bytes_sent = 0
+        self._buffer = bytearray()
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()  # chunks must reach the stream in order
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= MAX_CHUNK_BYTES:
+            await self.flush()
+        elif self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(MAX_DELAY_SECONDS, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_timer = None
+        task = asyncio.create_task(self.flush())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        async with self._lock:
+            while self._buffer:
+                chunk = bytes(self._buffer[:MAX_CHUNK_BYTES])
+                del self._buffer[:MAX_CHUNK_BYTES]
+                self.sequence += 1
+                headers = {"Nats-Msg-Id": f"{self.job_id}:{self.attempt}:{self.sequence}"}
+                try:
+                    await self.js.publish(self.subject, chunk, headers=headers)
+                except Exception:
+                    # A lost chunk must not stop the job; the gap is visible in the sequence.
+                    log.exception("log chunk %d of job %s lost", self.sequence, self.job_id)
+                    continue
+                self.bytes_sent += len(chunk)
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import Api
+from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, request) -> Iterator[LedgerCluster]:
+    """Every service as its own process on PostgreSQL and a real nats-server."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url)
+    cluster.base_dir.mkdir(parents=True)
+    cluster.start_all()
+    yield cluster
+    cluster.stop_all()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(cluster.logs())
+
+
+@pytest.fixture
+def admin(cluster: LedgerCluster) -> Api:
+    return Api(cluster.url, ADMIN_TOKEN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.rep_call = report
+        cluster = getattr(item, "funcargs", {}).get("cluster")
+        if report.failed and cluster is not None:
+            report.sections.append(("ledgerci service logs", cluster.logs()))
+    return report

