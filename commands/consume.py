@@ -7,7 +7,6 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -48,7 +47,13 @@ async def consume(
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(batch, timeout=LONG_POLL_SECONDS)
-            except NatsTimeoutError:
+            except TimeoutError:
+                continue  # nothing arrived during the long poll
+            except Exception:
+                # NATS reconnecting, the stream being restored: the durable consumer keeps
+                # our place, so wait a moment and ask again.
+                log.warning("%s: fetch failed; retrying", durable, exc_info=True)
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
                 continue
             for message in messages:
                 try:

@@ -18,7 +18,6 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from domain.messages import (
@@ -113,7 +112,11 @@ class RunnerAgent:
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(1, timeout=LONG_POLL_SECONDS)
-            except NatsTimeoutError:
+            except TimeoutError:
+                continue  # nothing arrived during the long poll
+            except Exception:
+                log.warning("fetching a job failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)  # NATS is reconnecting: do not spin
                 continue
             for message in messages:
                 await self.handle(message)
@@ -128,7 +131,7 @@ class RunnerAgent:
             log.info("attempt %s:%d is not ours: %s", dispatch.job_id, dispatch.attempt, refused)
             await message.ack_sync()  # nobody should run this attempt any more
             return
-        except (NatsTimeoutError, NoRespondersError, CommandFailed):
+        except (TimeoutError, NoRespondersError, CommandFailed):
             await message.nak(delay=1.0)  # the command service is away: try again soon
             return
         keep_alive = asyncio.create_task(_keep_in_progress(message))
@@ -180,7 +183,7 @@ class RunnerAgent:
             except Refused as refused:
                 log.warning("outcome of %s:%d refused: %s", dispatch.job_id, dispatch.attempt, refused)
                 return
-            except (NatsTimeoutError, NoRespondersError, CommandFailed) as failed:
+            except (TimeoutError, NoRespondersError, CommandFailed) as failed:
                 log.warning("reporting %s:%d failed (%s); retrying", dispatch.job_id, dispatch.attempt, failed)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

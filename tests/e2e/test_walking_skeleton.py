@@ -3,9 +3,14 @@ PostgreSQL and a real nats-server, with the local executor."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import nats
+import psycopg
 import pytest
+
+from domain.messages import EVENTS_STREAM
 
 from tests.support.api import Api
 from tests.support.cluster import LedgerCluster
@@ -182,14 +187,11 @@ def test_killing_a_service_mid_run_loses_and_duplicates_nothing(
     repository_id = admin.repository(tenant_id, repo.clone_url)
     run_id = admin.push(repository_id, commit).json()["run_id"]
 
-    # Kill it while the run is in its second job, then once more a little later.
-    admin.wait_run(run_id, until=lambda r: any(j["status"] == "running" for j in r["jobs"][1:2]) or
-                   r["status"] != "queued" and len(r["jobs"]) > 1 and r["jobs"][1]["status"] != "pending")
-    cluster.kill(victim)
-    cluster.start(victim)
-    admin.wait_run(run_id, until=lambda r: len(r["jobs"]) == 5 and r["jobs"][3]["status"] != "pending")
-    cluster.kill(victim)
-    cluster.start(victim)
+    # Kill it once the second job is under way, and again once the fourth is.
+    for job_index in (1, 3):
+        admin.wait_run(run_id, until=lambda r, i=job_index: len(r["jobs"]) == 5 and r["jobs"][i]["status"] != "pending")
+        cluster.kill(victim)
+        cluster.start(victim)
 
     run = admin.wait_run(run_id, timeout=90)
     assert run["status"] == "succeeded"
@@ -199,3 +201,28 @@ def test_killing_a_service_mid_run_loses_and_duplicates_nothing(
     assert types.count("JobStarted") == 5 and types.count("JobSucceeded") == 5
     assert types.count("RunSucceeded") == 1
     assert [e["version"] for e in history] == list(range(1, len(history) + 1))
+
+    # The EVENTS stream holds every stored event exactly once, in the store's order.
+    positions = asyncio.run(stream_positions(cluster.env["LEDGERCI_NATS_URL"]))
+    assert positions == sorted(set(positions)), "a position was published twice or out of order"
+    assert positions == store_positions(cluster.env["LEDGERCI_DATABASE_URL"])
+
+
+async def stream_positions(nats_url: str) -> list[int]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(EVENTS_STREAM)
+        positions = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(EVENTS_STREAM, seq)
+            positions.append(int(message.headers["Nats-Msg-Id"]))
+        return positions
+    finally:
+        await nc.close()
+
+
+def store_positions(database_url: str) -> list[int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute("SELECT notification_id FROM ledgerci_events ORDER BY notification_id").fetchall()
+    return [row[0] for row in rows]

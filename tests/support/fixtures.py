@@ -12,7 +12,8 @@ Do not kill or stop the session-scoped servers; take a ``fresh_*`` one. (If a te
 stop the session PostgreSQL anyway, ``postgres_url``'s teardown starts it again.)
 
 Every server is destroyed when its fixture is torn down, failed test or not; processes
-left running at interpreter exit are SIGKILLed by ``tests.support.processes``. When a test
+left running at interpreter exit are SIGKILLed by ``tests.support.processes``; SIGTERM to
+pytest is turned into KeyboardInterrupt so that teardown still happens. When a test
 fails, the log tail of every server fixture it used is added to its report. Set
 ``LEDGERCI_KEEP_TEST_DIRS=1`` to keep the server directories (data, logs) after the run.
 """
@@ -22,8 +23,11 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
+import threading
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -37,6 +41,21 @@ __all__ = [
     "postgres_server",
     "postgres_url",
 ]
+
+
+def _sigterm_to_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Make SIGTERM (a CI job being cancelled, ``timeout``...) behave like Ctrl-C, so that
+    pytest still tears the fixtures down and stops the servers; by default SIGTERM ends
+    Python at once, without ``finally`` blocks or ``atexit`` handlers, leaving them running.
+    Only if nobody installed a SIGTERM handler already."""
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _sigterm_to_keyboard_interrupt)
 
 
 def _keep_dirs() -> bool:

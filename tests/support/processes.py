@@ -7,12 +7,14 @@ again on the same port and data, which is how tests prove crash recovery.
 Nothing here touches the system PostgreSQL (5432) or the system NATS 2.9 (4222).
 
 Root: ``initdb`` and ``postgres`` refuse to run as root, so when the tests run as
-root the PostgreSQL processes are started as the ``postgres`` user (``subprocess``'s
-``user=``/``group=``, no ``runuser`` wrapper process in between, so the pid we hold
-is the postmaster's). Its directory is chowned to that user, and every directory
+root the PostgreSQL programs run as the ``postgres`` user (switched to with setuid in the
+child, no ``runuser``). A cluster's directory is chowned to that user, and every directory
 above it must be traversable by it: ``pytest``'s ``tmp_path`` (under the 0700
-``/tmp/pytest-of-root``) is not; a ``tempfile.mkdtemp()`` directory chmodded 0711
-is (see :func:`make_base_dir`).
+``/tmp/pytest-of-root``) is not; a ``tempfile.mkdtemp()`` directory chmodded 0711 is
+(see :func:`make_base_dir`).
+
+Every server runs in its own session and process group, so Ctrl-C on the test run does
+not reach it before the fixtures stop it, and a kill takes down the whole group.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import json
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -59,6 +62,10 @@ _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 30.0
 _POLL_INTERVAL = 0.05
 _LOG_TAIL_CHARS = 4000
+#: create() tries new ports this many times if the server finds its port taken.
+_PORT_ATTEMPTS = 3
+#: What both servers log (lower-cased) when they cannot bind their port.
+_PORT_TAKEN = "address already in use"
 
 
 class ServerStartError(RuntimeError):
@@ -68,8 +75,45 @@ class ServerStartError(RuntimeError):
 # --------------------------------------------------------------------------- helpers
 
 
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it)."""
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Chosen at random *below* the kernel's ephemeral range (``ip_local_port_range``,
+    32768-60999 by default) and checked by binding it. A port from ``bind(("127.0.0.1",
+    0))`` lies inside that range, where any outgoing connection of the machine can take it
+    as its local port -- between picking the port and the server binding it, or while a
+    killed server is down and about to be restarted on the same port. Falls back to
+    ``bind(0)`` if no port below the range is free.
+    """
+    low, high = _ephemeral_port_range()
+    if low > 11000:
+        candidates = range(10000, low)
+    elif high < 64000:
+        candidates = range(high + 1, 65536)
+    else:
+        candidates = range(0)
+    rng = random.SystemRandom()
+    for _ in range(100 if candidates else 0):
+        port = rng.choice(candidates)
+        if _bindable(port):
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -86,12 +130,27 @@ def make_base_dir(prefix: str = "ledgerci-test-") -> Path:
     return path
 
 
-def _port_accepts(port: int) -> bool:
+def _nats_info(port: int) -> dict[str, Any] | None:
+    """The INFO a NATS server sends on connect to 127.0.0.1:``port``, or ``None``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.settimeout(1)
+            data = b""
+            while b"\r\n" not in data and len(data) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
     except OSError:
-        return False
+        return None
+    line = data.split(b"\r\n", 1)[0]
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
@@ -228,6 +287,20 @@ class _Process:
             start_new_session=True,
             **kwargs,
         )
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(offset)
+                return fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def _start_failed(self, what: str) -> ServerStartError:
         return ServerStartError(f"{what}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
@@ -474,7 +547,17 @@ class PostgresServer(_Process):
         try:
             server._prepare_directory()
             server._init_data_dir()
-            server.start()
+            for attempt in range(_PORT_ATTEMPTS):
+                offset = server._log_size()
+                try:
+                    server.start()
+                    break
+                except ServerStartError:
+                    taken = _PORT_TAKEN in server._log_since(offset).lower()
+                    if not taken or attempt == _PORT_ATTEMPTS - 1:
+                        raise
+                    server.port = free_port()
+                    server.url = server.url_for(cls.DATABASE)
             server.create_database(cls.DATABASE)
         except BaseException:
             server.destroy()
@@ -558,11 +641,18 @@ class PostgresServer(_Process):
                 raise self._start_failed(f"postgres exited with code {code} while starting")
             try:
                 with psycopg.connect(self.admin_url, connect_timeout=2, autocommit=True) as conn:
-                    conn.execute("SELECT 1")
-                return
+                    row = conn.execute("SELECT current_setting('data_directory')").fetchone()
             except psycopg.OperationalError as exc:
                 last_error = exc
                 time.sleep(_POLL_INTERVAL)
+                continue
+            if row is None or Path(row[0]) != self.data_dir:
+                self._kill_postmaster_group()
+                raise self._start_failed(
+                    f"port {self.port} is served by another PostgreSQL (data directory "
+                    f"{row[0] if row else None}), not by {self.data_dir}"
+                )
+            return
         self._kill_postmaster_group()
         raise self._start_failed(
             f"postgres did not accept connections on port {self.port} within "
@@ -729,12 +819,23 @@ class NatsServer(_Process):
 
     @classmethod
     def create(cls, base_dir: Path, *, sync_always: bool = True) -> NatsServer:
-        """Make a fresh directory under ``base_dir``, write the config, start the server."""
+        """Make a fresh directory under ``base_dir``, write the config, start the server
+        (on other ports if one was taken meanwhile by someone else)."""
         directory = Path(tempfile.mkdtemp(prefix="nats-", dir=base_dir))
         server = cls(directory, free_port(), free_port(), sync_always=sync_always)
         try:
-            server.write_config()
-            server.start()
+            for attempt in range(_PORT_ATTEMPTS):
+                server.write_config()
+                offset = server._log_size()
+                try:
+                    server.start()
+                    break
+                except ServerStartError:
+                    taken = _PORT_TAKEN in server._log_since(offset).lower()
+                    if not taken or attempt == _PORT_ATTEMPTS - 1:
+                        raise
+                    server.port, server.monitor_port = free_port(), free_port()
+                    server.url = f"nats://127.0.0.1:{server.port}"
         except BaseException:
             server.destroy()
             raise
@@ -750,40 +851,51 @@ class NatsServer(_Process):
         )
 
     def start(self) -> None:
-        """Start (or restart on the same ports and store) and wait until the client port
-        accepts TCP connections and ``/healthz?js-enabled-only=true`` answers ok."""
+        """Start (or restart on the same ports and store) and wait until it is ready: the
+        client port answers with the NATS INFO of *this* server (same ``server_id`` as its
+        monitoring port reports) and ``/healthz?js-enabled-only=true`` answers ok."""
         self._log_marker("start")
         self._paused = False
         self._spawn([str(self.binary), "-c", str(self.config_path)])
         deadline = time.monotonic() + _START_TIMEOUT
-        problem = "not started"
+        problem: str | None = "not started"
         while time.monotonic() < deadline:
             if not self.is_running():
                 code = self._proc.returncode if self._proc else None
                 self._reap(0)
                 raise self._start_failed(f"nats-server exited with code {code} while starting")
-            if not _port_accepts(self.port):
-                problem = f"port {self.port} refuses connections"
-            else:
-                problem = self._health_problem()
-                if problem is None:
-                    return
+            problem = self._readiness_problem()
+            if problem is None and self.is_running():
+                return
             time.sleep(_POLL_INTERVAL)
         self.kill()
         raise self._start_failed(f"nats-server not ready within {_START_TIMEOUT}s: {problem}")
 
-    def _health_problem(self) -> str | None:
-        url = f"{self.monitor_url}/healthz?js-enabled-only=true"
+    def _get_json(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.monitor_url}{path}", timeout=2) as response:
+            answer = json.loads(response.read().decode())
+        if not isinstance(answer, dict):
+            raise ValueError(f"{path}: not a JSON object: {answer!r}")
+        return answer
+
+    def _readiness_problem(self) -> str | None:
+        """``None`` if ready, else what is missing."""
+        info = _nats_info(self.port)
+        if info is None:
+            return f"port {self.port} does not answer with a NATS INFO line"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                body = response.read().decode()
-        except (urllib.error.URLError, OSError) as exc:
-            return f"{url}: {exc}"
-        try:
-            status = json.loads(body).get("status")
-        except ValueError:
-            return f"{url}: unparsable answer {body!r}"
-        return None if status == "ok" else f"{url}: {body}"
+            health = self._get_json("/healthz?js-enabled-only=true")
+            varz = self._get_json("/varz")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return f"monitoring port {self.monitor_port}: {exc}"
+        if health.get("status") != "ok":
+            return f"/healthz?js-enabled-only=true: {health}"
+        if info.get("server_id") != varz.get("server_id"):
+            raise self._start_failed(
+                f"port {self.port} is served by another NATS server "
+                f"({info.get('server_id')}, ours is {varz.get('server_id')})"
+            )
+        return None
 
     def stop(self) -> None:
         """SIGTERM (clean shutdown) and wait for the process to exit."""

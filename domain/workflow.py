@@ -1,0 +1,318 @@
+"""The workflow file (`.ledgerci.yml`, see WORKFLOW.md): parsed, checked, compiled to a plan.
+
+Two layers of structs on purpose. The private `_Raw*` structs are the file as the user writes
+it (`timeout: 20m`, `on: {branches: ...}`) and msgspec checks its shape, refusing unknown keys
+so a typo like `timout:` cannot pass. The public `Workflow` / `JobSpec` are what the rest of
+ledgerci runs: durations in seconds, env merged, image resolved. Every error names the line
+and the field, which is why the YAML is composed by `domain.yaml_lines` and not just loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, cast, get_args
+
+import msgspec
+
+from domain.errors import InvalidWorkflowError
+from domain.yaml_lines import Located, Path, compose_with_lines, format_path
+
+MAX_WORKFLOW_BYTES = 256 * 1024
+MAX_JOBS = 100
+MAX_RETRIES = 10
+DEFAULT_TIMEOUT_SECONDS = 60 * 60
+# A runaway job should not hold a runner for ever; a week is more than any build needs.
+MAX_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
+
+_JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DURATION = re.compile(r"(\d+)([smh]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_MEMORY = re.compile(r"(\d+)[kmg]?", re.IGNORECASE)
+_IDENTIFIER_RULE = 'use letters, digits and "_", not starting with a digit'
+
+When = Literal["on_success", "on_failure", "always"]
+_WHEN: tuple[When, ...] = get_args(When)
+
+
+class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    cpus: float | None = None
+    memory: str | None = None  # as written: "512m", "1g", "256k" or bytes
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    name: str
+    run: str
+    image: str | None = None  # already resolved: the job's image, else the workflow's
+    env: dict[str, str] = {}  # already merged: the workflow's env, then the job's
+    secrets: list[str] = []
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    retries: int = 0
+    resources: Resources | None = None
+    when: When = "on_success"
+    allow_failure: bool = False
+
+
+class Workflow(msgspec.Struct, frozen=True, kw_only=True):
+    name: str | None = None
+    image: str | None = None
+    env: dict[str, str] = {}
+    branches: list[str] | None = None
+    jobs: list[JobSpec]
+
+
+class _RawResources(msgspec.Struct, forbid_unknown_fields=True):
+    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    memory: str | int | None = None
+
+
+class _RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    run: str
+    image: str | None = None
+    env: dict[str, Any] = {}  # values checked in _env, where the offending key is known
+    secrets: list[str] = []
+    timeout: int | str = DEFAULT_TIMEOUT_SECONDS
+    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
+    resources: _RawResources | None = None
+    when: str = "on_success"
+    allow_failure: bool = False
+
+
+class _RawOn(msgspec.Struct, forbid_unknown_fields=True):
+    branches: list[str] | None = None
+
+
+class _RawWorkflow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str | None = None
+    image: str | None = None
+    env: dict[str, Any] = {}
+    on: _RawOn | None = None
+    jobs: list[_RawJob]
+
+
+def parse_workflow(text: str | bytes) -> Workflow:
+    """The plan in a workflow file; InvalidWorkflowError names the line and field at fault."""
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_WORKFLOW_BYTES:
+        raise InvalidWorkflowError(
+            f"the file is {size} bytes, over the limit of {MAX_WORKFLOW_BYTES} (256 KiB)"
+        )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = text.count(b"\n", 0, e.start) + 1
+            raise InvalidWorkflowError("the file is not valid UTF-8", line=line) from None
+    located = compose_with_lines(text)
+    if located.data is None:
+        raise InvalidWorkflowError("the file is empty; expected a mapping with `jobs`", line=1)
+    if not isinstance(located.data, dict):
+        raise InvalidWorkflowError(
+            f"expected a mapping at the top level (name, image, env, on, jobs), "
+            f"got {_type_words(type(located.data).__name__)}",
+            line=located.line_of(()),
+        )
+    try:
+        raw = msgspec.convert(located.data, _RawWorkflow)
+    except msgspec.ValidationError as e:
+        raise _explained(e, located) from None
+    return _compiled(raw, located)
+
+
+def ref_matches(branches: list[str] | None, ref: str | None) -> bool:
+    """Whether a push to `ref` passes an `on.branches` filter.
+
+    Branches match by name (`refs/heads/` stripped) or by full ref; any other ref, such as a
+    tag, only by full ref, so `release/*` never starts a run for the tag `refs/tags/release/1`.
+    """
+    if branches is None or not ref:
+        return True
+    names = [ref]
+    if ref.startswith("refs/heads/"):
+        names.append(ref.removeprefix("refs/heads/"))
+    return any(re.fullmatch(_glob(p), name) for p in branches for name in names)
+
+
+def _glob(pattern: str) -> str:
+    # fnmatch lets `*` cross `/`; for branch names `release/*` must not match `release/a/b`.
+    wildcards = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    return "".join(wildcards.get(part, re.escape(part)) for part in parts)
+
+
+def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
+    image = _image(raw.image, ("image",), at)
+    env = _env(raw.env, ("env",), at)
+    branches = raw.on.branches if raw.on else None
+    if branches is not None:
+        if not branches:
+            raise _error(
+                "an empty list matches no push; leave out `on` to match every push",
+                ("on", "branches"),
+                at,
+            )
+        for i, pattern in enumerate(branches):
+            if not pattern:
+                raise _error("a branch pattern must not be empty", ("on", "branches", i), at)
+    if not 1 <= len(raw.jobs) <= MAX_JOBS:
+        raise _error(f"expected 1 to {MAX_JOBS} jobs, got {len(raw.jobs)}", ("jobs",), at)
+    jobs: list[JobSpec] = []
+    first_line: dict[str, int | None] = {}
+    for i, job in enumerate(raw.jobs):
+        spec = _job(job, ("jobs", i), image, env, at)
+        if spec.name in first_line:
+            raise _error(
+                f'duplicate job name "{spec.name}" (first at line {first_line[spec.name]})',
+                ("jobs", i, "name"),
+                at,
+            )
+        first_line[spec.name] = at.line_of(("jobs", i, "name"))
+        jobs.append(spec)
+    return Workflow(name=raw.name, image=image, env=env, branches=branches, jobs=jobs)
+
+
+def _job(
+    raw: _RawJob, path: Path, default_image: str | None, workflow_env: dict[str, str], at: Located
+) -> JobSpec:
+    if not _JOB_NAME.fullmatch(raw.name):
+        raise _error(
+            f'invalid job name "{raw.name}": use 1 to 64 letters, digits, "_", "." or "-"',
+            (*path, "name"),
+            at,
+        )
+    if not raw.run.strip():
+        raise _error("the script must not be empty", (*path, "run"), at)
+    for i, secret in enumerate(raw.secrets):
+        if not _VAR_NAME.fullmatch(secret):
+            raise _error(
+                f'invalid secret name "{secret}": {_IDENTIFIER_RULE}',
+                (*path, "secrets", i),
+                at,
+            )
+        if secret in raw.secrets[:i]:
+            raise _error(f'secret "{secret}" is listed twice', (*path, "secrets", i), at)
+    if raw.when not in _WHEN:
+        raise _error(f'expected one of: {", ".join(_WHEN)}, got "{raw.when}"', (*path, "when"), at)
+    return JobSpec(
+        name=raw.name,
+        run=raw.run,
+        image=_image(raw.image, (*path, "image"), at) or default_image,
+        env=workflow_env | _env(raw.env, (*path, "env"), at),
+        secrets=raw.secrets,
+        timeout_seconds=_seconds(raw.timeout, (*path, "timeout"), at),
+        retries=raw.retries,
+        resources=_resources(raw.resources, (*path, "resources"), at),
+        when=cast(When, raw.when),  # checked against _WHEN above
+        allow_failure=raw.allow_failure,
+    )
+
+
+def _image(image: str | None, path: Path, at: Located) -> str | None:
+    if image is not None and not image.strip():
+        raise _error("the image must not be empty", path, at)
+    return image
+
+
+def _env(env: dict[str, Any], path: Path, at: Located) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not _VAR_NAME.fullmatch(key):
+            raise _error(
+                f'invalid variable name "{key}": {_IDENTIFIER_RULE}',
+                (*path, key),
+                at,
+            )
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, bool | int | float):
+            # The text as written: YAML 1.1 reads `010` as 8 and `1:30` as 90.
+            out[key] = at.texts[(*path, key)]
+        else:
+            raise _error(
+                f"expected a string, number or boolean, got {_type_words(type(value).__name__)}",
+                (*path, key),
+                at,
+            )
+    return out
+
+
+def _seconds(timeout: int | str, path: Path, at: Located) -> int:
+    match = _DURATION.fullmatch(timeout) if isinstance(timeout, str) else None
+    seconds = int(match[1]) * _UNIT_SECONDS[match[2]] if match else timeout
+    if not isinstance(seconds, int):
+        raise _error(
+            f'expected a duration like "90s", "20m", "2h" or a number of seconds, got "{timeout}"',
+            path,
+            at,
+        )
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise _error(f"the timeout must be between 1 second and 7 days, got {timeout}", path, at)
+    return seconds
+
+
+def _resources(raw: _RawResources | None, path: Path, at: Located) -> Resources | None:
+    if raw is None:
+        return None
+    memory = None if raw.memory is None else str(raw.memory)
+    if memory is not None:
+        match = _MEMORY.fullmatch(memory)
+        if not match or int(match[1]) == 0:
+            raise _error(
+                f'expected memory like "512m", "1g", "256k" or a number of bytes, got "{memory}"',
+                (*path, "memory"),
+                at,
+            )
+    return Resources(cpus=raw.cpus, memory=memory)
+
+
+def _error(message: str, path: Path, at: Located) -> InvalidWorkflowError:
+    return InvalidWorkflowError(message, line=at.line_of(path), field=format_path(path))
+
+
+# Which raw struct sits at a path (indexes as "*"), to list the fields an unknown key could be.
+_SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
+    (): _RawWorkflow,
+    ("on",): _RawOn,
+    ("jobs", "*"): _RawJob,
+    ("jobs", "*", "resources"): _RawResources,
+}
+_TYPE_WORDS = {
+    "object": "a mapping",
+    "array": "a list",
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "null": "null",
+    "dict": "a mapping",
+    "list": "a list",
+    "NoneType": "null",
+}
+
+
+def _explained(error: msgspec.ValidationError, at: Located) -> InvalidWorkflowError:
+    """msgspec's "Expected `int`, got `str` - at `$.jobs[0].retries`", said for humans."""
+    what, _, where = str(error).partition(" - at `")
+    path: Path = tuple(
+        int(index) if index else key
+        for key, index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", where.rstrip("`"))
+    )
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", what):
+        shape = _SHAPES.get(tuple("*" if isinstance(p, int) else p for p in path))
+        known = ", ".join(f.encode_name for f in msgspec.structs.fields(shape)) if shape else ""
+        expected = f" (expected one of: {known})" if known else ""
+        return _error(f'unknown field "{unknown[1]}"{expected}', (*path, unknown[1]), at)
+    if missing := re.fullmatch(r"Object missing required field `(.*)`", what):
+        return InvalidWorkflowError(
+            "required field is missing",
+            line=at.line_of(path),
+            field=format_path((*path, missing[1])),
+        )
+    message = re.sub(r"`([^`]*)`", lambda m: _type_words(m[1]), what)
+    return _error(message[:1].lower() + message[1:], path, at)
+
+
+def _type_words(types: str) -> str:
+    """`int | null` -> "an integer or null"."""
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in types.split(" | "))
