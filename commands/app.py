@@ -18,6 +18,8 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification
 
+from commands.envelope import to_event_message
+from commands.store import APP_NAME
 from domain.errors import (
     AlreadyExistsError,
     DomainError,
@@ -34,8 +36,6 @@ from domain.registry import Repository, Tenant, Token
 from domain.run import Run
 from domain.status import JobStatus
 from domain.workflow import parse_workflow, ref_matches
-from commands.envelope import to_event_message
-from commands.store import APP_NAME
 
 A = TypeVar("A", bound=Aggregate)
 

@@ -4,6 +4,7 @@ PostgreSQL and a real nats-server, with the local executor."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import nats
@@ -11,7 +12,6 @@ import psycopg
 import pytest
 
 from domain.messages import EVENTS_STREAM
-
 from tests.support.api import Api
 from tests.support.cluster import LedgerCluster
 from tests.support.git_repo import GitRepo
@@ -63,7 +63,7 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
     for job in jobs:
         assert job["status"] == "succeeded" and job["exit_code"] == 0 and job["attempt"] == 1
         assert job["runner_id"] and job["queued_at"] and job["started_at"] and job["finished_at"]
-    for before, after in zip(jobs, jobs[1:], strict=False):
+    for before, after in itertools.pairwise(jobs):
         assert after["started_at"] >= before["finished_at"], "a job started before the one before it ended"
 
     first_log = tenant.log(jobs[0]["id"])

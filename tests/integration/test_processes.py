@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -11,11 +13,13 @@ import nats.errors
 import psycopg
 import pytest
 
+from tests.support import processes
 from tests.support.processes import (
     MIN_NATS_VERSION,
     NatsServer,
     PostgresServer,
     find_nats_server_binary,
+    free_port,
     nats_server_version,
 )
 
@@ -177,3 +181,53 @@ def test_server_processes_run_in_their_own_process_group(
     for pid in (nats_server.pid, postgres_server.pid):
         assert pid is not None
         assert os.getpgid(pid) != os.getpgid(0)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def test_free_ports_are_outside_the_ephemeral_range() -> None:
+    low, high = processes._ephemeral_port_range()
+    for _ in range(20):
+        port = free_port()
+        assert not low <= port <= high
+
+
+@pytest.fixture
+def occupied_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that something else is listening on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def _first_port_taken(monkeypatch: pytest.MonkeyPatch, taken: int) -> None:
+    real = processes.free_port
+    ports = iter([taken])
+    monkeypatch.setattr(processes, "free_port", lambda: next(ports, None) or real())
+
+
+def test_create_moves_to_another_port_if_its_port_is_taken(
+    monkeypatch: pytest.MonkeyPatch,
+    occupied_port: int,
+    ledgerci_servers_dir: Path,
+) -> None:
+    _first_port_taken(monkeypatch, occupied_port)
+    pg = PostgresServer.create(ledgerci_servers_dir)
+    try:
+        assert pg.port != occupied_port
+        assert "address already in use" in pg.log_tail(20_000).lower()
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("ledgerci",)
+    finally:
+        pg.destroy()
+
+    _first_port_taken(monkeypatch, occupied_port)
+    ns = NatsServer.create(ledgerci_servers_dir)
+    try:
+        assert ns.port != occupied_port
+        assert f"127.0.0.1:{ns.port}" in ns.config_path.read_text()
+        assert ns.url == f"nats://127.0.0.1:{ns.port}"
+    finally:
+        ns.destroy()

@@ -45,6 +45,7 @@ from psycopg import sql
 
 __all__ = [
     "NatsServer",
+    "PortTakenError",
     "PostgresServer",
     "ServerStartError",
     "find_nats_server_binary",
@@ -70,6 +71,10 @@ _PORT_TAKEN = "address already in use"
 
 class ServerStartError(RuntimeError):
     """A server did not come up (or did not go down) in time; the message has its log tail."""
+
+
+class PortTakenError(ServerStartError):
+    """Another process answers on the port the server was meant to use."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -239,7 +244,7 @@ class _Process:
     directory: Path
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
+        self.directory = directory.absolute()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         _REGISTRY.add(self)
@@ -302,8 +307,10 @@ class _Process:
         except OSError:
             return ""
 
-    def _start_failed(self, what: str) -> ServerStartError:
-        return ServerStartError(f"{what}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
+    def _start_failed(
+        self, what: str, error: type[ServerStartError] = ServerStartError
+    ) -> ServerStartError:
+        return error(f"{what}\n--- {self.log_path} (tail) ---\n{self.log_tail()}")
 
     def _reap(self, timeout: float) -> None:
         """Wait for our child to exit (so it leaves no zombie holding its pid)."""
@@ -552,8 +559,10 @@ class PostgresServer(_Process):
                 try:
                     server.start()
                     break
-                except ServerStartError:
-                    taken = _PORT_TAKEN in server._log_since(offset).lower()
+                except ServerStartError as exc:
+                    taken = isinstance(exc, PortTakenError) or (
+                        _PORT_TAKEN in server._log_since(offset).lower()
+                    )
                     if not taken or attempt == _PORT_ATTEMPTS - 1:
                         raise
                     server.port = free_port()
@@ -646,11 +655,12 @@ class PostgresServer(_Process):
                 last_error = exc
                 time.sleep(_POLL_INTERVAL)
                 continue
-            if row is None or Path(row[0]) != self.data_dir:
+            if row is None or Path(row[0]).resolve() != self.data_dir.resolve():
                 self._kill_postmaster_group()
                 raise self._start_failed(
                     f"port {self.port} is served by another PostgreSQL (data directory "
-                    f"{row[0] if row else None}), not by {self.data_dir}"
+                    f"{row[0] if row else None}), not by {self.data_dir}",
+                    PortTakenError,
                 )
             return
         self._kill_postmaster_group()
@@ -800,7 +810,7 @@ class NatsServer(_Process):
         self.port = port
         self.monitor_port = monitor_port
         self.url = f"nats://127.0.0.1:{port}"
-        self.store_dir = directory / "store"
+        self.store_dir = self.directory / "store"
         self.sync_always = sync_always
         self.binary = find_nats_server_binary()
         self._paused = False
@@ -830,8 +840,10 @@ class NatsServer(_Process):
                 try:
                     server.start()
                     break
-                except ServerStartError:
-                    taken = _PORT_TAKEN in server._log_since(offset).lower()
+                except ServerStartError as exc:
+                    taken = isinstance(exc, PortTakenError) or (
+                        _PORT_TAKEN in server._log_since(offset).lower()
+                    )
                     if not taken or attempt == _PORT_ATTEMPTS - 1:
                         raise
                     server.port, server.monitor_port = free_port(), free_port()
@@ -891,9 +903,11 @@ class NatsServer(_Process):
         if health.get("status") != "ok":
             return f"/healthz?js-enabled-only=true: {health}"
         if info.get("server_id") != varz.get("server_id"):
+            self.kill()
             raise self._start_failed(
                 f"port {self.port} is served by another NATS server "
-                f"({info.get('server_id')}, ours is {varz.get('server_id')})"
+                f"({info.get('server_id')}, ours is {varz.get('server_id')})",
+                PortTakenError,
             )
         return None
 

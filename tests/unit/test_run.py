@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -165,20 +166,16 @@ class JobLifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.run is not None)
     def start(self, runner, attempt, pick):
         target = self.run.jobs[pick % len(self.run.jobs)]
-        try:
+        with contextlib.suppress(StaleAttemptError, InvalidTransitionError):
             self.run.start_job(target.id, attempt, runner, self._tick())
-        except (StaleAttemptError, InvalidTransitionError):
-            pass
 
     @rule(runner=st.sampled_from(["r1", "r2"]), attempt=st.integers(0, 2), pick=st.integers(0, 4),
           code=st.sampled_from([0, 0, 1, 137]))
     @precondition(lambda self: self.run is not None)
     def finish(self, runner, attempt, pick, code):
         target = self.run.jobs[pick % len(self.run.jobs)]
-        try:
+        with contextlib.suppress(StaleAttemptError, InvalidTransitionError):
             self.run.finish_job(target.id, attempt, runner, code, self._tick())
-        except (StaleAttemptError, InvalidTransitionError):
-            pass
 
     @invariant()
     def at_most_one_job_is_active(self):

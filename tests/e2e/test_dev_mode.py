@@ -1,0 +1,153 @@
+"""`ledgerci dev` (embedded nats-server, SQLite, local executor), driven by the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.git_repo import GitRepo
+from tests.support.processes import free_port
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "dev-admin-token"
+
+
+class Dev:
+    def __init__(self, data_dir: Path, port: int, process: subprocess.Popen[bytes]) -> None:
+        self.data_dir = data_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = process
+
+    def cli(self, *args: str, token: str = TOKEN, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token}
+        done = subprocess.run([sys.executable, "-m", "ledgerci.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"ledgerci {' '.join(args)} exited {done.returncode}: {done.stderr}{done.stdout}")
+        return done
+
+    def cli_json(self, *args: str, token: str = TOKEN) -> dict:
+        return json.loads(self.cli(*args, "--json", token=token).stdout)
+
+
+def start_dev(data_dir: Path, *extra: str) -> Dev:
+    port = free_port()
+    log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ledgerci.cli", "dev", "--data-dir", str(data_dir), "--port", str(port), *extra],
+        env={**os.environ, "LEDGERCI_ADMIN_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    dev = Dev(data_dir, port, process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (data_dir.parent / f"{data_dir.name}.log").read_text()
+        try:
+            if httpx.get(f"{dev.url}/readyz", timeout=1).status_code == 200:
+                return dev
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)  # waiting for start-up
+    raise TimeoutError("ledgerci dev did not become ready")
+
+
+def stop_dev(dev: Dev) -> None:
+    dev.process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert dev.process.wait(timeout=30) in (0, 130, -signal.SIGINT)
+
+
+def processes_using(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(path) in cmdline:
+                found.append(cmdline)
+    return found
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Dev]:
+    dev = start_dev(tmp_path / "data")
+    yield dev
+    if dev.process.poll() is None:
+        stop_dev(dev)
+
+
+def test_dev_runs_the_scenario_through_the_command_line(tmp_path: Path, dev: Dev):
+    repo = GitRepo(tmp_path / "repo")
+    commit = repo.commit({
+        ".ledgerci.yml": "jobs:\n"
+                         "  - name: one\n    run: cat hello.txt; echo \"attempt=$LEDGERCI_ATTEMPT\"\n"
+                         "  - name: two\n    run: echo two; exit 5\n"
+                         "  - name: three\n    run: echo three\n"
+                         "  - name: last\n    when: always\n    run: echo always\n",
+        "hello.txt": "hello from the commit\n",
+    })
+    tenant = dev.cli_json("tenant", "create", "team", "--token-out")
+    dev.cli("repo", "add", "app", "--tenant", "team", "--clone-url", repo.clone_url, token=tenant["token"])
+
+    pushed = dev.cli_json("push", "--repo", "app", "--commit", commit, "--ref", "refs/heads/main",
+                          token=tenant["token"])
+    assert pushed["duplicate"] is False
+    done = dev.cli("run", pushed["run_id"], "--watch", "--json", token=tenant["token"], check=False)
+    run = json.loads(done.stdout)
+    assert done.returncode == 3 and run["status"] == "failed"
+    assert [(j["name"], j["status"], j["exit_code"]) for j in run["jobs"]] == [
+        ("one", "succeeded", 0), ("two", "failed", 5), ("three", "skipped", None), ("last", "succeeded", 0)]
+
+    first_log = dev.cli("logs", run["jobs"][0]["id"], token=tenant["token"]).stdout
+    assert "hello from the commit" in first_log and "attempt=1" in first_log
+    assert "always" in dev.cli("logs", "-f", run["jobs"][3]["id"], token=tenant["token"]).stdout
+
+    again = dev.cli_json("push", "--repo", "app", "--commit", commit, token=tenant["token"])
+    assert again == {"run_id": pushed["run_id"], "duplicate": True}
+    history = dev.cli_json("events", pushed["run_id"], token=tenant["token"])["events"]
+    assert [e["type"] for e in history].count("JobStarted") == 3
+    assert history[-1]["type"] == "RunFailed"
+    listed = dev.cli_json("runs", token=tenant["token"])["runs"]
+    assert [r["id"] for r in listed] == [pushed["run_id"]]
+
+    bad = repo.commit({".ledgerci.yml": "jobs:\n  - name: x\n    run: echo\n    retries: lots\n"})
+    bad_run = dev.cli_json("push", "--repo", "app", "--commit", bad, token=tenant["token"])
+    failed = json.loads(dev.cli("run", bad_run["run_id"], "--watch", "--json", check=False).stdout)
+    assert failed["status"] == "failed" and "line 4" in failed["error"] and "jobs[0].retries" in failed["error"]
+
+    refused = dev.cli("push", "--repo", "nope", "--commit", commit, check=False)
+    assert refused.returncode == 1 and "404" in refused.stderr
+
+
+def test_ctrl_c_leaves_nothing_running(tmp_path: Path):
+    dev = start_dev(tmp_path / "data")
+    assert any("nats-server" in p for p in processes_using(dev.data_dir))
+    stop_dev(dev)
+    assert processes_using(dev.data_dir) == []
+
+
+def test_demo_pushes_a_sample_repository_that_succeeds(tmp_path: Path):
+    dev = start_dev(tmp_path / "data", "--demo")
+    try:
+        deadline = time.monotonic() + 60
+        runs: list = []
+        while time.monotonic() < deadline:
+            runs = dev.cli_json("runs")["runs"]
+            if runs and runs[0]["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+        assert runs and runs[0]["status"] == "succeeded", runs
+        run = dev.cli_json("run", runs[0]["id"])
+        assert [j["name"] for j in run["jobs"]] == ["build", "test", "report"]
+    finally:
+        stop_dev(dev)

@@ -1,0 +1,149 @@
+"""The write side and the read model behave the same on SQLite and PostgreSQL.
+
+One test body, two backends: each subclass only says where the database is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from commands.app import LedgerApp, Principal
+from commands.store import eventsourcing_env
+from domain.errors import AlreadyExistsError, RepositoryNotFoundError
+from domain.messages import FinishJob, StartJob
+from domain.run import Run
+from projections.queries import RunQueries
+from projections.runs import RunsProjection
+from projections.schema import create_read_model_tables
+from projections.sql import Database, open_database
+
+pytestmark = pytest.mark.integration
+
+ADMIN = Principal("admin", None)
+WORKFLOW = b"jobs:\n  - name: a\n    run: echo a\n  - name: b\n    run: echo b\n"
+COMMIT = "c" * 40
+
+
+class StoreContract:
+    @pytest.fixture
+    def database_url(self) -> str:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def ledger(self, database_url: str) -> Iterator[LedgerApp]:
+        app = LedgerApp(env=eventsourcing_env(database_url))
+        app.recorder.create_table()
+        yield app
+        app.close()
+
+    @pytest.fixture
+    def db(self, database_url: str, ledger: LedgerApp) -> Iterator[Database]:
+        database = open_database(database_url)
+        create_read_model_tables(database)
+        yield database
+        database.close()
+
+    @pytest.fixture
+    def repository(self, ledger: LedgerApp) -> str:
+        ledger.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
+                             pushes_per_minute=60, actor="admin")
+        ledger.register_repository("web", tenant_id="acme", clone_url="file:///x", principal=ADMIN)
+        return "web"
+
+    def test_duplicate_push_returns_existing_run(self, ledger: LedgerApp, repository: str):
+        first = ledger.push(repository, COMMIT, "refs/heads/main", ADMIN)
+        again = ledger.push(repository, COMMIT.upper(), "refs/heads/other", ADMIN)
+        assert (first.duplicate, again.duplicate) == (False, True)
+        assert first.run_id == again.run_id
+        assert len(ledger.history(first.run_id)) == 1
+
+    def test_push_to_another_tenants_repository_is_not_found(self, ledger: LedgerApp, repository: str):
+        with pytest.raises(RepositoryNotFoundError):
+            ledger.push(repository, COMMIT, None, Principal("tenant:other", "other"))
+
+    def test_creating_a_tenant_twice_is_refused(self, ledger: LedgerApp, repository: str):
+        with pytest.raises(AlreadyExistsError):
+            ledger.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
+                                 pushes_per_minute=60, actor="admin")
+
+    def test_tokens_resolve_to_their_tenant_by_digest(self, ledger: LedgerApp, repository: str):
+        token = ledger.issue_token("acme", actor="admin")
+        assert ledger.tenant_of_token(token) == "acme"
+        assert ledger.tenant_of_token(token + "x") is None
+
+    def test_version_conflict_reloads_and_decides_again(self, database_url: str, ledger: LedgerApp,
+                                                        repository: str):
+        run_id = self._planned_run(ledger, repository)
+        job_id = str(ledger.get_run(run_id, ADMIN).jobs[0].id)
+        rival = LedgerApp(env=eventsourcing_env(database_url))
+        decisions: list[int] = []
+
+        def decide(run: Run) -> bool:
+            decisions.append(run.version)
+            if len(decisions) == 1:  # another process claims the job between our load and save
+                rival.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r2"))
+            return run.start_job(job_id, 1, "r2", ledger.clock())
+
+        ledger._decide(run_id, decide)
+        assert decisions[1] == decisions[0] + 1  # reloaded at the rival's version
+        history = [e.type for e in ledger.history(run_id)]
+        assert history.count("JobStarted") == 1  # the second decision saw it done and appended nothing
+        refused = ledger.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r1"))
+        assert refused.refused and not refused.ok
+        rival.close()
+
+    def test_projection_applies_each_event_once(self, ledger: LedgerApp, db: Database, repository: str):
+        run_id = self._planned_run(ledger, repository)
+        run = ledger.get_run(run_id, ADMIN)
+        first_job = str(run.jobs[0].id)
+        ledger.start_job(StartJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1"))
+        ledger.finish_job(FinishJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1",
+                                    exit_code=4))
+        projection = RunsProjection(db)
+        events = list(ledger.events_after(0, 1000))
+        position = projection.apply(events[:3])
+        assert projection.apply(events) == events[-1][0]
+        assert projection.apply(events) == events[-1][0]  # a redelivery changes nothing
+        assert position < events[-1][0]
+
+        view = RunQueries(db).get_run(str(run_id), "acme")
+        assert view is not None
+        assert (view.status, view.commit) == ("failed", COMMIT)
+        assert [(j.name, j.status, j.exit_code) for j in view.jobs] == [("a", "failed", 4), ("b", "skipped", None)]
+        assert RunQueries(db).get_run(str(run_id), "other") is None
+        page = RunQueries(db).list_runs("acme", limit=1)
+        assert [r.id for r in page.runs] == [str(run_id)] and page.next_cursor is None
+
+    def test_runs_list_pages_newest_first(self, ledger: LedgerApp, db: Database, repository: str):
+        run_ids = [str(ledger.push(repository, f"{i:040x}", None, ADMIN).run_id) for i in range(5)]
+        RunsProjection(db).apply(ledger.events_after(0, 1000))
+        queries = RunQueries(db)
+        seen, cursor = [], None
+        while True:
+            page = queries.list_runs("acme", limit=2, cursor=cursor)
+            seen += [r.id for r in page.runs]
+            if not (cursor := page.next_cursor):
+                break
+        assert seen == list(reversed(run_ids))
+
+    @staticmethod
+    def _planned_run(ledger: LedgerApp, repository: str) -> UUID:
+        run_id = ledger.push(repository, COMMIT, "refs/heads/main", ADMIN).run_id
+        ledger.plan_run(run_id, WORKFLOW)
+        return run_id
+
+
+class TestSqlite(StoreContract):
+    @pytest.fixture
+    def database_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'ledgerci.db'}"
+
+
+class TestPostgres(StoreContract):
+    @pytest.fixture
+    def database_url(self, postgres_url: str) -> str:
+        return postgres_url
