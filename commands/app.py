@@ -47,6 +47,13 @@ class ConcurrencyError(DomainError):
     """A command kept losing the race for its aggregate."""
 
 
+class CommandResult(NamedTuple):
+    """A runner command's answer, and the attempt it made ready (to dispatch at once)."""
+
+    reply: CommandReply
+    ready: JobDispatch | None = None
+
+
 class PushResult(NamedTuple):
     run_id: UUID
     duplicate: bool
@@ -228,11 +235,19 @@ class LedgerApp(Application):
         run = self._load(run_id, Run)
         if run is None:
             return None
-        job = run.job(job_id)
-        if job.status is not JobStatus.QUEUED or job.attempt != attempt:
+        ready = self.ready_dispatch(run)
+        if ready is None or ready.job_id != str(job_id) or ready.attempt != attempt:
+            return None
+        return ready
+
+    @staticmethod
+    def ready_dispatch(run: Run) -> JobDispatch | None:
+        """What a runner needs for the run's queued attempt, if one is queued."""
+        job = run.current_job
+        if job is None or job.status is not JobStatus.QUEUED:
             return None
         return JobDispatch(
-            run_id=str(run.id), job_id=str(job.id), attempt=attempt, job_name=job.name,
+            run_id=str(run.id), job_id=str(job.id), attempt=job.attempt, job_name=job.name,
             tenant_id=run.tenant_id, repository_id=run.repository_id, clone_url=run.clone_url,
             commit=run.commit, ref=run.ref, script=job.spec.run, env=dict(job.spec.env),
             image=job.spec.image, timeout_seconds=job.spec.timeout_seconds,
@@ -241,13 +256,13 @@ class LedgerApp(Application):
 
     # ----- runner commands (fenced by attempt) ------------------------------------------------
 
-    def start_job(self, command: StartJob) -> CommandReply:
+    def start_job(self, command: StartJob) -> CommandResult:
         return self._runner_command(
             command.run_id,
             lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock()),
         )
 
-    def finish_job(self, command: FinishJob) -> CommandReply:
+    def finish_job(self, command: FinishJob) -> CommandResult:
         return self._runner_command(
             command.run_id,
             lambda run: run.finish_job(
@@ -256,12 +271,12 @@ class LedgerApp(Application):
             ),
         )
 
-    def _runner_command(self, run_id: str, decide: Callable[[Run], bool]) -> CommandReply:
+    def _runner_command(self, run_id: str, decide: Callable[[Run], bool]) -> CommandResult:
         try:
-            self._decide(UUID(run_id), decide)
+            run = self._decide(UUID(run_id), decide)
         except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
-            return CommandReply(ok=False, refused=True, error=str(refused))
-        return CommandReply(ok=True)
+            return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
+        return CommandResult(CommandReply(ok=True), self.ready_dispatch(run))
 
     # ----- history ------------------------------------------------------------------------
 

@@ -24,12 +24,15 @@ async def consume(
     stream: str,
     durable: str,
     filter_subject: str,
-    handle: Callable[[Msg], Awaitable[None]],
+    handle: Callable[[Msg], Awaitable[float | None]],
     stop: asyncio.Event,
     batch: int = 16,
     ack_wait_seconds: float = 60.0,
 ) -> None:
     """Handle every message of `filter_subject` once it is committed; stop when `stop` is set.
+
+    `handle` returns None when done (the message is acked) or a delay in seconds after which
+    it wants the message again (it is nak'ed with that delay).
 
     A handler that raises gets its message redelivered after a short delay: handlers act only
     through idempotent commands, so a redelivery changes nothing that already holds.
@@ -57,10 +60,13 @@ async def consume(
                 continue
             for message in messages:
                 try:
-                    await handle(message)
+                    again_after = await handle(message)
                 except Exception:
                     log.exception("%s: handling %s failed; it will be redelivered", durable, message.subject)
                     await message.nak(delay=RETRY_DELAY_SECONDS)
+                    continue
+                if again_after is not None:
+                    await message.nak(delay=again_after)
                     continue
                 await message.ack_sync()  # the double ack: only after the command committed
     finally:

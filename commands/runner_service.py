@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 
-from commands.app import LedgerApp
+from commands.app import CommandResult, LedgerApp
+from commands.scheduler import publish_dispatch
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
     FINISH_JOB_SUBJECT,
@@ -28,12 +31,14 @@ log = logging.getLogger(__name__)
 
 
 async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -> None:
+    js = nc.jetstream()
+
     # nats-py runs one callback at a time per subscription; commands of different runs are
     # independent, so each gets its own task and they overlap in worker threads.
     in_flight: set[asyncio.Task[None]] = set()
 
     def spawn(message: Msg, command) -> None:
-        task = asyncio.create_task(_answer(message, command))
+        task = asyncio.create_task(_answer(message, command, js))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
 
@@ -58,11 +63,18 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
             await asyncio.wait(in_flight)
 
 
-async def _answer(message: Msg, command) -> None:
+async def _answer(message: Msg, command: Callable[[], CommandResult], js: JetStreamContext) -> None:
     try:
-        reply = await asyncio.to_thread(command)
+        result = await asyncio.to_thread(command)
     except Exception as failed:
         # Not a refusal: the runner keeps its attempt and retries the command.
         log.exception("runner command on %s failed", message.subject)
-        reply = CommandReply(ok=False, refused=False, error=f"command failed: {failed}")
-    await message.respond(msgspec.json.encode(reply))
+        result = CommandResult(CommandReply(ok=False, refused=False, error=f"command failed: {failed}"))
+    if result.ready is not None:
+        # Fast path: the next job is ready now; dispatch it before answering, so the runner
+        # finds it waiting. A failure here is covered by the dispatcher's backstop.
+        try:
+            await publish_dispatch(js, result.ready)
+        except Exception:
+            log.warning("fast dispatch of %s failed; the dispatcher will send it", result.ready.job_id)
+    await message.respond(msgspec.json.encode(result.reply))

@@ -5,6 +5,10 @@ Two durable consumers of the EVENTS stream, each acking only after its command c
   request's path) and records the plan, or why there is none;
 - the dispatcher reacts to `JobQueued`: it publishes the attempt to the runners' work queue
   with `Nats-Msg-Id` = job:attempt, so a redelivered event never dispatches twice.
+
+The commands that make a job ready (planning, a job finishing) already know which attempt is
+ready, so they publish it at once (the fast path); the dispatcher's copy of the same message
+id is then dropped by the stream. It still matters when the fast path died before publishing.
 """
 
 from __future__ import annotations
@@ -22,67 +26,87 @@ from commands.consume import consume
 from domain.messages import (
     EVENTS_STREAM,
     EventMessage,
+    JobDispatch,
     dispatch_msg_id,
     events_subject,
     jobs_subject,
 )
+from domain.run import Run
 from gitcache import CommitNotFoundError, GitError, GitMirrors
 
 log = logging.getLogger(__name__)
 
 WORKFLOW_PATH = ".ledgerci.yml"
 DEFAULT_POOL = "default"
+# How long after a job became ready the dispatcher checks that it was really dispatched.
+BACKSTOP_DELAY_SECONDS = 1.0
+
+
+async def publish_dispatch(js: JetStreamContext, dispatch: JobDispatch) -> None:
+    """Offer an attempt to the runners. Safe to repeat: the stream drops a second copy."""
+    await js.publish(
+        jobs_subject(DEFAULT_POOL),
+        msgspec.json.encode(dispatch),
+        headers={"Nats-Msg-Id": dispatch_msg_id(dispatch.job_id, dispatch.attempt)},
+    )
 
 
 class Planner:
-    def __init__(self, app: LedgerApp, mirrors: GitMirrors) -> None:
+    def __init__(self, app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors) -> None:
         self.app = app
+        self.js = js
         self.mirrors = mirrors
 
     async def handle(self, message: Msg) -> None:
         event = msgspec.json.decode(message.data, type=EventMessage)
-        await asyncio.to_thread(self.plan, UUID(event.aggregate_id), event.data)
+        run = await asyncio.to_thread(self.plan, UUID(event.aggregate_id), event.data)
+        # Fast path: the planner knows the first job is ready; the dispatcher's copy from the
+        # JobQueued event is the backstop if we die right here.
+        ready = self.app.ready_dispatch(run)
+        if ready is not None:
+            await publish_dispatch(self.js, ready)
 
-    def plan(self, run_id: UUID, requested: dict) -> None:
+    def plan(self, run_id: UUID, requested: dict) -> Run:
         try:
-            mirror = self.mirrors.ensure_commit(
-                requested["repository_id"], requested["clone_url"], requested["commit"]
+            workflow_file = self.mirrors.read_file(
+                requested["repository_id"], requested["clone_url"], requested["commit"], WORKFLOW_PATH
             )
-            workflow_file = self.mirrors.read_file(mirror, requested["commit"], WORKFLOW_PATH)
         except CommitNotFoundError as missing:
-            self.app.fail_run_before_start(run_id, str(missing))
-            return
+            return self.app.fail_run_before_start(run_id, str(missing))
         except GitError as failed:
             # Unreachable repository: the run fails and says why; a later push retries.
-            self.app.fail_run_before_start(run_id, f"could not read the repository: {failed}")
-            return
-        self.app.plan_run(run_id, workflow_file)
+            return self.app.fail_run_before_start(run_id, f"could not read the repository: {failed}")
+        return self.app.plan_run(run_id, workflow_file)
 
 
 class Dispatcher:
-    def __init__(self, app: LedgerApp, js: JetStreamContext) -> None:
+    def __init__(self, app: LedgerApp, js: JetStreamContext, backstop_delay: float = BACKSTOP_DELAY_SECONDS) -> None:
         self.app = app
         self.js = js
+        self.backstop_delay = backstop_delay
 
-    async def handle(self, message: Msg) -> None:
+    async def handle(self, message: Msg) -> float | None:
         event = msgspec.json.decode(message.data, type=EventMessage)
+        age = (self.app.clock() - event.at).total_seconds()
+        if age < self.backstop_delay:
+            # The fast path has almost surely dispatched it already; looking now would only
+            # compete with the job's start for CPU and the store. Look again a little later.
+            return self.backstop_delay - age
         job_id, attempt = event.data["job_id"], event.data["attempt"]
         dispatch = await asyncio.to_thread(
             self.app.dispatch_for, UUID(event.aggregate_id), job_id, attempt
         )
         if dispatch is None:
-            return  # no longer queued (started, cancelled): nothing to send
-        await self.js.publish(
-            jobs_subject(DEFAULT_POOL),
-            msgspec.json.encode(dispatch),
-            headers={"Nats-Msg-Id": dispatch_msg_id(job_id, attempt)},
-        )
+            return None  # no longer queued (started, cancelled): nothing to send
+        log.debug("dispatcher re-offers queued attempt %s:%d (deduplicated if already sent)", job_id, attempt)
+        await publish_dispatch(self.js, dispatch)
+        return None
 
 
 async def run_scheduler(
     app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors, stop: asyncio.Event
 ) -> None:
-    planner = Planner(app, mirrors)
+    planner = Planner(app, js, mirrors)
     dispatcher = Dispatcher(app, js)
     async with asyncio.TaskGroup() as group:
         group.create_task(

@@ -23,7 +23,9 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str
             "POSTGRES_POOL_SIZE": str(pool_size),
             "POSTGRES_MAX_OVERFLOW": str(pool_size),
             "POSTGRES_CONNECT_TIMEOUT": "5",
-            "POSTGRES_PRE_PING": "y",
+            # No pre-ping: it costs a round trip per statement; the recorder retries a
+            # statement that meets a dead connection instead.
+            "POSTGRES_PRE_PING": "n",
             # Writers wait for the table lock rather than fail at once under contention.
             "POSTGRES_LOCK_TIMEOUT": "10",
         }

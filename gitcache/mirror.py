@@ -41,11 +41,37 @@ class GitMirrors:
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.root / f"{_SAFE_NAME.sub('_', key)[:64]}-{digest}.git"
 
+    def read_file(self, key: str, clone_url: str, commit: str, path: str) -> bytes | None:
+        """The file at `path` in `commit` (None if the commit has no such file).
+
+        One git process in the common case (mirror already has the commit); the mirror is
+        cloned or fetched only when it does not.
+        """
+        mirror = self.mirror_path(key)
+        if mirror.exists():
+            found = _run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=mirror, timeout=30)
+            if found.returncode == 0:
+                return found.stdout
+        mirror = self.ensure_commit(key, clone_url, commit)
+        found = _run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=mirror, timeout=30)
+        return found.stdout if found.returncode == 0 else None
+
+    def checkout(self, key: str, clone_url: str, commit: str, dest: Path) -> None:
+        """A fresh working tree of `commit` in `dest`: a real git repository (HEAD detached at
+        the commit) whose objects are borrowed from the mirror through `alternates`.
+
+        Writing the few files of `.git` by hand and letting one `git reset --hard` fill the
+        tree costs one process (~6 ms here) where `git clone --shared` + checkout cost ~40 ms.
+        """
+        mirror = self.mirror_path(key)
+        if not mirror.exists() or not self._try_checkout(mirror, commit, dest):
+            mirror = self.ensure_commit(key, clone_url, commit)
+            if not self._try_checkout(mirror, commit, dest):
+                raise GitError(f"could not check out {commit}")
+
     def ensure_commit(self, key: str, clone_url: str, commit: str) -> Path:
         """The mirror of `key`, fetched from `clone_url` if it does not hold `commit` yet."""
         mirror = self.mirror_path(key)
-        if mirror.exists() and self._has_commit(mirror, commit):
-            return mirror  # the common case: no lock, no network
         with self._locked(mirror):
             if not mirror.exists():
                 self._clone(clone_url, mirror)
@@ -56,19 +82,17 @@ class GitMirrors:
                 raise CommitNotFoundError(f"commit {commit} not found in {clone_url}")
         return mirror
 
-    def read_file(self, mirror: Path, commit: str, path: str) -> bytes | None:
-        """The file at `path` in `commit`, or None when the commit has no such file."""
-        spec = f"{commit}:{path}"
-        probe = _run(["git", "cat-file", "-e", spec], cwd=mirror, timeout=30)
-        if probe.returncode != 0:
-            return None
-        return _git(["cat-file", "blob", spec], cwd=mirror, timeout=30)
-
-    def checkout(self, mirror: Path, commit: str, dest: Path) -> None:
-        """A fresh working tree of `commit` in `dest` (a real clone, objects shared)."""
-        _git(["clone", "--quiet", "--shared", "--no-checkout", str(mirror), str(dest)], timeout=120)
-        _git(["-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", commit],
-             cwd=dest, timeout=300)
+    def _try_checkout(self, mirror: Path, commit: str, dest: Path) -> bool:
+        shutil.rmtree(dest, ignore_errors=True)
+        git_dir = dest / ".git"
+        (git_dir / "objects" / "info").mkdir(parents=True)
+        (git_dir / "refs" / "heads").mkdir(parents=True)
+        (git_dir / "refs" / "tags").mkdir()
+        (git_dir / "HEAD").write_text(f"{commit}\n")
+        (git_dir / "objects" / "info" / "alternates").write_text(f"{(mirror / 'objects').absolute()}\n")
+        (git_dir / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
+        done = _run(["git", "reset", "--quiet", "--hard", commit], cwd=dest, timeout=300)
+        return done.returncode == 0
 
     def _has_commit(self, mirror: Path, commit: str) -> bool:
         probe = _run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror, timeout=30)

@@ -87,6 +87,7 @@ class RunnerAgent:
         self.slots = slots
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         subject = jobs_subject(self.pool)
@@ -105,6 +106,8 @@ class RunnerAgent:
                 for _ in range(self.slots):
                     group.create_task(self._slot(subscription, stop))
         finally:
+            if self._background:
+                await asyncio.wait(self._background)
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
@@ -135,15 +138,30 @@ class RunnerAgent:
             await message.nak(delay=1.0)  # the command service is away: try again soon
             return
         keep_alive = asyncio.create_task(_keep_in_progress(message))
+        workdir = self.workspaces / f"{dispatch.job_id}-{dispatch.attempt}"
         try:
-            outcome = await self._execute(dispatch)
+            outcome = await self._execute(dispatch, workdir)
             await self._report(dispatch, outcome)
         finally:
             keep_alive.cancel()
-        await message.ack_sync()
+        # The double ack, only once the outcome is recorded, and the clean-up: neither holds
+        # up this slot's next job. A lost ack only means a redelivery, which the command
+        # service refuses (the attempt has ended), and the message is acked then.
+        self._in_background(self._finish_message(message, workdir))
 
-    async def _execute(self, dispatch: JobDispatch) -> Outcome:
-        workdir = self.workspaces / f"{dispatch.job_id}-{dispatch.attempt}"
+    async def _finish_message(self, message: Msg, workdir: Path) -> None:
+        try:
+            await message.ack_sync()
+        except Exception:
+            log.warning("acking a finished job failed; its redelivery will be refused", exc_info=True)
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _execute(self, dispatch: JobDispatch, workdir: Path) -> Outcome:
         logs = LogStream(self.js, dispatch.job_id, dispatch.attempt)
         try:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -163,11 +181,9 @@ class RunnerAgent:
             return outcome
         finally:
             await logs.close()
-            await asyncio.to_thread(shutil.rmtree, workdir, True)
 
     def _checkout(self, dispatch: JobDispatch, workdir: Path) -> None:
-        mirror = self.mirrors.ensure_commit(dispatch.repository_id, dispatch.clone_url, dispatch.commit)
-        self.mirrors.checkout(mirror, dispatch.commit, workdir)
+        self.mirrors.checkout(dispatch.repository_id, dispatch.clone_url, dispatch.commit, workdir)
 
     async def _report(self, dispatch: JobDispatch, outcome: Outcome) -> None:
         """Report until the command service has it: the outcome must not be lost."""

@@ -92,7 +92,7 @@ class StoreContract:
         assert decisions[1] == decisions[0] + 1  # reloaded at the rival's version
         history = [e.type for e in ledger.history(run_id)]
         assert history.count("JobStarted") == 1  # the second decision saw it done and appended nothing
-        refused = ledger.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r1"))
+        refused = ledger.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r1")).reply
         assert refused.refused and not refused.ok
         rival.close()
 
