@@ -82,7 +82,8 @@ def main() -> None:
         hops: dict[str, list[float]] = {k: [] for k in (
             "push → first job claimed (JobStarted)", "  push → planned (relay + planner, git read)",
             "  planned → first job claimed (fast dispatch + runner fetch + claim)",
-            "job finished → next job claimed (handoff: commit, dispatch, fetch, claim)", "job claimed → job finished (checkout + sh + report)",
+            "job finished → next job claimed (handoff: commit, dispatch, fetch, claim)",
+            "job claimed → job finished (checkout + sh + report)",
         )}
         keys = list(hops)
         for run_id in run_ids:
