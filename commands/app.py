@@ -12,11 +12,11 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Notification
+from eventsourcing.persistence import IntegrityError, InterfaceError, Notification, OperationalError
 
 from commands.envelope import to_event_message
 from commands.store import APP_NAME
@@ -31,9 +31,9 @@ from domain.errors import (
     TenantNotFoundError,
 )
 from domain.ids import repository_aggregate_id, run_id_for, tenant_aggregate_id, token_aggregate_id
-from domain.messages import CommandReply, EventMessage, FinishJob, JobDispatch, StartJob
+from domain.messages import CommandReply, EventMessage, FinishJob, Heartbeat, JobDispatch, StartJob
 from domain.registry import Repository, Tenant, Token
-from domain.run import Run
+from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
 from domain.workflow import parse_workflow, ref_matches
 
@@ -45,6 +45,13 @@ MAX_DECISION_ATTEMPTS = 20
 
 class ConcurrencyError(DomainError):
     """A command kept losing the race for its aggregate."""
+
+
+class Timing(NamedTuple):
+    """Limits recorded into each run when it is planned (settings)."""
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
 
 
 class CommandResult(NamedTuple):
@@ -80,9 +87,15 @@ def utc_now() -> datetime:
 class LedgerApp(Application):
     name = APP_NAME
 
-    def __init__(self, env: Mapping[str, str] | None = None, clock: Callable[[], datetime] = utc_now):
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        timing: Timing | None = None,
+    ):
         super().__init__(env=dict(env) if env else None)
         self.clock = clock
+        self.timing = timing or Timing()
         self._save_listeners: list[Callable[[], None]] = []
 
     # ----- plumbing ---------------------------------------------------------------------------
@@ -110,7 +123,12 @@ class LedgerApp(Application):
             raise AlreadyExistsError(f"{what} already exists") from None
 
     def _decide(self, run_id: UUID, decide: Callable[[Run], bool]) -> Run:
-        """Load the run, let `decide` trigger events, save; on a conflict reload and retry."""
+        """Load the run, let `decide` trigger events, save; on a conflict reload and retry.
+
+        The same reload covers a write whose outcome is unknown (the connection dropped
+        around COMMIT): if it did apply, deciding again on the reloaded run finds the effect
+        already there and appends nothing, so our own write is never reported as a conflict.
+        """
         for _ in range(MAX_DECISION_ATTEMPTS):
             run = self._load(run_id, Run)
             if run is None:
@@ -120,9 +138,21 @@ class LedgerApp(Application):
             try:
                 self.save(run)
             except IntegrityError:
-                continue  # another writer appended first: decide again on the new state
+                continue  # another writer appended first (or we did): decide again
+            except (OperationalError, InterfaceError):
+                self._wait_for_store()
+                continue
             return run
         raise ConcurrencyError(f"run {run_id}: too many concurrent writers")
+
+    def _wait_for_store(self) -> None:
+        """After an unknown outcome, reloading needs the store back; the caller retries."""
+        for _ in range(50):
+            try:
+                self.recorder.max_notification_id()
+                return
+            except (OperationalError, InterfaceError):
+                self.closing.wait(0.2)
 
     # ----- tenants, tokens, repositories -----------------------------------------------------
 
@@ -189,16 +219,65 @@ class LedgerApp(Application):
         """Record a push at once; reading the workflow file happens later (the planner)."""
         repository = self.get_repository(repository_id, principal)
         run_id = run_id_for(repository_id, commit)
+        request_id = uuid4().hex
         run = Run.request(
             run_id=run_id, repository_id=repository_id, tenant_id=repository.tenant_id,
             commit=commit.lower(), ref=ref, clone_url=repository.clone_url, rerun=0,
-            actor=principal.name, at=self.clock(),
+            request_id=request_id, actor=principal.name, at=self.clock(),
         )
+        return PushResult(run_id, duplicate=not self._create_run(run))
+
+    def _create_run(self, *aggregates: Aggregate) -> bool:
+        """Save a new run (with any aggregate saved alongside). False if it already existed.
+
+        If the outcome is unknown (the store went away around COMMIT), version 1 is read back:
+        our own request id there means our write landed.
+        """
+        run = aggregates[-1]
+        assert isinstance(run, Run)
         try:
-            self.save(run)
+            self.save(*aggregates)
         except IntegrityError:
-            return PushResult(run_id, duplicate=True)  # version 1 exists: the same push again
-        return PushResult(run_id, duplicate=False)
+            stored = self._load(run.id, Run)
+            return stored is not None and stored.request_id == run.request_id
+        except (OperationalError, InterfaceError):
+            self._wait_for_store()
+            stored = self._load(run.id, Run)
+            if stored is None:
+                raise  # it did not land: the caller gets a 503 and may retry
+            return stored.request_id == run.request_id
+        return True
+
+    def rerun(self, run_id: UUID | str, principal: Principal) -> UUID:
+        """A new run of the same commit; its number is allocated on the commit's first run."""
+        source = self.get_run(run_id, principal)
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            first = self._load(run_id_for(source.repository_id, source.commit), Run)
+            assert first is not None
+            number = first.request_rerun(self.clock(), principal.name)
+            new_run = Run.request(
+                run_id=run_id_for(source.repository_id, source.commit, number),
+                repository_id=source.repository_id, tenant_id=source.tenant_id, commit=source.commit,
+                ref=source.ref, clone_url=source.clone_url, rerun=number, request_id=uuid4().hex,
+                actor=principal.name, at=self.clock(),
+            )
+            # One atomic save: the number is taken and the run exists, or neither.
+            if self._create_run(first, new_run):
+                return new_run.id
+        raise ConcurrencyError(f"run {run_id}: too many concurrent re-runs")
+
+    def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None]:
+        """Cancel the run; returns it and the job that was running (to be stopped now)."""
+        run = self.get_run(run_id, principal)
+        running: Job | None = None
+
+        def decide(current: Run) -> bool:
+            nonlocal running
+            job = current.current_job
+            running = job if job is not None and job.status is JobStatus.RUNNING else None
+            return current.cancel(self.clock(), principal.name)
+
+        return self._decide(run.id, decide), running
 
     def get_run(self, run_id: UUID | str, principal: Principal) -> Run:
         try:
@@ -208,6 +287,10 @@ class LedgerApp(Application):
         if run is None or not principal.can_see(run.tenant_id):
             raise RunNotFoundError(f"run {run_id} not found")
         return run
+
+    def get_run_version(self, run_id: UUID) -> int:
+        run = self._load(run_id, Run)
+        return run.version if run is not None else 0
 
     def plan_run(self, run_id: UUID, workflow_file: bytes | None, *, actor: str = "planner") -> Run:
         """Decide what the push runs, from the workflow file read at its commit."""
@@ -223,7 +306,11 @@ class LedgerApp(Application):
             if not ref_matches(workflow.branches, run.ref):
                 reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
                 return run.skip(reason, at, actor)
-            return run.plan(workflow.jobs, workflow.name, at, actor)
+            return run.plan(
+                workflow.jobs, workflow.name, at, actor,
+                lease_seconds=self.timing.lease_seconds,
+                queue_timeout_seconds=self.timing.queue_timeout_seconds,
+            )
 
         return self._decide(run_id, decide)
 
@@ -260,6 +347,14 @@ class LedgerApp(Application):
         return self._runner_command(
             command.run_id,
             lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock()),
+            job_id=command.job_id,
+        )
+
+    def heartbeat(self, command: Heartbeat) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.heartbeat(command.job_id, command.attempt, command.runner_id, self.clock()),
+            job_id=command.job_id,
         )
 
     def finish_job(self, command: FinishJob) -> CommandResult:
@@ -267,16 +362,33 @@ class LedgerApp(Application):
             command.run_id,
             lambda run: run.finish_job(
                 command.job_id, command.attempt, command.runner_id, command.exit_code,
-                self.clock(), command.error,
+                self.clock(), command.error, timed_out=command.timed_out,
             ),
         )
 
-    def _runner_command(self, run_id: str, decide: Callable[[Run], bool]) -> CommandResult:
+    def _runner_command(
+        self, run_id: str, decide: Callable[[Run], bool], job_id: str | None = None
+    ) -> CommandResult:
         try:
             run = self._decide(UUID(run_id), decide)
         except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
             return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
-        return CommandResult(CommandReply(ok=True), self.ready_dispatch(run))
+        deadlines = {}
+        if job_id is not None:
+            job = run.job(job_id)
+            deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at}
+        return CommandResult(CommandReply(ok=True, **deadlines), self.ready_dispatch(run))
+
+    # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---
+
+    def mark_lost(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.mark_lost(job_id, attempt, self.clock(), actor))
+
+    def enforce_timeout(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.enforce_timeout(job_id, attempt, self.clock(), actor))
+
+    def expire_queued(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.expire_queued(job_id, attempt, self.clock(), actor))
 
     # ----- history ------------------------------------------------------------------------
 

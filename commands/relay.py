@@ -32,6 +32,7 @@ class Relay:
         self.js = js
         self.position = 0  # last event position known to be in the stream
         self.stream_seq = 0  # the stream's last sequence, for Nats-Expected-Last-Sequence
+        self._resume_needed = True
 
     async def resume_point(self) -> None:
         """Read where the stream stopped: its last message's id is the last position published."""
@@ -46,16 +47,20 @@ class Relay:
             self.position = int((last.headers or {}).get("Nats-Msg-Id", "0"))
 
     async def publish_pending(self) -> int:
+        if self._resume_needed:
+            await self.resume_point()
+            log.info("relay resumes after position %d (stream seq %d)", self.position, self.stream_seq)
+            self._resume_needed = False
         events = await asyncio.to_thread(self._read_batch)
         if not events:
             return 0
         try:
             await self._publish_batch(events)
         except Exception:
-            log.exception("relay publish failed; resuming from the stream's last message")
-            await asyncio.sleep(0.2)  # do not spin against a failing server
-            await self.resume_point()
-            return 0
+            # Ask the stream where it stopped before the next batch: what it lost (or what a
+            # refused publish left out) is published again from the event store.
+            self._resume_needed = True
+            raise
         return len(events)
 
     def _read_batch(self) -> list[tuple[int, Any]]:

@@ -21,9 +21,11 @@ from commands.scheduler import publish_dispatch
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
     FINISH_JOB_SUBJECT,
+    HEARTBEAT_SUBJECT,
     START_JOB_SUBJECT,
     CommandReply,
     FinishJob,
+    Heartbeat,
     StartJob,
 )
 
@@ -46,12 +48,17 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
         command = msgspec.json.decode(message.data, type=StartJob)
         spawn(message, lambda: app.start_job(command))
 
+    async def on_heartbeat(message: Msg) -> None:
+        command = msgspec.json.decode(message.data, type=Heartbeat)
+        spawn(message, lambda: app.heartbeat(command))
+
     async def on_finish(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=FinishJob)
         spawn(message, lambda: app.finish_job(command))
 
     subscriptions = [
         await nc.subscribe(START_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_start),
+        await nc.subscribe(HEARTBEAT_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_heartbeat),
         await nc.subscribe(FINISH_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_finish),
     ]
     try:

@@ -21,7 +21,11 @@ LOGS_SUBJECT_PREFIX = "ledgerci.logs"  # ledgerci.logs.<job_id>.<attempt>
 
 # Runner commands are NATS requests answered by the command service (queue group).
 START_JOB_SUBJECT = "ledgerci.cmd.start_job"
+HEARTBEAT_SUBJECT = "ledgerci.cmd.heartbeat"
 FINISH_JOB_SUBJECT = "ledgerci.cmd.finish_job"
+# "Stop this attempt now" (cancel), published after the cancel committed. A runner that
+# misses it learns the same at its next heartbeat, which is refused.
+CONTROL_SUBJECT_PREFIX = "ledgerci.control"
 COMMAND_QUEUE_GROUP = "ledgerci-commands"
 
 
@@ -35,6 +39,10 @@ def jobs_subject(pool: str) -> str:
 
 def logs_subject(job_id: str, attempt: int) -> str:
     return f"{LOGS_SUBJECT_PREFIX}.{job_id}.{attempt}"
+
+
+def control_subject(job_id: str, attempt: int) -> str:
+    return f"{CONTROL_SUBJECT_PREFIX}.{job_id}.{attempt}"
 
 
 def dispatch_msg_id(job_id: str, attempt: int) -> str:
@@ -86,6 +94,13 @@ class StartJob(Message, frozen=True):
     runner_id: str
 
 
+class Heartbeat(Message, frozen=True):
+    run_id: str
+    job_id: str
+    attempt: int
+    runner_id: str
+
+
 class FinishJob(Message, frozen=True):
     run_id: str
     job_id: str
@@ -93,6 +108,7 @@ class FinishJob(Message, frozen=True):
     runner_id: str
     exit_code: int | None
     error: str | None = None
+    timed_out: bool = False  # the runner killed the job at its deadline
 
 
 class CommandReply(Message, frozen=True):
@@ -101,3 +117,6 @@ class CommandReply(Message, frozen=True):
     ok: bool
     refused: bool = False
     error: str | None = None
+    # After a start or a heartbeat: the deadlines the runner must respect.
+    lease_expires_at: datetime | None = None
+    timeout_at: datetime | None = None

@@ -13,7 +13,7 @@ stream gives the same state on every machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +24,13 @@ from domain.errors import InvalidTransitionError, StaleAttemptError
 from domain.ids import job_id_for
 from domain.status import JobStatus, RunStatus
 from domain.workflow import JobSpec
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_QUEUE_TIMEOUT_SECONDS = 3600.0
+# The reasons a job fails without an exit code of its own, as users read them.
+RUNNER_LOST = "runner lost"
+TIMED_OUT = "timed out"
+NOT_PICKED_UP = "not picked up"
 
 
 @dataclass
@@ -41,10 +48,18 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    # The three clocks of ARCHITECTURE.md, each an absolute deadline recorded in the events.
+    pick_up_by: datetime | None = None  # queued: fails "not picked up" past it
+    lease_expires_at: datetime | None = None  # running: the attempt is lost past it
+    timeout_at: datetime | None = None  # running: the job fails "timed out" past it
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def holds(self, attempt: int) -> bool:
+        """True while `attempt` is this job's current, running attempt."""
+        return self.status is JobStatus.RUNNING and self.attempt == attempt
 
 
 class Run(Aggregate):
@@ -55,6 +70,7 @@ class Run(Aggregate):
         ref: str | None
         clone_url: str
         rerun: int
+        request_id: str
         actor: str
 
     def __init__(
@@ -65,6 +81,7 @@ class Run(Aggregate):
         ref: str | None,
         clone_url: str,
         rerun: int,
+        request_id: str,
         actor: str,
     ) -> None:
         self.repository_id = repository_id
@@ -73,6 +90,12 @@ class Run(Aggregate):
         self.ref = ref
         self.clone_url = clone_url
         self.rerun = rerun
+        # Unique per request: after a write whose outcome was unknown, finding our own
+        # request id on version 1 tells "my push landed" from "someone else's push".
+        self.request_id = request_id
+        self.reruns = 0  # re-runs requested of this commit (counted on the first run only)
+        self.lease = timedelta(seconds=DEFAULT_LEASE_SECONDS)
+        self.queue_timeout = timedelta(seconds=DEFAULT_QUEUE_TIMEOUT_SECONDS)
         self.status = RunStatus.QUEUED
         self.error: str | None = None
         self.workflow_name: str | None = None
@@ -91,6 +114,7 @@ class Run(Aggregate):
         ref: str | None,
         clone_url: str,
         rerun: int,
+        request_id: str,
         actor: str,
         at: datetime,
     ) -> Run:
@@ -104,6 +128,7 @@ class Run(Aggregate):
             ref=ref,
             clone_url=clone_url,
             rerun=rerun,
+            request_id=request_id,
             actor=actor,
         )
 
@@ -135,8 +160,21 @@ class Run(Aggregate):
 
     # ----- commands (decide, then trigger events) --------------------------------------------
 
-    def plan(self, jobs: list[JobSpec], workflow_name: str | None, at: datetime, actor: str) -> bool:
-        """Record the jobs the workflow file asks for, and queue the first. Idempotent."""
+    def plan(
+        self,
+        jobs: list[JobSpec],
+        workflow_name: str | None,
+        at: datetime,
+        actor: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS,
+    ) -> bool:
+        """Record the jobs the workflow file asks for, and queue the first. Idempotent.
+
+        The lease and queue limits in force are recorded too, so every later deadline of
+        this run is computed from its own history, the same on every replay.
+        """
         if self.planned or self.status.is_final:
             return False
         planned = [
@@ -144,7 +182,8 @@ class Run(Aggregate):
             for spec in jobs
         ]
         self.trigger_event(
-            self.RunPlanned, timestamp=at, workflow_name=workflow_name, jobs=planned, actor=actor
+            self.RunPlanned, timestamp=at, workflow_name=workflow_name, jobs=planned, actor=actor,
+            lease_seconds=lease_seconds, queue_timeout_seconds=queue_timeout_seconds,
         )
         self._advance(at, actor)
         return True
@@ -177,9 +216,69 @@ class Run(Aggregate):
             job_id=str(job.id),
             attempt=attempt,
             runner_id=runner_id,
+            lease_expires_at=at + self.lease,
+            timeout_at=at + timedelta(seconds=job.spec.timeout_seconds),
             actor=f"runner:{runner_id}",
         )
         return True
+
+    def heartbeat(self, job_id: UUID | str, attempt: int, runner_id: str, at: datetime) -> bool:
+        """The runner holding the attempt is alive: extend its lease from now."""
+        job = self.job(job_id)
+        self._check_holder(job, attempt, runner_id)
+        self.trigger_event(
+            self.JobLeaseExtended, timestamp=at, job_id=str(job.id), attempt=attempt,
+            lease_expires_at=at + self.lease, actor=f"runner:{runner_id}",
+        )
+        return True
+
+    def mark_lost(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
+        """The attempt's lease has passed: its runner is presumed dead. No-op otherwise."""
+        job = self.job(job_id)
+        if not job.holds(attempt) or job.lease_expires_at is None or at < job.lease_expires_at:
+            return False
+        self._abandon(job, RUNNER_LOST, at, actor)
+        return True
+
+    def enforce_timeout(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
+        """The attempt ran past its deadline and nobody reported it: it timed out."""
+        job = self.job(job_id)
+        if not job.holds(attempt) or job.timeout_at is None or at < job.timeout_at:
+            return False
+        self._abandon(job, TIMED_OUT, at, actor)
+        return True
+
+    def expire_queued(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
+        """The attempt waited in the queue past its limit: the job fails "not picked up"."""
+        job = self.job(job_id)
+        if job.status is not JobStatus.QUEUED or job.attempt != attempt:
+            return False
+        if job.pick_up_by is None or at < job.pick_up_by:
+            return False
+        self.trigger_event(
+            self.JobFailed, timestamp=at, job_id=str(job.id), attempt=attempt, exit_code=None,
+            error=NOT_PICKED_UP, actor=actor,
+        )
+        self._advance(at, actor)
+        return True
+
+    def cancel(self, at: datetime, actor: str) -> bool:
+        """Cancel every job that has not ended (the running one included), then the run."""
+        if self.status.is_final:
+            return False
+        for job in self.jobs:
+            if not job.status.is_final:
+                self.trigger_event(
+                    self.JobCancelled, timestamp=at, job_id=str(job.id), attempt=job.attempt, actor=actor
+                )
+        self.trigger_event(self.RunCancelled, timestamp=at, actor=actor)
+        return True
+
+    def request_rerun(self, at: datetime, actor: str) -> int:
+        """Allocate the next re-run number of this commit (asked of its first run)."""
+        number = self.reruns + 1
+        self.trigger_event(self.RunRerunRequested, timestamp=at, rerun=number, actor=actor)
+        return number
 
     def finish_job(
         self,
@@ -189,18 +288,19 @@ class Run(Aggregate):
         exit_code: int | None,
         at: datetime,
         error: str | None = None,
+        *,
+        timed_out: bool = False,
     ) -> bool:
         """The runner reports how an attempt ended; the next job is decided in the same save."""
         job = self.job(job_id)
         self._check_attempt(job, attempt)
-        if job.status.is_final:
-            if job.exit_code == exit_code:
-                return False  # a repeated report of the same outcome changes nothing
-            raise InvalidTransitionError(f"job {job.name} already ended {job.status}")
-        if job.status is not JobStatus.RUNNING or job.runner_id != runner_id:
-            raise StaleAttemptError(f"job {job.name} attempt {attempt} is not held by {runner_id}")
+        if job.status.is_final and job.runner_id == runner_id and job.exit_code == exit_code:
+            return False  # a repeated report of the same outcome changes nothing
+        self._check_holder(job, attempt, runner_id)
         actor = f"runner:{runner_id}"
-        if exit_code == 0 and error is None:
+        if timed_out:
+            self._abandon(job, TIMED_OUT, at, actor)
+        elif exit_code == 0 and error is None:
             self.trigger_event(
                 self.JobSucceeded, timestamp=at, job_id=str(job.id), attempt=attempt,
                 exit_code=0, actor=actor,
@@ -219,6 +319,33 @@ class Run(Aggregate):
                 f"job {job.name} is at attempt {job.attempt}, not {attempt}"
             )
 
+    def _check_holder(self, job: Job, attempt: int, runner_id: str) -> None:
+        """Fencing: only the runner of the current, running attempt may act on it."""
+        self._check_attempt(job, attempt)
+        if not job.holds(attempt) or job.runner_id != runner_id:
+            raise StaleAttemptError(f"job {job.name} attempt {attempt} is not held by {runner_id}")
+
+    def _abandon(self, job: Job, reason: str, at: datetime, actor: str) -> None:
+        """An attempt ended without a result of its own: retry while `retries` allow."""
+        self.trigger_event(
+            self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=job.attempt,
+            reason=reason, actor=actor,
+        )
+        if job.attempt <= job.spec.retries:
+            self._queue(job, job.attempt + 1, at, actor)
+            return
+        self.trigger_event(
+            self.JobFailed, timestamp=at, job_id=str(job.id), attempt=job.attempt, exit_code=None,
+            error=reason, actor=actor,
+        )
+        self._advance(at, actor)
+
+    def _queue(self, job: Job, attempt: int, at: datetime, actor: str) -> None:
+        self.trigger_event(
+            self.JobQueued, timestamp=at, job_id=str(job.id), attempt=attempt,
+            pick_up_by=at + self.queue_timeout, actor=actor,
+        )
+
     def _advance(self, at: datetime, actor: str) -> None:
         """Queue the next job that should run, skipping those whose `when` says no; or end."""
         if self.current_job is not None:
@@ -227,9 +354,7 @@ class Run(Aggregate):
             if job.status is not JobStatus.PENDING:
                 continue
             if _should_run(job.spec.when, self.has_failed):
-                self.trigger_event(
-                    self.JobQueued, timestamp=at, job_id=str(job.id), attempt=1, actor=actor
-                )
+                self._queue(job, 1, at, actor)
                 return
             reason = "an earlier job failed" if self.has_failed else "no earlier job failed"
             self.trigger_event(
@@ -246,11 +371,15 @@ class Run(Aggregate):
     class RunPlanned(Aggregate.Event):
         workflow_name: str | None
         jobs: list[dict[str, Any]]
+        lease_seconds: float
+        queue_timeout_seconds: float
         actor: str
 
         def apply(self, run: Run) -> None:
             run.planned = True
             run.workflow_name = self.workflow_name
+            run.lease = timedelta(seconds=self.lease_seconds)
+            run.queue_timeout = timedelta(seconds=self.queue_timeout_seconds)
             run.jobs = [
                 Job(id=UUID(j["id"]), index=i, spec=msgspec.convert(j["spec"], JobSpec))
                 for i, j in enumerate(self.jobs)
@@ -281,9 +410,24 @@ class Run(Aggregate):
             run.status = RunStatus.SUCCEEDED
             run.finished_at = self.timestamp
 
+    class RunCancelled(Aggregate.Event):
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.status = RunStatus.CANCELLED
+            run.finished_at = self.timestamp
+
+    class RunRerunRequested(Aggregate.Event):
+        rerun: int
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.reruns = self.rerun
+
     class JobQueued(Aggregate.Event):
         job_id: str
         attempt: int
+        pick_up_by: datetime
         actor: str
 
         def apply(self, run: Run) -> None:
@@ -291,11 +435,16 @@ class Run(Aggregate):
             job.status = JobStatus.QUEUED
             job.attempt = self.attempt
             job.queued_at = self.timestamp
+            job.pick_up_by = self.pick_up_by
+            job.runner_id = None
+            job.started_at = job.lease_expires_at = job.timeout_at = None
 
     class JobStarted(Aggregate.Event):
         job_id: str
         attempt: int
         runner_id: str
+        lease_expires_at: datetime
+        timeout_at: datetime
         actor: str
 
         def apply(self, run: Run) -> None:
@@ -303,7 +452,39 @@ class Run(Aggregate):
             job.status = JobStatus.RUNNING
             job.runner_id = self.runner_id
             job.started_at = self.timestamp
+            job.lease_expires_at = self.lease_expires_at
+            job.timeout_at = self.timeout_at
             run.status = RunStatus.RUNNING
+
+    class JobLeaseExtended(Aggregate.Event):
+        job_id: str
+        attempt: int
+        lease_expires_at: datetime
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.job(self.job_id).lease_expires_at = self.lease_expires_at
+
+    class JobAttemptAbandoned(Aggregate.Event):
+        """An attempt ended without a result of its own (runner lost, timed out)."""
+
+        job_id: str
+        attempt: int
+        reason: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            job = run.job(self.job_id)
+            job.error = self.reason
+            job.lease_expires_at = None
+
+    class JobCancelled(Aggregate.Event):
+        job_id: str
+        attempt: int
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            _end(run.job(self.job_id), JobStatus.CANCELLED, None, "cancelled", self.timestamp)
 
     class JobSucceeded(Aggregate.Event):
         job_id: str
@@ -347,3 +528,4 @@ def _end(job: Job, status: JobStatus, exit_code: int | None, error: str | None, 
     job.exit_code = exit_code
     job.error = error
     job.finished_at = at
+    job.lease_expires_at = None  # an ended attempt holds no lease

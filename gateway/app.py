@@ -13,6 +13,7 @@ from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from gateway.auth import Authenticator, make_guard
+from gateway.control import Control
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.logs import LogReader
 from gateway.models import Health
@@ -31,6 +32,7 @@ class GatewayDeps:
 
 def create_app(deps: GatewayDeps) -> Litestar:
     logs = LogReader(deps.nc.jetstream())
+    control = Control(deps.nc)
 
     @get("/healthz", opt={"public": True}, operation_id="healthz", tags=["health"])
     async def healthz() -> Health:
@@ -59,6 +61,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "ledger": Provide(lambda: deps.ledger, sync_to_thread=False),
             "queries": Provide(lambda: deps.queries, sync_to_thread=False),
             "logs": Provide(lambda: logs, sync_to_thread=False),
+            "control": Provide(lambda: control, sync_to_thread=False),
             "defaults": Provide(lambda: deps.defaults, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from eventsourcing.persistence import PersistenceError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
@@ -13,6 +14,7 @@ from litestar.status_codes import (
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from psycopg_pool import PoolTimeout
 
 from domain.errors import AlreadyExistsError, DomainError, NotFoundError
 from projections.queries import InvalidCursorError
@@ -50,7 +52,9 @@ def _unexpected(request: Request, exc: Exception) -> Response:
     # Infrastructure trouble (store or NATS away) is a 503 the client may retry; the cause
     # is logged here, never sent (it may name hosts or credentials).
     log.exception("%s %s failed", request.method, request.url.path)
-    if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(("psycopg", "nats")):
+    if isinstance(exc, (OSError, TimeoutError, PersistenceError, PoolTimeout)) or type(exc).__module__.startswith(
+        ("psycopg", "nats")
+    ):
         return _error(HTTP_503_SERVICE_UNAVAILABLE, "a backing service is unavailable; retry shortly")
     return _error(HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
 

@@ -29,6 +29,17 @@ class PushResponse(msgspec.Struct, kw_only=True):
     duplicate: bool
 
 
+class CancelResponse(msgspec.Struct, kw_only=True):
+    run_id: str
+    status: str
+
+
+class RerunResponse(msgspec.Struct, kw_only=True):
+    run_id: str  # the new run
+    rerun_of: str
+    rerun: int
+
+
 class TenantRequest(Body):
     id: Identifier
     name: str | None = None

@@ -13,13 +13,16 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from commands.app import LedgerApp, Principal
 from domain.errors import RunNotFoundError
 from gateway.auth import require_admin
+from gateway.control import Control
 from gateway.logs import LogReader
 from gateway.models import (
+    CancelResponse,
     EventList,
     PushRequest,
     PushResponse,
     RepositoryRequest,
     RepositoryResponse,
+    RerunResponse,
     TenantRequest,
     TenantResponse,
     TokenResponse,
@@ -127,6 +130,21 @@ class RunsController(Controller):
         if run is None:
             raise RunNotFoundError(f"run {run_id} not found")
         return run
+
+    @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK)
+    async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
+        """Cancel queued jobs and stop the running one (its runner is told at once)."""
+        run, running = await asyncio.to_thread(ledger.cancel_run, _uuid(run_id), principal_of(request))
+        if running is not None:
+            await control.stop(str(running.id), running.attempt)
+        return CancelResponse(run_id=str(run.id), status=run.status.value)
+
+    @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED)
+    async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
+        """A new run of the same commit."""
+        new_run_id = await asyncio.to_thread(ledger.rerun, _uuid(run_id), principal_of(request))
+        new_run = await asyncio.to_thread(ledger.get_run, new_run_id, principal_of(request))
+        return RerunResponse(run_id=str(new_run_id), rerun_of=_uuid(run_id), rerun=new_run.rerun)
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents")
     async def run_events(self, request: Request, run_id: str, ledger: LedgerApp) -> EventList:

@@ -20,7 +20,7 @@ from ledgerci.client import (
 )
 from ledgerci.settings import Settings
 
-SERVICES = ("gateway", "relay", "projector", "scheduler", "runner")
+SERVICES = ("gateway", "relay", "projector", "scheduler", "reaper", "runner")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = client("events", "a run's event history", _events)
     events.add_argument("run_id")
+
+    cancel = client("cancel", "cancel a run (its running job is stopped)", _cancel)
+    cancel.add_argument("run_id")
+
+    rerun = client("rerun", "a new run of the same commit", _rerun)
+    rerun.add_argument("run_id")
 
     tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
     create = tenant.add_parser("create", help="create a tenant (admin)")
@@ -209,6 +215,18 @@ def _logs(args: argparse.Namespace) -> int:
 def _events(args: argparse.Namespace) -> int:
     history = _client(args).json("GET", f"/api/v1/runs/{args.run_id}/events")
     print_json(history) if args.json else print_events(history["events"])
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    result = _client(args).json("POST", f"/api/v1/runs/{args.run_id}/cancel")
+    print_json(result) if args.json else print(f"run {result['run_id']}: {result['status']}")
+    return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    result = _client(args).json("POST", f"/api/v1/runs/{args.run_id}/rerun")
+    print_json(result) if args.json else print(f"{result['run_id']}  (re-run {result['rerun']})")
     return 0
 
 

@@ -11,13 +11,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 
 import nats
 import psycopg
 import uvicorn
 from nats.aio.client import Client as NATS
 
-from commands.app import LedgerApp
+from commands.app import LedgerApp, Timing
+from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
 from commands.scheduler import run_scheduler
@@ -28,7 +30,7 @@ from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.settings import Settings
-from projections.queries import RunQueries
+from projections.queries import DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
@@ -39,13 +41,17 @@ log = logging.getLogger("ledgerci")
 
 # Any fixed number: migrations of every process take this PostgreSQL advisory lock.
 MIGRATION_LOCK_ID = 7_334_001
-EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's name on insert
+EVENTS_CHANNEL = "ledgerci_events"
+RETRY_PAUSE_SECONDS = 0.5  # eventsourcing NOTIFYs the events table's name on insert
 
 
 # ----- resources -----------------------------------------------------------------------------
 
 def open_ledger(settings: Settings) -> LedgerApp:
-    return LedgerApp(env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size))
+    return LedgerApp(
+        env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size),
+        timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
+    )
 
 
 def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
@@ -99,10 +105,19 @@ async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
 async def run_woken(
     step: Callable[[], Awaitable[int]], wake: asyncio.Event, stop: asyncio.Event, idle_seconds: float
 ) -> None:
-    """Call `step` until it has nothing to do, then sleep until woken (or the backstop timer)."""
+    """Call `step` until it has nothing to do, then sleep until woken (or the backstop timer).
+
+    A failing step (the store or NATS away) is logged and retried after a pause: the
+    service outlives the outage and resumes from durable state.
+    """
     while not stop.is_set():
         wake.clear()  # before the step, so a commit during it is not missed
-        if await step():
+        try:
+            if await step():
+                continue
+        except Exception:
+            log.warning("%s failed; retrying", getattr(step, "__qualname__", "step"), exc_info=True)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
             continue
         waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
         await asyncio.wait(waiters, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -144,8 +159,6 @@ async def wake_on_published_events(nc: NATS, wake: asyncio.Event) -> None:
 async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
     wake = asyncio.Event()
     relay = Relay(ledger, nc.jetstream())
-    await relay.resume_point()
-    log.info("relay resumes after position %d", relay.position)
     async with asyncio.TaskGroup() as group:
         if is_postgres(settings.database_url):
             listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
@@ -172,6 +185,25 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
 
     await wake_on_published_events(nc, wake)
     await run_woken(step, wake, stop, settings.idle_check_seconds)
+
+
+async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                         nc: NATS) -> None:
+    reaper = Reaper(ledger, nc.jetstream(), DeadlineQueries(db).overdue,
+                    reoffer_after=timedelta(seconds=settings.reoffer_after_seconds))
+    never = asyncio.Event()  # the reaper keeps time; nothing wakes it early
+    await run_woken(_idle_after(reaper.sweep), never, stop, settings.reaper_interval_seconds)
+
+
+def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
+    """A periodic pass: run it once per wake-up, then wait for the next tick."""
+
+    async def once() -> int:
+        await sweep()
+        return 0
+
+    once.__qualname__ = getattr(sweep, "__qualname__", "sweep")
+    return once
 
 
 async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
@@ -247,6 +279,8 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
             await projector_service(settings, stop, ledger, db, nc)
         elif name == "scheduler":
             await scheduler_service(settings, stop, ledger, nc)
+        elif name == "reaper":
+            await reaper_service(settings, stop, ledger, db, nc)
         elif name == "gateway":
             await gateway_service(settings, stop, ledger, db, nc)
         else:
@@ -263,5 +297,6 @@ async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
             group.create_task(relay_service(settings, stop, ledger, nc))
             group.create_task(projector_service(settings, stop, ledger, db, nc))
             group.create_task(scheduler_service(settings, stop, ledger, nc))
+            group.create_task(reaper_service(settings, stop, ledger, db, nc))
             group.create_task(runner_service(settings, stop, runner_nc))
             group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))

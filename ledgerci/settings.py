@@ -38,7 +38,13 @@ class Settings:
     executor: str
     """LEDGERCI_EXECUTOR: `local` (docker arrives with issue 6)."""
     lease_seconds: float
-    """LEDGERCI_LEASE_SECONDS: how long a claim lasts without a heartbeat (used from issue 3)."""
+    """LEDGERCI_LEASE_SECONDS: how long a claim lasts without a heartbeat."""
+    queue_timeout_seconds: float
+    """LEDGERCI_QUEUE_TIMEOUT_SECONDS: a job queued longer than this fails "not picked up"."""
+    reaper_interval_seconds: float
+    """LEDGERCI_REAPER_INTERVAL_SECONDS: how often the reaper looks for passed deadlines."""
+    reoffer_after_seconds: float
+    """LEDGERCI_REOFFER_AFTER_SECONDS: a job still queued this long is offered to runners again."""
     stream_replicas: int
     """LEDGERCI_STREAM_REPLICAS: JetStream replicas per stream (3 on a 3-node cluster)."""
     idle_check_seconds: float
@@ -70,6 +76,9 @@ class Settings:
             runner_id=_env("LEDGERCI_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}"),
             executor=_env("LEDGERCI_EXECUTOR", "local"),
             lease_seconds=float(_env("LEDGERCI_LEASE_SECONDS", "30")),
+            queue_timeout_seconds=float(_env("LEDGERCI_QUEUE_TIMEOUT_SECONDS", "3600")),
+            reaper_interval_seconds=float(_env("LEDGERCI_REAPER_INTERVAL_SECONDS", "1")),
+            reoffer_after_seconds=float(_env("LEDGERCI_REOFFER_AFTER_SECONDS", "30")),
             stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),
             idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),
             db_pool_size=int(_env("LEDGERCI_DB_POOL_SIZE", "4")),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 
 import msgspec
 
+from projections.runs import rfc3339
 from projections.sql import Database
 
 
@@ -129,6 +131,33 @@ class RunQueries:
             return None
         row = rows[0]
         return JobLocation(job_id=row[0], run_id=row[1], tenant_id=row[2], attempt=row[3], status=row[4])
+
+
+class OverdueAttempt(msgspec.Struct, frozen=True):
+    run_id: str
+    job_id: str
+    attempt: int
+    deadline: str  # lease | timeout | queue | reoffer
+
+
+class DeadlineQueries:
+    """The reaper's view: attempts past one of their deadlines."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def overdue(self, now: datetime, queued_before: datetime) -> list[OverdueAttempt]:
+        at, before = rfc3339(now), rfc3339(queued_before)
+        rows = self.db.query(
+            "SELECT run_id, id, attempt, 'lease' FROM lci_jobs WHERE status = 'running' AND lease_expires_at <= ? "
+            "UNION ALL SELECT run_id, id, attempt, 'timeout' FROM lci_jobs "
+            "  WHERE status = 'running' AND timeout_at <= ? "
+            "UNION ALL SELECT run_id, id, attempt, 'queue' FROM lci_jobs WHERE status = 'queued' AND pick_up_by <= ? "
+            "UNION ALL SELECT run_id, id, attempt, 'reoffer' FROM lci_jobs "
+            "  WHERE status = 'queued' AND queued_at <= ? AND pick_up_by > ?",
+            (at, at, at, before, at),
+        )
+        return [OverdueAttempt(run_id=r[0], job_id=r[1], attempt=r[2], deadline=r[3]) for r in rows]
 
 
 class InvalidCursorError(ValueError):

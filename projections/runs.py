@@ -92,18 +92,25 @@ class RunsProjection:
         self._end_run(cursor, event, RunStatus.SUCCEEDED, None)
 
     @handle.register
+    def _(self, event: Run.RunCancelled, cursor: Cursor, position: int) -> None:
+        self._end_run(cursor, event, RunStatus.CANCELLED, None)
+
+    @handle.register
     def _(self, event: Run.JobQueued, cursor: Cursor, position: int) -> None:
         cursor.execute(
-            "UPDATE lci_jobs SET status = ?, attempt = ?, queued_at = ?, runner_id = NULL, "
-            "started_at = NULL WHERE id = ?",
-            (JobStatus.QUEUED.value, event.attempt, rfc3339(event.timestamp), event.job_id),
+            "UPDATE lci_jobs SET status = ?, attempt = ?, queued_at = ?, pick_up_by = ?, runner_id = NULL, "
+            "started_at = NULL, lease_expires_at = NULL, timeout_at = NULL WHERE id = ?",
+            (JobStatus.QUEUED.value, event.attempt, rfc3339(event.timestamp), rfc3339(event.pick_up_by),
+             event.job_id),
         )
 
     @handle.register
     def _(self, event: Run.JobStarted, cursor: Cursor, position: int) -> None:
         cursor.execute(
-            "UPDATE lci_jobs SET status = ?, runner_id = ?, started_at = ? WHERE id = ?",
-            (JobStatus.RUNNING.value, event.runner_id, rfc3339(event.timestamp), event.job_id),
+            "UPDATE lci_jobs SET status = ?, runner_id = ?, started_at = ?, lease_expires_at = ?, "
+            "timeout_at = ? WHERE id = ?",
+            (JobStatus.RUNNING.value, event.runner_id, rfc3339(event.timestamp),
+             rfc3339(event.lease_expires_at), rfc3339(event.timeout_at), event.job_id),
         )
         cursor.execute(
             "UPDATE lci_runs SET status = ? WHERE id = ? AND status = ?",
@@ -122,6 +129,20 @@ class RunsProjection:
     def _(self, event: Run.JobSkipped, cursor: Cursor, position: int) -> None:
         self._end_job(cursor, event, JobStatus.SKIPPED, None, None)
 
+    @handle.register
+    def _(self, event: Run.JobCancelled, cursor: Cursor, position: int) -> None:
+        self._end_job(cursor, event, JobStatus.CANCELLED, None, "cancelled")
+
+    @handle.register
+    def _(self, event: Run.JobLeaseExtended, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_jobs SET lease_expires_at = ? WHERE id = ? AND attempt = ?",
+                       (rfc3339(event.lease_expires_at), event.job_id, event.attempt))
+
+    @handle.register
+    def _(self, event: Run.JobAttemptAbandoned, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_jobs SET error = ?, lease_expires_at = NULL WHERE id = ? AND attempt = ?",
+                       (event.reason, event.job_id, event.attempt))
+
     @staticmethod
     def _end_run(cursor: Cursor, event: Any, status: RunStatus, error: str | None) -> None:
         cursor.execute(
@@ -133,6 +154,7 @@ class RunsProjection:
     def _end_job(cursor: Cursor, event: Any, status: JobStatus, exit_code: int | None,
                  error: str | None) -> None:
         cursor.execute(
-            "UPDATE lci_jobs SET status = ?, exit_code = ?, error = ?, finished_at = ? WHERE id = ?",
+            "UPDATE lci_jobs SET status = ?, exit_code = ?, error = ?, finished_at = ?, "
+            "lease_expires_at = NULL WHERE id = ?",
             (status.value, exit_code, error, rfc3339(event.timestamp), event.job_id),
         )

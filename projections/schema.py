@@ -35,9 +35,14 @@ TABLES = [
         error TEXT,
         queued_at TEXT,
         started_at TEXT,
-        finished_at TEXT
+        finished_at TEXT,
+        pick_up_by TEXT,
+        lease_expires_at TEXT,
+        timeout_at TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
+    # The reaper's question: which queued or running attempts are past a deadline.
+    "CREATE INDEX IF NOT EXISTS lci_jobs_active ON lci_jobs (status, lease_expires_at)",
 ]
 
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -22,12 +23,15 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from domain.messages import (
     FINISH_JOB_SUBJECT,
+    HEARTBEAT_SUBJECT,
     JOBS_STREAM,
     START_JOB_SUBJECT,
     CommandReply,
     FinishJob,
+    Heartbeat,
     JobDispatch,
     StartJob,
+    control_subject,
     jobs_subject,
 )
 from gitcache import GitError, GitMirrors
@@ -129,7 +133,7 @@ class RunnerAgent:
         start = StartJob(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
                          runner_id=self.runner_id)
         try:
-            await self._command(START_JOB_SUBJECT, start)
+            claim = await self._command(START_JOB_SUBJECT, start)
         except Refused as refused:
             log.info("attempt %s:%d is not ours: %s", dispatch.job_id, dispatch.attempt, refused)
             await message.ack_sync()  # nobody should run this attempt any more
@@ -137,11 +141,12 @@ class RunnerAgent:
         except (TimeoutError, NoRespondersError, CommandFailed):
             await message.nak(delay=1.0)  # the command service is away: try again soon
             return
-        keep_alive = asyncio.create_task(_keep_in_progress(message))
         workdir = self.workspaces / f"{dispatch.job_id}-{dispatch.attempt}"
+        keep_alive = asyncio.create_task(_keep_in_progress(message))
         try:
-            outcome = await self._execute(dispatch, workdir)
-            await self._report(dispatch, outcome)
+            outcome = await self._run_fenced(dispatch, claim, workdir)
+            if outcome is not None:
+                await self._report(dispatch, outcome)
         finally:
             keep_alive.cancel()
         # The double ack, only once the outcome is recorded, and the clean-up: neither holds
@@ -149,19 +154,60 @@ class RunnerAgent:
         # service refuses (the attempt has ended), and the message is acked then.
         self._in_background(self._finish_message(message, workdir))
 
-    async def _finish_message(self, message: Msg, workdir: Path) -> None:
+    async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path) -> Outcome | None:
+        """Run the attempt while it is ours. None: it stopped being ours, and was killed."""
+        stopped = asyncio.Event()
+        reason: list[str] = []
+
+        async def on_control(_: Msg) -> None:
+            reason.append("cancelled")
+            stopped.set()
+
+        control = await self.nc.subscribe(control_subject(dispatch.job_id, dispatch.attempt), cb=on_control)
+        execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at))
+        guard = asyncio.create_task(self._guard(dispatch, claim.lease_expires_at, stopped, reason))
+        stop_wait = asyncio.create_task(stopped.wait())
         try:
-            await message.ack_sync()
-        except Exception:
-            log.warning("acking a finished job failed; its redelivery will be refused", exc_info=True)
-        await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await asyncio.wait({execution, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if execution.done():
+                return execution.result()
+            # Refused, cancelled, or the lease ran out: kill the job now, report nothing.
+            execution.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await execution
+            log.warning("attempt %s:%d stopped (%s); its process was killed",
+                        dispatch.job_id, dispatch.attempt, reason[0] if reason else "stopped")
+            return None
+        finally:
+            for task in (guard, stop_wait):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await control.unsubscribe()
 
-    def _in_background(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def _guard(self, dispatch: JobDispatch, lease_expires_at: datetime | None,
+                     stopped: asyncio.Event, reason: list[str]) -> None:
+        """Heartbeat at a third of the lease; stop the attempt when it is no longer ours."""
+        lease = (lease_expires_at - _now()) if lease_expires_at else timedelta(seconds=30)
+        period = max(lease.total_seconds() / 3, 0.05)
+        beat = Heartbeat(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
+                         runner_id=self.runner_id)
+        while True:
+            await asyncio.sleep(period)  # the heartbeat period itself: a timer by design
+            try:
+                reply = await self._command(HEARTBEAT_SUBJECT, beat)
+                lease_expires_at = reply.lease_expires_at or lease_expires_at
+            except Refused as refused:
+                reason.append(f"heartbeat refused: {refused}")
+                stopped.set()
+                return
+            except (TimeoutError, NoRespondersError, CommandFailed):
+                # Not refused, just not heard: keep the job while the lease we hold lasts.
+                if lease_expires_at is not None and _now() >= lease_expires_at:
+                    reason.append("lease expired before a heartbeat got through")
+                    stopped.set()
+                    return
 
-    async def _execute(self, dispatch: JobDispatch, workdir: Path) -> Outcome:
+    async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None) -> Outcome:
         logs = LogStream(self.js, dispatch.job_id, dispatch.attempt)
         try:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -171,9 +217,12 @@ class RunnerAgent:
             except GitError as failed:
                 await logs.write(f"ledgerci: checkout failed: {failed}\n".encode())
                 return Outcome(exit_code=None, error=f"checkout failed: {failed}")
+            # The timeout is an absolute deadline from the claim: time spent waiting for a
+            # checkout or a slot counts.
+            remaining = (timeout_at - _now()).total_seconds() if timeout_at else dispatch.timeout_seconds
             execution = Execution(
                 script=dispatch.script, env=job_environment(dispatch, workdir), workdir=workdir,
-                image=dispatch.image, timeout_seconds=dispatch.timeout_seconds,
+                image=dispatch.image, timeout_seconds=max(remaining, 0.0),
             )
             outcome = await self.executor.run(execution, logs.write)
             if outcome.error:
@@ -190,6 +239,7 @@ class RunnerAgent:
         finish = FinishJob(
             run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
             runner_id=self.runner_id, exit_code=outcome.exit_code, error=outcome.error,
+            timed_out=outcome.timed_out,
         )
         delay = 0.1
         while True:
@@ -204,17 +254,35 @@ class RunnerAgent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _command(self, subject: str, command: msgspec.Struct) -> None:
+    async def _command(self, subject: str, command: msgspec.Struct) -> CommandReply:
         response = await self.nc.request(subject, msgspec.json.encode(command), timeout=COMMAND_TIMEOUT_SECONDS)
         reply = msgspec.json.decode(response.data, type=CommandReply)
         if reply.refused:
             raise Refused(reply.error)
         if not reply.ok:
             raise CommandFailed(reply.error)
+        return reply
+
+
+    async def _finish_message(self, message: Msg, workdir: Path) -> None:
+        try:
+            await message.ack_sync()
+        except Exception:
+            log.warning("acking a finished job failed; its redelivery will be refused", exc_info=True)
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+    def _in_background(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 class CommandFailed(Exception):
     """The command service could not record the command (not a refusal): retry it."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def _keep_in_progress(message: Msg) -> None:

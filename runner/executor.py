@@ -27,6 +27,7 @@ class Execution(msgspec.Struct, frozen=True, kw_only=True):
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     exit_code: int | None
     error: str | None = None  # set when the job did not end by itself (timed out, could not start)
+    timed_out: bool = False
 
 
 class Executor(Protocol):

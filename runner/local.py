@@ -34,7 +34,7 @@ class LocalExecutor:
         except TimeoutError:
             _kill_group(process)
             await process.wait()
-            return Outcome(exit_code=None, error="timed out")
+            return Outcome(exit_code=None, error="timed out", timed_out=True)
         finally:
             if process.returncode is None:  # cancelled: leave nothing running
                 _kill_group(process)

@@ -13,7 +13,7 @@ import httpx
 
 from tests.support.processes import free_port
 
-SERVICES = ("relay", "projector", "scheduler", "runner", "gateway")
+SERVICES = ("relay", "projector", "scheduler", "reaper", "runner", "gateway")
 ADMIN_TOKEN = "test-admin-token"
 
 

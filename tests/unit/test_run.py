@@ -23,7 +23,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def new_run() -> Run:
     return Run.request(
         run_id=uuid4(), repository_id="repo", tenant_id="acme", commit="a" * 40, ref="refs/heads/main",
-        clone_url="file:///repo", rerun=0, actor="test", at=T0,
+        clone_url="file:///repo", rerun=0, request_id="req", actor="test", at=T0,
     )
 
 
@@ -119,8 +119,8 @@ def test_repeated_reports_are_idempotent():
     assert run.start_job(a.id, 1, "r1", T0) is False
     assert run.finish_job(a.id, 1, "r1", 0, T0) is True
     assert run.finish_job(a.id, 1, "r1", 0, T0) is False
-    with pytest.raises(InvalidTransitionError):
-        run.finish_job(a.id, 1, "r1", 1, T0)
+    with pytest.raises(StaleAttemptError):
+        run.finish_job(a.id, 1, "r1", 1, T0)  # a different outcome for an ended attempt
 
 
 def test_invalid_workflow_fails_the_run_before_any_job():
@@ -128,6 +128,98 @@ def test_invalid_workflow_fails_the_run_before_any_job():
     run.fail_before_start("line 3, field jobs[0].timout: unknown field", T0, "planner")
     assert run.status is RunStatus.FAILED and run.jobs == []
     assert run.plan([job("a")], None, T0, "planner") is False
+
+
+def started(run: Run, runner: str = "r1", at: datetime = T0):
+    job = run.current_job
+    run.start_job(job.id, job.attempt, runner, at)
+    return job
+
+
+def test_start_records_an_absolute_lease_and_timeout():
+    run = planned(job("a", timeout_seconds=600))
+    a = started(run)
+    assert a.lease_expires_at == T0 + timedelta(seconds=30)
+    assert a.timeout_at == T0 + timedelta(seconds=600)
+
+
+def test_heartbeat_extends_the_lease_from_now():
+    run = planned(job("a"))
+    a = started(run)
+    run.heartbeat(a.id, 1, "r1", T0 + timedelta(seconds=10))
+    assert a.lease_expires_at == T0 + timedelta(seconds=40)
+
+
+def test_heartbeat_of_a_stale_attempt_is_refused():
+    run = planned(job("a", retries=1))
+    a = started(run)
+    run.mark_lost(a.id, 1, T0 + timedelta(seconds=31), "reaper")
+    with pytest.raises(StaleAttemptError):
+        run.heartbeat(a.id, 1, "r1", T0 + timedelta(seconds=32))
+
+
+def test_lost_runner_is_retried_while_retries_allow_then_fails_runner_lost():
+    run = planned(job("a", retries=1), job("b"))
+    a, b = run.jobs
+    started(run)
+    assert run.mark_lost(a.id, 1, T0 + timedelta(seconds=29), "reaper") is False  # lease not passed yet
+    assert run.mark_lost(a.id, 1, T0 + timedelta(seconds=30), "reaper") is True
+    assert (a.status, a.attempt) == (JobStatus.QUEUED, 2)
+    assert run.mark_lost(a.id, 1, T0 + timedelta(seconds=31), "reaper") is False  # a second reaper
+    started(run, "r2", T0 + timedelta(seconds=40))
+    run.mark_lost(a.id, 2, T0 + timedelta(seconds=71), "reaper")
+    assert (a.status, a.error, b.status, run.status) == (
+        JobStatus.FAILED, "runner lost", JobStatus.SKIPPED, RunStatus.FAILED)
+
+
+def test_result_of_the_lost_attempt_is_refused():
+    run = planned(job("a", retries=1))
+    a = started(run)
+    run.mark_lost(a.id, 1, T0 + timedelta(seconds=30), "reaper")
+    started(run, "r2", T0 + timedelta(seconds=31))
+    with pytest.raises(StaleAttemptError):
+        run.finish_job(a.id, 1, "r1", 0, T0 + timedelta(seconds=32))
+    run.finish_job(a.id, 2, "r2", 0, T0 + timedelta(seconds=33))
+    assert a.status is JobStatus.SUCCEEDED
+
+
+def test_timeout_reported_by_the_runner_or_enforced_by_the_reaper():
+    run = planned(job("a", timeout_seconds=5), job("b", timeout_seconds=5))
+    a, _ = run.jobs
+    started(run)
+    run.finish_job(a.id, 1, "r1", None, T0 + timedelta(seconds=5), timed_out=True)
+    assert (a.status, a.error) == (JobStatus.FAILED, "timed out")
+    run2 = planned(job("a", timeout_seconds=5))
+    (c,) = run2.jobs
+    started(run2)
+    run2.heartbeat(c.id, 1, "r1", T0 + timedelta(seconds=4))
+    assert run2.enforce_timeout(c.id, 1, T0 + timedelta(seconds=4), "reaper") is False
+    assert run2.enforce_timeout(c.id, 1, T0 + timedelta(seconds=5), "reaper") is True
+    assert (c.status, c.error, run2.status) == (JobStatus.FAILED, "timed out", RunStatus.FAILED)
+
+
+def test_job_waiting_past_the_queue_limit_fails_not_picked_up():
+    run = planned(job("a"))
+    (a,) = run.jobs
+    assert run.expire_queued(a.id, 1, T0 + timedelta(seconds=3599), "reaper") is False
+    assert run.expire_queued(a.id, 1, T0 + timedelta(seconds=3600), "reaper") is True
+    assert (a.status, a.error, run.status) == (JobStatus.FAILED, "not picked up", RunStatus.FAILED)
+
+
+def test_cancel_ends_every_unfinished_job_and_the_run():
+    run = planned(job("a"), job("b"), job("c", when="always"))
+    a = started(run)
+    assert run.cancel(T0, "tenant:x") is True
+    assert [j.status for j in run.jobs] == [JobStatus.CANCELLED] * 3
+    assert run.status is RunStatus.CANCELLED
+    assert run.cancel(T0, "tenant:x") is False
+    with pytest.raises(StaleAttemptError):
+        run.heartbeat(a.id, 1, "r1", T0)
+
+
+def test_rerun_numbers_are_allocated_in_order():
+    run = new_run()
+    assert [run.request_rerun(T0, "x"), run.request_rerun(T0, "x")] == [1, 2]
 
 
 def test_replay_gives_the_same_state():
@@ -177,6 +269,44 @@ class JobLifecycle(RuleBasedStateMachine):
         with contextlib.suppress(StaleAttemptError, InvalidTransitionError):
             self.run.finish_job(target.id, attempt, runner, code, self._tick())
 
+    @rule(runner=st.sampled_from(["r1", "r2"]), attempt=st.integers(0, 3), pick=st.integers(0, 4))
+    @precondition(lambda self: self.run is not None)
+    def heartbeat(self, runner, attempt, pick):
+        target = self.run.jobs[pick % len(self.run.jobs)]
+        with contextlib.suppress(StaleAttemptError, InvalidTransitionError):
+            self.run.heartbeat(target.id, attempt, runner, self._tick())
+
+    @rule(seconds=st.integers(0, 90), attempt=st.integers(0, 3), pick=st.integers(0, 4))
+    @precondition(lambda self: self.run is not None)
+    def time_passes_and_the_reaper_looks(self, seconds, attempt, pick):
+        self.clock += timedelta(seconds=seconds)
+        target = self.run.jobs[pick % len(self.run.jobs)]
+        self.run.mark_lost(target.id, attempt, self.clock, "reaper")
+        self.run.enforce_timeout(target.id, attempt, self.clock, "reaper")
+
+    @rule()
+    @precondition(lambda self: self.run is not None)
+    def cancel(self):
+        self.run.cancel(self._tick(), "user")
+
+    @invariant()
+    def attempts_only_grow_and_results_come_from_current_attempts(self):
+        if not self.run:
+            return
+        current: dict[str, int] = {}
+        holder: dict[str, tuple[int, str] | None] = {}
+        for event in self.run.pending_events:
+            kind = type(event).__name__
+            if kind == "JobQueued":
+                assert event.attempt > current.get(event.job_id, 0)
+                current[event.job_id] = event.attempt
+                holder[event.job_id] = None
+            elif kind == "JobStarted":
+                assert event.attempt == current[event.job_id]
+                holder[event.job_id] = (event.attempt, event.runner_id)
+            elif kind in ("JobSucceeded", "JobFailed", "JobLeaseExtended") and event.actor.startswith("runner:"):
+                assert holder[event.job_id] == (event.attempt, event.actor.removeprefix("runner:"))
+
     @invariant()
     def at_most_one_job_is_active(self):
         if self.run:
@@ -200,12 +330,12 @@ class JobLifecycle(RuleBasedStateMachine):
             return
         ended: dict[str, int] = {}
         for event in self.run.pending_events:
-            if type(event).__name__ in ("JobSucceeded", "JobFailed", "JobSkipped"):
+            if type(event).__name__ in ("JobSucceeded", "JobFailed", "JobSkipped", "JobCancelled"):
                 ended[event.job_id] = ended.get(event.job_id, 0) + 1
         assert all(count == 1 for count in ended.values())
         all_final = all(j.status.is_final for j in self.run.jobs)
         assert all_final == self.run.status.is_final
-        if all_final:
+        if all_final and self.run.status is not RunStatus.CANCELLED:
             expected = RunStatus.FAILED if self.run.has_failed else RunStatus.SUCCEEDED
             assert self.run.status is expected
 
