@@ -348,7 +348,7 @@ class Run(Aggregate):
 
     def _advance(self, at: datetime, actor: str) -> None:
         """Queue the next job that should run, skipping those whose `when` says no; or end."""
-        if self.current_job is not None:
+        if self.current_job is not None or self.status.is_final:
             return
         for job in self.jobs:
             if job.status is not JobStatus.PENDING:

@@ -32,6 +32,7 @@ class LedgerCluster:
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
 
     def log_path(self, name: str) -> Path:
         return self.base_dir / f"{name}.log"
@@ -40,29 +41,36 @@ class LedgerCluster:
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         service_env = {**self.env, "LEDGERCI_DATA_DIR": str(data_dir), **(env or {})}
-        if name == "runner":
+        if name.startswith("gateway#"):  # another gateway replica: a port of its own
+            self.ports.setdefault(name, free_port())
+            service_env["LEDGERCI_PORT"] = str(self.ports[name])
+        if name.startswith("runner"):
             # The runner holds no database credentials: prove it by not giving it any.
             service_env.pop("LEDGERCI_DATABASE_URL", None)
-            service_env.setdefault("LEDGERCI_RUNNER_ID", f"runner-{len(self.processes)}")
+            service_env.setdefault("LEDGERCI_RUNNER_ID", name.replace("#", "-"))
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "ledgerci.cli", name.split("#")[0]],
             env=service_env, stdout=log, stderr=subprocess.STDOUT,
         )
-        if name == "gateway":
-            self.wait_ready()
+        if name.startswith("gateway"):
+            self.wait_ready(name)
 
     def start_all(self) -> None:
         for name in SERVICES:
             self.start(name)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def gateway_url(self, name: str = "gateway") -> str:
+        port = self.ports.get(name, self.port)
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, name: str = "gateway", timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.processes["gateway"].poll() is not None:
-                raise RuntimeError(f"gateway exited:\n{self.log_path('gateway').read_text()[-3000:]}")
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{self.log_path(name).read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.gateway_url(name)}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -74,6 +82,12 @@ class LedgerCluster:
         process = self.processes.pop(name)
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+    def pause(self, name: str) -> None:
+        self.processes[name].send_signal(signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self.processes[name].send_signal(signal.SIGCONT)
 
     def restart(self, name: str) -> None:
         self.kill(name)

@@ -189,6 +189,7 @@ def test_timeout_reported_by_the_runner_or_enforced_by_the_reaper():
     started(run)
     run.finish_job(a.id, 1, "r1", None, T0 + timedelta(seconds=5), timed_out=True)
     assert (a.status, a.error) == (JobStatus.FAILED, "timed out")
+    assert event_types(run).count("RunFailed") == 1
     run2 = planned(job("a", timeout_seconds=5))
     (c,) = run2.jobs
     started(run2)
@@ -262,12 +263,20 @@ class JobLifecycle(RuleBasedStateMachine):
             self.run.start_job(target.id, attempt, runner, self._tick())
 
     @rule(runner=st.sampled_from(["r1", "r2"]), attempt=st.integers(0, 2), pick=st.integers(0, 4),
-          code=st.sampled_from([0, 0, 1, 137]))
+          code=st.sampled_from([0, 0, 1, 137]), timed_out=st.booleans())
     @precondition(lambda self: self.run is not None)
-    def finish(self, runner, attempt, pick, code):
+    def finish(self, runner, attempt, pick, code, timed_out):
         target = self.run.jobs[pick % len(self.run.jobs)]
         with contextlib.suppress(StaleAttemptError, InvalidTransitionError):
-            self.run.finish_job(target.id, attempt, runner, code, self._tick())
+            self.run.finish_job(target.id, attempt, runner, None if timed_out else code, self._tick(),
+                                timed_out=timed_out)
+
+    @invariant()
+    def the_run_ends_at_most_once(self):
+        if self.run:
+            ends = [e for e in self.run.pending_events
+                    if type(e).__name__ in ("RunSucceeded", "RunFailed", "RunSkipped", "RunCancelled")]
+            assert len(ends) <= 1
 
     @rule(runner=st.sampled_from(["r1", "r2"]), attempt=st.integers(0, 3), pick=st.integers(0, 4))
     @precondition(lambda self: self.run is not None)

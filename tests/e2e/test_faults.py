@@ -1,0 +1,320 @@
+"""Exactly-once under faults: every promise of ARCHITECTURE.md, with the fault injected.
+
+Every service is a separate process on PostgreSQL and a real nats-server; faults are real
+signals (SIGKILL, SIGSTOP/SIGCONT) and real server crashes. Every test ends with the invariant
+checker reading the full event history.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.api import FINAL, Api
+from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+from tests.support.git_repo import GitRepo
+from tests.support.invariants import check_invariants
+
+pytestmark = pytest.mark.e2e
+
+LEASE_SECONDS = 2.0
+FAULT_ENV = {
+    "LEDGERCI_LEASE_SECONDS": str(LEASE_SECONDS),
+    "LEDGERCI_REAPER_INTERVAL_SECONDS": "0.2",
+    "LEDGERCI_REOFFER_AFTER_SECONDS": "3",
+    "LEDGERCI_RUNNER_SLOTS": "1",
+}
+
+
+def start_cluster(base: Path, database_url: str, nats_url: str, runners: int = 2) -> LedgerCluster:
+    cluster = LedgerCluster(base, database_url, nats_url, extra_env=FAULT_ENV)
+    base.mkdir(parents=True, exist_ok=True)
+    for name in ("relay", "projector", "scheduler", "reaper", "gateway"):
+        cluster.start(name)
+    for index in range(runners):
+        cluster.start("runner" if index == 0 else f"runner#{index + 1}")
+    return cluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
+    cluster = start_cluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url)
+    yield cluster
+    cluster.stop_all()
+
+
+@pytest.fixture
+def admin(cluster: LedgerCluster) -> Api:
+    return Api(cluster.url, ADMIN_TOKEN)
+
+
+def repository(admin: Api, tmp_path: Path, workflow: str, name: str = "repo") -> tuple[str, GitRepo, str]:
+    repo = GitRepo(tmp_path / name)
+    commit = repo.commit({".ledgerci.yml": workflow})
+    tenant_id, _ = admin.tenant()
+    return admin.repository(tenant_id, repo.clone_url), repo, commit
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def pid_in(path: Path) -> int:
+    return wait_for(lambda: path.exists() and path.read_text().strip() and int(path.read_text()), 30, f"{path}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too: it no longer runs, it waits to be reaped by its parent.
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def slow_first_attempt(pid_file: Path, retries: int, timeout: str = "60m") -> str:
+    return (
+        "jobs:\n  - name: slow\n"
+        f"    retries: {retries}\n    timeout: {timeout}\n    run: |\n"
+        f"      if [ \"$LEDGERCI_ATTEMPT\" = 1 ]; then echo $$ > {pid_file}; exec sleep 60; fi\n"
+        "      echo \"attempt $LEDGERCI_ATTEMPT done\"\n"
+    )
+
+
+def assert_invariants(cluster: LedgerCluster) -> None:
+    # The read model is compared at its own tracked position, so no waiting is needed.
+    assert check_invariants(cluster.env["LEDGERCI_DATABASE_URL"]) == []
+
+
+def test_stale_runner_is_fenced_and_its_process_killed(tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    pid_file = tmp_path / "attempt1.pid"
+    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=1))
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    holder = admin.run(run_id)["jobs"][0]["runner_id"]
+    process_name = "runner" if holder == "runner" else holder.replace("-", "#")
+
+    cluster.pause(process_name)  # SIGSTOP: alive, but silent past its lease
+    run = admin.wait_run(run_id, timeout=30)
+    assert run["status"] == "succeeded"
+    job = run["jobs"][0]
+    assert job["attempt"] == 2 and job["runner_id"] != holder
+    assert not gone(pid), "attempt 1's process should still be running while its runner is stopped"
+
+    cluster.resume(process_name)  # SIGCONT: its heartbeat is refused, it kills the job
+    wait_for(lambda: gone(pid), 10, "attempt 1's process to be killed")
+    history = admin.events(run_id)
+    assert [e["type"] for e in history].count("JobSucceeded") == 1
+    abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
+    assert [(e["data"]["attempt"], e["data"]["reason"]) for e in abandoned] == [(1, "runner lost")]
+    time.sleep(LEASE_SECONDS)  # let the revived runner try to report, if it (wrongly) would
+    assert admin.events(run_id) == history
+    assert_invariants(cluster)
+
+
+@pytest.mark.parametrize("retries", [1, 0])
+def test_killed_runner_job_is_retried_or_fails_runner_lost(tmp_path: Path, cluster: LedgerCluster, admin: Api,
+                                                          retries: int):
+    pid_file = tmp_path / "attempt1.pid"
+    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=retries))
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    holder = admin.run(run_id)["jobs"][0]["runner_id"]
+    killed_at = time.monotonic()
+    cluster.kill("runner" if holder == "runner" else holder.replace("-", "#"))
+    wait_for(lambda: gone(pid), 5, "the killed runner's job process to die with it")
+
+    run = admin.wait_run(run_id, timeout=30)
+    ended_after = time.monotonic() - killed_at
+    job = run["jobs"][0]
+    if retries:
+        assert (run["status"], job["status"], job["attempt"]) == ("succeeded", "succeeded", 2)
+        assert "attempt 2 done" in admin.log(job["id"])
+    else:
+        assert (run["status"], job["status"], job["error"]) == ("failed", "failed", "runner lost")
+        # Within lease + one reaper period (+ the projection and the polling here).
+        assert ended_after < LEASE_SECONDS + 0.2 + 2.0
+    assert_invariants(cluster)
+
+
+def test_timeout_kills_the_process_and_fails_the_job(tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    pid_file = tmp_path / "job.pid"
+    workflow = f"jobs:\n  - name: forever\n    timeout: 2s\n    run: echo $$ > {pid_file}; exec sleep 60\n"
+    repository_id, _, commit = repository(admin, tmp_path, workflow)
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    run = admin.wait_run(run_id, timeout=20)
+    assert (run["status"], run["jobs"][0]["status"], run["jobs"][0]["error"]) == ("failed", "failed", "timed out")
+    assert gone(pid)
+    assert "timed out" in admin.log(run["jobs"][0]["id"])
+    assert_invariants(cluster)
+
+
+def test_cancel_stops_the_running_job_within_seconds(tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    pid_file = tmp_path / "job.pid"
+    workflow = (f"jobs:\n  - name: long\n    run: echo $$ > {pid_file}; exec sleep 60\n"
+                "  - name: later\n    run: echo later\n  - name: always\n    when: always\n    run: echo x\n")
+    repository_id, _, commit = repository(admin, tmp_path, workflow)
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    cancelled_at = time.monotonic()
+    response = admin.http.post(f"/api/v1/runs/{run_id}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    wait_for(lambda: gone(pid), 2.0, "the cancelled job's process to be killed")
+    assert time.monotonic() - cancelled_at < 2.0
+    run = admin.wait_run(run_id)
+    assert run["status"] == "cancelled"
+    assert [j["status"] for j in run["jobs"]] == ["cancelled"] * 3
+    _, other_token = admin.tenant()
+    assert Api(admin.url, other_token).http.post(f"/api/v1/runs/{run_id}/cancel").status_code == 404
+    assert_invariants(cluster)
+
+
+def test_rerun_is_a_new_run_of_the_same_commit(tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    repository_id, _, commit = repository(admin, tmp_path, "jobs:\n  - name: a\n    run: echo $LEDGERCI_RUN_ID\n")
+    first = admin.push(repository_id, commit).json()["run_id"]
+    admin.wait_run(first)
+    reruns = [admin.http.post(f"/api/v1/runs/{first}/rerun").json() for _ in range(2)]
+    assert [r["rerun"] for r in reruns] == [1, 2]
+    assert len({first, *(r["run_id"] for r in reruns)}) == 3
+    for rerun in reruns:
+        run = admin.wait_run(rerun["run_id"])
+        assert run["status"] == "succeeded" and run["commit"] == commit
+    assert admin.push(repository_id, commit).json() == {"run_id": first, "duplicate": True}
+    assert_invariants(cluster)
+
+
+def test_duplicate_pushes_to_two_gateways_while_one_is_killed_make_one_run(
+    tmp_path: Path, cluster: LedgerCluster, admin: Api
+):
+    repository_id, _, commit = repository(admin, tmp_path, "jobs:\n  - name: a\n    run: 'true'\n")
+    cluster.start("gateway#2")
+    urls = [cluster.gateway_url("gateway"), cluster.gateway_url("gateway#2")]
+    body = {"repository_id": repository_id, "commit": commit}
+    barrier = threading.Barrier(20)
+
+    def push(index: int) -> tuple[int, str | None]:
+        barrier.wait()
+        if index == 10:
+            cluster.kill("gateway#2")
+        try:
+            response = httpx.post(f"{urls[index % 2]}/api/v1/push", json=body, timeout=10,
+                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        except httpx.HTTPError:
+            return 0, None  # the killed gateway: no answer
+        return response.status_code, response.json().get("run_id")
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(push, range(20)))
+    accepted = [a for a in answers if a[0] in (200, 202)]
+    assert accepted and all(status in (0, 200, 202, 503) for status, _ in answers), answers
+    assert len({run_id for _, run_id in accepted}) == 1
+    assert sum(1 for status, _ in accepted if status == 202) <= 1
+    run = admin.wait_run(accepted[0][1])
+    assert run["status"] == "succeeded"
+    assert len(admin.http.get("/api/v1/runs", params={"repository_id": repository_id}).json()["runs"]) == 1
+    assert_invariants(cluster)
+
+
+def test_postgres_crash_during_pushes_answers_503_and_keeps_every_accepted_push(
+    tmp_path: Path, fresh_postgres_server, fresh_nats_server
+):
+    database_url = fresh_postgres_server.url
+    cluster = start_cluster(tmp_path / "cluster", database_url, fresh_nats_server.url, runners=1)
+    try:
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        repo = GitRepo(tmp_path / "repo")
+        tenant_id, _ = admin.tenant()
+        commits = [repo.commit({".ledgerci.yml": "jobs:\n  - name: a\n    run: 'true'\n", "n": str(i)})
+                   for i in range(40)]
+        repository_id = admin.repository(tenant_id, repo.clone_url)
+        statuses: list[tuple[int, str | None]] = []
+        for index, commit in enumerate(commits):
+            if index == 10:
+                fresh_postgres_server.kill()  # a crash, as `pg_ctl stop -m immediate` or worse
+            if index == 25:
+                fresh_postgres_server.start()
+            response = admin.push(repository_id, commit)
+            statuses.append((response.status_code, response.json().get("run_id")))
+        codes = [code for code, _ in statuses]
+        assert 500 not in codes and set(codes) <= {200, 202, 503}, codes
+        assert 503 in codes
+        for code, run_id in statuses:
+            if code in (200, 202):
+                assert admin.wait_run(run_id, timeout=60)["status"] == "succeeded"
+        assert_invariants(cluster)
+    finally:
+        cluster.stop_all()
+
+
+def test_nats_crash_loses_nothing(tmp_path: Path, cluster: LedgerCluster, admin: Api, fresh_nats_server):
+    repo = GitRepo(tmp_path / "repo")
+    tenant_id, _ = admin.tenant()
+    workflow = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
+    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(10)]
+    repository_id = admin.repository(tenant_id, repo.clone_url)
+    run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:5]]
+    fresh_nats_server.kill()
+    run_ids += [admin.push(repository_id, c).json()["run_id"] for c in commits[5:]]  # the store takes them
+    time.sleep(0.5)
+    fresh_nats_server.start()
+    for run_id in run_ids:
+        assert admin.wait_run(run_id, timeout=60)["status"] == "succeeded"
+    assert_invariants(cluster)
+
+
+def test_soak_random_kills_of_every_service(tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    repo = GitRepo(tmp_path / "repo")
+    tenant_id, _ = admin.tenant()
+    workflow = "jobs:\n  - name: a\n    retries: 3\n    run: sleep 0.05\n  - name: b\n    retries: 3\n    run: 'true'\n"
+    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(100)]
+    repository_id = admin.repository(tenant_id, repo.clone_url)
+    victims = ["relay", "projector", "scheduler", "reaper", "runner", "runner#2"]
+    rng = random.Random(int(os.environ.get("LEDGERCI_SOAK_SEED", "7")))
+    stop = threading.Event()
+    kills: list[str] = []
+
+    def driver() -> None:
+        while not stop.wait(rng.uniform(1.0, 3.0)):
+            victim = rng.choice(victims)
+            cluster.kill(victim)
+            kills.append(victim)
+            cluster.start(victim)
+
+    killer = threading.Thread(target=driver)
+    killer.start()
+    try:
+        run_ids = []
+        for commit in commits:
+            response = admin.push(repository_id, commit)
+            assert response.status_code == 202
+            run_ids.append(response.json()["run_id"])
+        deadline = time.monotonic() + 240
+        pending = set(run_ids)
+        while pending and time.monotonic() < deadline:
+            for run_id in list(pending):
+                response = admin.http.get(f"/api/v1/runs/{run_id}")
+                if response.status_code == 200 and response.json()["status"] in FINAL:
+                    pending.discard(run_id)
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        killer.join()
+    assert not pending, f"{len(pending)} runs never ended"
+    assert len(kills) >= 5
+    print(f"soak: {len(run_ids)} runs, {len(kills)} kills ({', '.join(kills)})")
+    assert_invariants(cluster)

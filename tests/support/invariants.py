@@ -1,0 +1,152 @@
+"""The invariant checker: reads the full event history and says what, if anything, is wrong.
+
+Every fault test ends by running it. It checks ARCHITECTURE.md's promises against what the
+event store recorded (not against what any service says):
+- one run per (repository, commit, re-run number), with the id derived from them;
+- at most one terminal outcome per job; every run ends in exactly one terminal state;
+- attempts strictly increasing; each started once, by one runner;
+- no result, heartbeat or finish accepted from an attempt that was not current;
+- no attempt declared lost while its lease was still valid (so no two attempts of one job
+  ever held a lease at the same time);
+- the read models equal a rebuild from the history.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from commands.app import LedgerApp
+from commands.store import eventsourcing_env
+from domain.ids import run_id_for
+from domain.run import RUNNER_LOST, Run
+from projections.runs import RunsProjection
+from projections.schema import create_read_model_tables
+from projections.sql import Database, open_database
+
+TERMINAL_JOB = {"JobSucceeded", "JobFailed", "JobSkipped", "JobCancelled"}
+TERMINAL_RUN = {"RunSucceeded", "RunFailed", "RunSkipped", "RunCancelled"}
+
+
+def all_events(app: LedgerApp) -> list[tuple[int, Any]]:
+    events, position = [], 0
+    while batch := list(app.events_after(position, 1000)):
+        events += batch
+        position = batch[-1][0]
+    return events
+
+
+def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) -> list[str]:
+    problems: list[str] = []
+    runs: dict[Any, list[Any]] = defaultdict(list)
+    for _, event in events:
+        if isinstance(event, Run.Event) or type(event).__qualname__.startswith("Run."):
+            runs[event.originator_id].append(event)
+    keys: dict[tuple[str, str, int], Any] = {}
+    for run_id, stream in runs.items():
+        problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
+        first = stream[0]
+        if type(first).__name__ == "RunRequested":
+            key = (first.repository_id, first.commit, first.rerun)
+            if key in keys:
+                problems.append(f"two runs for {key}: {keys[key]} and {run_id}")
+            keys[key] = run_id
+            if run_id != run_id_for(*key):
+                problems.append(f"run {run_id} is not the derived id of {key}")
+    return problems
+
+
+def _check_run(stream: list[Any], require_final: bool) -> list[str]:
+    problems = []
+    kinds = [type(e).__name__ for e in stream]
+    if kinds[0] != "RunRequested" or kinds.count("RunRequested") != 1:
+        problems.append(f"expected one RunRequested first, got {kinds[:3]}")
+    if [e.originator_version for e in stream] != list(range(1, len(stream) + 1)):
+        problems.append("versions are not 1..n")
+    finals = [k for k in kinds if k in TERMINAL_RUN]
+    if len(finals) > 1:
+        problems.append(f"more than one terminal state: {finals}")
+    if require_final and not finals:
+        problems.append(f"never ended; last events {kinds[-3:]}")
+    current: dict[str, int] = {}
+    holder: dict[str, tuple[int, str] | None] = {}
+    lease: dict[tuple[str, int], datetime] = {}
+    ended: dict[str, int] = defaultdict(int)
+    abandoned: dict[str, tuple[int, str]] = {}
+    for event in stream:
+        kind = type(event).__name__
+        job = getattr(event, "job_id", None)
+        if kind == "JobQueued":
+            if event.attempt <= current.get(job, 0):
+                problems.append(f"job {job}: attempt {event.attempt} after {current.get(job)}")
+            current[job] = event.attempt
+            holder[job] = None
+        elif kind == "JobStarted":
+            if event.attempt != current.get(job) or holder.get(job) is not None:
+                problems.append(f"job {job}: start of attempt {event.attempt} that is not current and free")
+            holder[job] = (event.attempt, event.runner_id)
+            lease[(job, event.attempt)] = event.lease_expires_at
+        elif kind == "JobFailed" and abandoned.get(job) == (event.attempt, event.error):
+            pass  # the consequence of an abandoned attempt with no retry left, in the same decision
+        elif kind in ("JobLeaseExtended", "JobSucceeded", "JobFailed") and event.actor.startswith("runner:"):
+            if holder.get(job) != (event.attempt, event.actor.removeprefix("runner:")):
+                problems.append(f"job {job}: {kind} accepted from {event.actor} attempt {event.attempt}, "
+                                f"holder is {holder.get(job)}")
+            if kind == "JobLeaseExtended":
+                lease[(job, event.attempt)] = event.lease_expires_at
+        elif kind == "JobAttemptAbandoned":
+            expiry = lease.get((job, event.attempt))
+            if event.reason == RUNNER_LOST and (expiry is None or event.timestamp < expiry):
+                problems.append(f"job {job}: attempt {event.attempt} declared lost at {event.timestamp} "
+                                f"while its lease ran to {expiry}")
+            holder[job] = None
+            abandoned[job] = (event.attempt, event.reason)
+        if kind in TERMINAL_JOB:
+            ended[job] += 1
+            holder[job] = None
+            if ended[job] > 1:
+                problems.append(f"job {job}: more than one terminal outcome")
+    return problems
+
+
+def _rows(db: Database, sql: str) -> list[tuple]:
+    return sorted(tuple(str(v) if v is not None else None for v in row) for row in db.query(sql))
+
+
+RUN_COLUMNS = "id, tenant_id, repository_id, commit_sha, ref, rerun, status, error, created_at, finished_at"
+JOB_COLUMNS = ("id, run_id, tenant_id, idx, name, status, attempt, runner_id, exit_code, error, "
+               "queued_at, started_at, finished_at, pick_up_by, lease_expires_at, timeout_at")
+
+
+def check_read_model(events: list[tuple[int, Any]], live: Database) -> list[str]:
+    """The live read model equals one rebuilt from the whole history (up to the same position)."""
+    tracked = RunsProjection(live).position()
+    with tempfile.TemporaryDirectory() as scratch:
+        rebuilt = open_database(f"sqlite:///{Path(scratch) / 'rebuild.db'}")
+        create_read_model_tables(rebuilt)
+        RunsProjection(rebuilt).apply([(p, e) for p, e in events if p <= tracked])
+        problems = []
+        for table, columns in (("lci_runs", RUN_COLUMNS), ("lci_jobs", JOB_COLUMNS)):
+            want = _rows(rebuilt, f"SELECT {columns} FROM {table}")
+            have = _rows(live, f"SELECT {columns} FROM {table}")
+            if want != have:
+                missing = set(want) - set(have)
+                extra = set(have) - set(want)
+                problems.append(f"{table} differs from a rebuild: missing {sorted(missing)[:3]}, "
+                                f"unexpected {sorted(extra)[:3]}")
+        rebuilt.close()
+    return problems
+
+
+def check_invariants(database_url: str, *, require_final: bool = True) -> list[str]:
+    app = LedgerApp(env=eventsourcing_env(database_url))
+    live = open_database(database_url)
+    try:
+        events = all_events(app)
+        return check_history(events, require_final=require_final) + check_read_model(events, live)
+    finally:
+        live.close()
+        app.close()

@@ -1,0 +1,71 @@
+"""The invariant checker itself must be able to fail: feed it broken histories."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import pytest
+
+from domain.ids import run_id_for
+from domain.run import Run
+from domain.workflow import JobSpec
+from tests.support.invariants import check_history
+
+pytestmark = pytest.mark.unit
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def history(run: Run) -> list:
+    return [(i + 1, e) for i, e in enumerate(run.collect_events())]
+
+
+def new_run(run_id=None) -> Run:
+    return Run.request(run_id=run_id or run_id_for("r", "a" * 40), repository_id="r", tenant_id="t",
+                       commit="a" * 40, ref=None, clone_url="x", rerun=0, request_id="q", actor="t", at=T0)
+
+
+def finished_run() -> Run:
+    run = new_run()
+    run.plan([JobSpec(name="a", run="true", retries=1)], None, T0, "p")
+    job = run.jobs[0]
+    run.start_job(job.id, 1, "r1", T0)
+    run.finish_job(job.id, 1, "r1", 0, T0)
+    return run
+
+
+def test_a_correct_history_passes():
+    assert check_history(history(finished_run())) == []
+
+
+def test_a_run_that_never_ended_is_reported():
+    run = new_run()
+    assert any("never ended" in p for p in check_history(history(run)))
+
+
+def test_a_run_whose_id_is_not_derived_is_reported():
+    assert any("derived id" in p for p in check_history(history(new_run(uuid4()))))
+
+
+def test_a_second_outcome_and_a_result_from_a_stale_attempt_are_reported():
+    run = finished_run()
+    events = run.collect_events()
+    job = run.jobs[0]
+    forged = Run.JobSucceeded(originator_id=run.id, originator_version=len(events) + 1, timestamp=T0,
+                              job_id=str(job.id), attempt=1, exit_code=0, actor="runner:r2")
+    problems = check_history([(i + 1, e) for i, e in enumerate([*events, forged])])
+    assert any("more than one terminal outcome" in p for p in problems)
+    assert any("accepted from runner:r2" in p for p in problems)
+
+
+def test_an_attempt_declared_lost_inside_its_lease_is_reported():
+    run = new_run()
+    run.plan([JobSpec(name="a", run="true", retries=1)], None, T0, "p")
+    job = run.jobs[0]
+    run.start_job(job.id, 1, "r1", T0)
+    run.mark_lost(job.id, 1, T0 + timedelta(seconds=31), "reaper")
+    events = run.collect_events()
+    early = events[-2].__class__(**{**events[-2].__dict__, "timestamp": T0 + timedelta(seconds=5)})
+    events[-2] = early
+    assert any("declared lost" in p for p in check_history([(i + 1, e) for i, e in enumerate(events)],
+                                                           require_final=False))
