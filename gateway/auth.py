@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 
 from litestar.connection import ASGIConnection
@@ -10,6 +9,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from commands.app import LedgerApp, Principal
+from gateway.blocking import blocking
 
 ADMIN = Principal(name="admin", tenant_id=None)
 
@@ -26,7 +26,7 @@ class Authenticator:
             raise NotAuthorizedException("a bearer token is required (Authorization: Bearer ...)")
         if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return ADMIN
-        tenant_id = await asyncio.to_thread(self.app.tenant_of_token, token)
+        tenant_id = await blocking(self.app.tenant_of_token, token)
         if tenant_id is None:
             raise NotAuthorizedException("invalid or revoked token")
         return Principal(name=f"tenant:{tenant_id}", tenant_id=tenant_id)

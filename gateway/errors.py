@@ -17,6 +17,7 @@ from litestar.status_codes import (
 from psycopg_pool import PoolTimeout
 
 from domain.errors import AlreadyExistsError, DomainError, NotFoundError
+from gateway.blocking import StoreUnavailableError
 from projections.queries import InvalidCursorError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ def _domain(_: Request, exc: DomainError) -> Response:
     return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
 
 
+def _store_unavailable(_: Request, exc: StoreUnavailableError) -> Response:
+    response = _error(HTTP_503_SERVICE_UNAVAILABLE, str(exc) + "; retry shortly")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def _cursor(_: Request, exc: InvalidCursorError) -> Response:
     return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
 
@@ -63,6 +70,7 @@ EXCEPTION_HANDLERS = {
     ValidationException: _validation,
     DomainError: _domain,
     InvalidCursorError: _cursor,
+    StoreUnavailableError: _store_unavailable,
     HTTPException: _unexpected,
     Exception: _unexpected,
 }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 from uuid import UUID
 
@@ -13,6 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 from commands.app import LedgerApp, Principal
 from domain.errors import RunNotFoundError
 from gateway.auth import require_admin
+from gateway.blocking import blocking
 from gateway.control import Control
 from gateway.logs import LogReader
 from gateway.models import (
@@ -50,7 +50,7 @@ class PushController(Controller):
     @post(operation_id="push", status_code=HTTP_202_ACCEPTED)
     async def push(self, request: Request, data: PushRequest, ledger: LedgerApp) -> Response[PushResponse]:
         """Record a push: 202 with a new run, or 200 with the existing run of the same commit."""
-        result = await asyncio.to_thread(
+        result = await blocking(
             ledger.push, data.repository_id, data.commit, data.ref, principal_of(request)
         )
         status = HTTP_200_OK if result.duplicate else HTTP_202_ACCEPTED
@@ -67,7 +67,7 @@ class AdminController(Controller):
         self, request: Request, data: TenantRequest, ledger: LedgerApp, defaults: Defaults
     ) -> TenantResponse:
         """Create a tenant with its weight and quotas (admin only)."""
-        tenant = await asyncio.to_thread(
+        tenant = await blocking(
             ledger.create_tenant,
             data.id,
             name=data.name or data.id,
@@ -87,7 +87,7 @@ class AdminController(Controller):
           status_code=HTTP_201_CREATED)
     async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
         """Issue a tenant token. It is shown once; only its digest is stored."""
-        token = await asyncio.to_thread(ledger.issue_token, tenant_id, actor=principal_of(request).name)
+        token = await blocking(ledger.issue_token, tenant_id, actor=principal_of(request).name)
         return TokenResponse(tenant_id=tenant_id, token=token)
 
     @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED)
@@ -95,7 +95,7 @@ class AdminController(Controller):
         self, request: Request, data: RepositoryRequest, ledger: LedgerApp
     ) -> RepositoryResponse:
         """Register a repository of a tenant (the admin, or that tenant)."""
-        repository = await asyncio.to_thread(
+        repository = await blocking(
             ledger.register_repository, data.id, tenant_id=data.tenant_id,
             clone_url=data.clone_url, principal=principal_of(request),
         )
@@ -118,7 +118,7 @@ class RunsController(Controller):
         cursor: str | None = None,
     ) -> RunPage:
         """The caller's runs, newest first."""
-        return await asyncio.to_thread(
+        return await blocking(
             queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
             status=status, limit=limit, cursor=cursor,
         )
@@ -126,7 +126,7 @@ class RunsController(Controller):
     @get("/runs/{run_id:str}", operation_id="getRun")
     async def get_run(self, request: Request, run_id: str, queries: RunQueries) -> RunView:
         """A run and its jobs, in workflow order."""
-        run = await asyncio.to_thread(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
+        run = await blocking(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
         if run is None:
             raise RunNotFoundError(f"run {run_id} not found")
         return run
@@ -134,7 +134,7 @@ class RunsController(Controller):
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK)
     async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
         """Cancel queued jobs and stop the running one (its runner is told at once)."""
-        run, running = await asyncio.to_thread(ledger.cancel_run, _uuid(run_id), principal_of(request))
+        run, running = await blocking(ledger.cancel_run, _uuid(run_id), principal_of(request))
         if running is not None:
             await control.stop(str(running.id), running.attempt)
         return CancelResponse(run_id=str(run.id), status=run.status.value)
@@ -142,15 +142,15 @@ class RunsController(Controller):
     @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED)
     async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
         """A new run of the same commit."""
-        new_run_id = await asyncio.to_thread(ledger.rerun, _uuid(run_id), principal_of(request))
-        new_run = await asyncio.to_thread(ledger.get_run, new_run_id, principal_of(request))
+        new_run_id = await blocking(ledger.rerun, _uuid(run_id), principal_of(request))
+        new_run = await blocking(ledger.get_run, new_run_id, principal_of(request))
         return RerunResponse(run_id=str(new_run_id), rerun_of=_uuid(run_id), rerun=new_run.rerun)
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents")
     async def run_events(self, request: Request, run_id: str, ledger: LedgerApp) -> EventList:
         """The run's full event history, in order, read from the event store (the audit trail)."""
-        run = await asyncio.to_thread(ledger.get_run, _uuid(run_id), principal_of(request))
-        events = await asyncio.to_thread(ledger.history, run.id)
+        run = await blocking(ledger.get_run, _uuid(run_id), principal_of(request))
+        events = await blocking(ledger.history, run.id)
         return EventList(run_id=str(run.id), events=events)
 
     @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8")
@@ -163,7 +163,7 @@ class RunsController(Controller):
         offset: Annotated[int, Parameter(ge=0)] = 0,
     ) -> Response[bytes]:
         """The job's log so far, as text; `offset` (bytes) returns only what follows it."""
-        job = await asyncio.to_thread(queries.locate_job, _uuid(job_id), principal_of(request).tenant_id)
+        job = await blocking(queries.locate_job, _uuid(job_id), principal_of(request).tenant_id)
         if job is None:
             raise RunNotFoundError(f"job {job_id} not found")
         text = await logs.read(job.job_id, job.attempt)

@@ -240,13 +240,13 @@ def test_postgres_crash_during_pushes_answers_503_and_keeps_every_accepted_push(
         repo = GitRepo(tmp_path / "repo")
         tenant_id, _ = admin.tenant()
         commits = [repo.commit({".ledgerci.yml": "jobs:\n  - name: a\n    run: 'true'\n", "n": str(i)})
-                   for i in range(40)]
+                   for i in range(24)]
         repository_id = admin.repository(tenant_id, repo.clone_url)
         statuses: list[tuple[int, str | None]] = []
         for index, commit in enumerate(commits):
             if index == 10:
                 fresh_postgres_server.kill()  # a crash, as `pg_ctl stop -m immediate` or worse
-            if index == 25:
+            if index == 14:
                 fresh_postgres_server.start()
             response = admin.push(repository_id, commit)
             statuses.append((response.status_code, response.json().get("run_id")))

@@ -7,6 +7,7 @@ Registered for the whole suite by ``tests/conftest.py`` (``pytest_plugins``).
 * ``fresh_postgres_server`` (function): a cluster of its own, for tests that kill or stop it.
 * ``nats_server`` (session): one JetStream-enabled nats-server per session.
 * ``fresh_nats_server`` (function): a nats-server of its own, for tests that kill it.
+* ``nats_cluster`` (function): a 3-node JetStream cluster of its own, meta leader elected.
 
 Do not kill or stop the session-scoped servers; take a ``fresh_*`` one. (If a test does
 stop the session PostgreSQL anyway, ``postgres_url``'s teardown starts it again.)
@@ -31,12 +32,13 @@ from types import FrameType
 
 import pytest
 
-from tests.support.processes import NatsServer, PostgresServer, make_base_dir
+from tests.support.processes import NatsCluster, NatsServer, PostgresServer, make_base_dir
 
 __all__ = [
     "fresh_nats_server",
     "fresh_postgres_server",
     "ledgerci_servers_dir",
+    "nats_cluster",
     "nats_server",
     "postgres_server",
     "postgres_url",
@@ -142,6 +144,22 @@ def fresh_nats_server(ledgerci_servers_dir: Path) -> Iterator[NatsServer]:
         _destroy(server)
 
 
+@pytest.fixture
+def nats_cluster(ledgerci_servers_dir: Path) -> Iterator[NatsCluster]:
+    """A 3-node JetStream cluster of the test's own (``n0``..``n2``, ``sync_interval:
+    always``), started and with a meta leader elected (about 0.5 s); free to kill and
+    restart nodes (``kill(i)``, ``start_node(i)``); destroyed after the test."""
+    cluster = NatsCluster.create(ledgerci_servers_dir)
+    try:
+        cluster.wait_healthy(30)
+        yield cluster
+    finally:
+        if _keep_dirs():
+            cluster.kill_all()
+        else:
+            cluster.destroy()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -153,4 +171,9 @@ def pytest_runtest_makereport(
         for name, value in funcargs.items():
             if isinstance(value, PostgresServer | NatsServer):
                 report.sections.append((f"{name} log: {value.log_path}", value.log_tail()))
+            elif isinstance(value, NatsCluster):
+                for node in value.nodes:
+                    report.sections.append(
+                        (f"{name} {node.server_name} log: {node.log_path}", node.log_tail())
+                    )
     return report

@@ -44,6 +44,8 @@ import psycopg
 from psycopg import sql
 
 __all__ = [
+    "NatsCluster",
+    "NatsClusterNode",
     "NatsServer",
     "PortTakenError",
     "PostgresServer",
@@ -956,4 +958,315 @@ class NatsServer(_Process):
         finally:
             self._close_log()
             _REGISTRY.discard(self)
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- NATS cluster
+
+
+class NatsClusterNode(NatsServer):
+    """One node of a :class:`NatsCluster`: a :class:`NatsServer` that also has a cluster
+    (route) port, a ``server_name`` and routes to the other nodes' cluster ports.
+
+    :meth:`start` (inherited) waits only for this node's client port and
+    ``/healthz?js-enabled-only=true``, not for a JetStream meta leader: that needs a
+    quorum of nodes, see :meth:`NatsCluster.wait_healthy`.
+    """
+
+    cluster_port: int
+    server_name: str
+    cluster_name: str
+    route_ports: list[int]
+
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        monitor_port: int,
+        cluster_port: int,
+        *,
+        server_name: str,
+        cluster_name: str,
+        route_ports: Iterable[int] = (),
+        sync_always: bool = True,
+    ) -> None:
+        super().__init__(directory, port, monitor_port, sync_always=sync_always)
+        self.cluster_port = cluster_port
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.route_ports = list(route_ports)
+
+    def __repr__(self) -> str:
+        return (
+            f"NatsClusterNode({self.server_name}, port={self.port}, "
+            f"cluster_port={self.cluster_port}, directory={str(self.directory)!r})"
+        )
+
+    def set_ports(self, port: int, monitor_port: int, cluster_port: int) -> None:
+        """Change the ports (only while stopped; call :meth:`write_config` afterwards)."""
+        self.port, self.monitor_port, self.cluster_port = port, monitor_port, cluster_port
+        self.url = f"nats://127.0.0.1:{port}"
+
+    def write_config(self) -> None:
+        """(Re)write :attr:`config_path`: listen/http ports, ``server_name``, the
+        ``cluster`` block with explicit routes and the ``jetstream`` block."""
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        routes = "".join(f"\n    nats-route://127.0.0.1:{port}" for port in self.route_ports)
+        self.config_path.write_text(
+            f"server_name: {self.server_name}\n"
+            f"listen: 127.0.0.1:{self.port}\n"
+            f"http: 127.0.0.1:{self.monitor_port}\n"
+            f"cluster {{\n"
+            f"  name: {self.cluster_name}\n"
+            f"  listen: 127.0.0.1:{self.cluster_port}\n"
+            f"  routes: [{routes}\n  ]\n"
+            f"}}\n"
+            f"jetstream {{\n  store_dir: {json.dumps(str(self.store_dir))}{sync}\n}}\n"
+        )
+
+    def jsz(self, query: str = "") -> dict[str, Any]:
+        """``GET /jsz?<query>`` on the monitoring port (raises if the node does not answer)."""
+        return self._get_json(f"/jsz?{query}" if query else "/jsz")
+
+    def meta_leader(self) -> str | None:
+        """The ``server_name`` of the JetStream meta leader as this node sees it, or ``None``
+        (no leader known, or the node does not answer)."""
+        try:
+            meta = self.jsz().get("meta_cluster") or {}
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        leader = meta.get("leader")
+        return leader if isinstance(leader, str) and leader else None
+
+    def stream_state(self, stream: str, account: str = "$G") -> dict[str, Any] | None:
+        """This node's *local* copy of ``stream`` (``/jsz?accounts=true&streams=true``):
+        the ``state`` dict (``messages``, ``first_seq``, ``last_seq``...) or ``None`` if
+        the node holds no replica of it (yet) or does not answer. Unlike ``stream_info``
+        over a client connection (always answered by the stream leader) this shows whether
+        *this* replica has caught up."""
+        try:
+            answer = self.jsz("accounts=true&streams=true")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        for acc in answer.get("account_details") or []:
+            if acc.get("name") != account and acc.get("id") != account:
+                continue
+            for detail in acc.get("stream_detail") or []:
+                if detail.get("name") == stream:
+                    state = detail.get("state")
+                    return state if isinstance(state, dict) else None
+        return None
+
+
+class NatsCluster:
+    """A JetStream cluster of real nats-server processes on 127.0.0.1, for tests that kill
+    a node and watch the others elect new leaders.
+
+    Node ``i`` (:class:`NatsClusterNode`) is ``server_name: n<i>`` in
+    ``<directory>/n<i>``, with its own client, cluster and monitoring ports and store dir,
+    explicit routes to every other node's cluster port, cluster name ``ledgerci-test`` and
+    (by default) ``sync_interval: always``. :attr:`url` is the comma-separated list of
+    client URLs that ``LEDGERCI_NATS_URL`` takes; :attr:`urls` the same as a list for
+    ``nats.connect(servers=...)``.
+
+    Every node is in the module's process registry (SIGKILLed at interpreter exit if still
+    running); :meth:`destroy` stops them and removes :attr:`directory`.
+    """
+
+    CLUSTER_NAME = "ledgerci-test"
+
+    directory: Path
+    nodes: list[NatsClusterNode]
+
+    def __init__(self, directory: Path, nodes: list[NatsClusterNode]) -> None:
+        self.directory = directory.absolute()
+        self.nodes = nodes
+
+    def __repr__(self) -> str:
+        return f"NatsCluster({[node.server_name for node in self.nodes]}, directory={str(self.directory)!r})"
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs of all nodes (running or not), in node order."""
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:p0,nats://127.0.0.1:p1,...`` (the ``LEDGERCI_NATS_URL`` form)."""
+        return ",".join(self.urls)
+
+    @property
+    def server_names(self) -> list[str]:
+        return [node.server_name for node in self.nodes]
+
+    def node_index(self, server_name: str) -> int:
+        """The index of the node whose ``server_name`` is ``server_name`` (e.g. the
+        ``cluster.leader`` of a ``stream_info``)."""
+        return self.server_names.index(server_name)
+
+    def node(self, server_name: str) -> NatsClusterNode:
+        return self.nodes[self.node_index(server_name)]
+
+    def running(self) -> list[NatsClusterNode]:
+        return [node for node in self.nodes if node.is_running()]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, base_dir: Path, *, size: int = 3, sync_always: bool = True) -> NatsCluster:
+        """Make ``<base_dir>/nats-cluster-XXXX/n<i>`` for ``size`` nodes, pick free ports,
+        write the configs and start every node (not waiting for a meta leader: call
+        :meth:`wait_healthy`). If a port turns out to be taken, every node is stopped,
+        its store wiped, and the whole cluster tried again on new ports."""
+        if size < 1:
+            raise ValueError(f"size must be >= 1, not {size}")
+        directory = Path(tempfile.mkdtemp(prefix="nats-cluster-", dir=base_dir))
+        nodes = []
+        cluster = cls(directory, nodes)
+        try:
+            for i in range(size):
+                node_dir = directory / f"n{i}"
+                node_dir.mkdir()
+                nodes.append(
+                    NatsClusterNode(
+                        node_dir,
+                        port=0,
+                        monitor_port=0,
+                        cluster_port=0,
+                        server_name=f"n{i}",
+                        cluster_name=cls.CLUSTER_NAME,
+                        sync_always=sync_always,
+                    )
+                )
+            for attempt in range(_PORT_ATTEMPTS):
+                cluster._assign_ports()
+                offsets = [node._log_size() for node in nodes]
+                try:
+                    cluster.start()
+                    break
+                except ServerStartError as exc:
+                    taken = isinstance(exc, PortTakenError) or any(
+                        _PORT_TAKEN in node._log_since(offset).lower()
+                        for node, offset in zip(nodes, offsets, strict=True)
+                    )
+                    if not taken or attempt == _PORT_ATTEMPTS - 1:
+                        raise
+                    for node in nodes:
+                        node.kill()
+                        shutil.rmtree(node.store_dir, ignore_errors=True)
+        except BaseException:
+            cluster.destroy()
+            raise
+        return cluster
+
+    def _assign_ports(self) -> None:
+        """Give every node three new, pairwise distinct free ports; rewrite all configs."""
+        ports: list[int] = []
+        while len(ports) < 3 * len(self.nodes):
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        for i, node in enumerate(self.nodes):
+            node.set_ports(*ports[3 * i : 3 * i + 3])
+        for node in self.nodes:
+            node.route_ports = [other.cluster_port for other in self.nodes if other is not node]
+            node.write_config()
+
+    def start(self) -> None:
+        """Start every node that is not running (each waits until its client port and
+        ``/healthz?js-enabled-only=true`` answer). Does not wait for a meta leader."""
+        for node in self.nodes:
+            if not node.is_running():
+                node.start()
+
+    def start_node(self, i: int) -> None:
+        """Start node ``i`` again, on the same ports and store (e.g. after :meth:`kill`)."""
+        self.nodes[i].start()
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` and wait until its process is gone."""
+        self.nodes[i].kill()
+
+    def stop(self, i: int) -> None:
+        """SIGTERM node ``i`` (clean shutdown, JetStream hands over leaderships)."""
+        self.nodes[i].stop()
+
+    def meta_leader(self) -> str | None:
+        """The meta leader's ``server_name`` if every running node reports the same one
+        and it is itself running; else ``None``."""
+        running = self.running()
+        if not running:
+            return None
+        seen = {node.meta_leader() for node in running}
+        if len(seen) != 1:
+            return None
+        leader = seen.pop()
+        if leader is None or leader not in {node.server_name for node in running}:
+            return None
+        return leader
+
+    def _health_problem(self) -> str | None:
+        running = self.running()
+        if not running:
+            return "no node is running"
+        for node in running:
+            try:
+                health = node._get_json("/healthz?js-enabled-only=true")
+            except urllib.error.HTTPError as exc:  # 503 with a JSON body while unhealthy
+                return f"{node.server_name} /healthz?js-enabled-only=true: HTTP {exc.code}"
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                return f"{node.server_name} monitoring port {node.monitor_port}: {exc}"
+            if health.get("status") != "ok":
+                return f"{node.server_name} /healthz?js-enabled-only=true: {health}"
+        leaders = {node.server_name: node.meta_leader() for node in running}
+        if len(set(leaders.values())) != 1 or None in leaders.values():
+            return f"meta leader not agreed on: {leaders}"
+        leader = next(iter(leaders.values()))
+        if leader not in leaders:
+            return f"meta leader {leader} is not a running node: {leaders}"
+        return None
+
+    def wait_healthy(self, timeout: float = _START_TIMEOUT) -> str:
+        """Wait until every running node answers ``/healthz?js-enabled-only=true`` with ok
+        and all of them report, in ``/jsz``, the same JetStream meta leader, itself a
+        running node. Returns that leader's ``server_name``; raises
+        :class:`ServerStartError` (with every node's log tail) after ``timeout`` seconds.
+
+        With a node killed this waits for the survivors (a majority of them can elect a
+        leader); stream leaders are elected separately, per stream."""
+        deadline = time.monotonic() + timeout
+        problem = self._health_problem()
+        while problem is not None and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL * 2)
+            problem = self._health_problem()
+        if problem is not None:
+            raise ServerStartError(
+                f"{self!r} not healthy within {timeout}s: {problem}\n" + self.log_tails()
+            )
+        leader = self.meta_leader()
+        assert leader is not None
+        return leader
+
+    def log_tails(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        """Every node's log tail, one section each, for failure messages."""
+        return "\n".join(
+            f"--- {node.server_name}: {node.log_path} (tail) ---\n{node.log_tail(chars)}"
+            for node in self.nodes
+        )
+
+    def kill_all(self) -> None:
+        """SIGKILL every running node (keeps their directories)."""
+        for node in self.nodes:
+            node.kill()
+
+    def destroy(self) -> None:
+        """Stop every node (SIGKILL those that will not stop) and remove :attr:`directory`."""
+        try:
+            for node in self.nodes:
+                with contextlib.suppress(Exception):
+                    node.destroy()
+            for node in self.nodes:  # destroy() never raises; this is the backstop
+                if node.is_running():
+                    node.kill()
+        finally:
             shutil.rmtree(self.directory, ignore_errors=True)
