@@ -7,6 +7,7 @@ checker reading the full event history.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import threading
@@ -16,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 
+from domain.messages import JOBS_STREAM
 from tests.support.api import FINAL, Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
@@ -318,3 +321,42 @@ def test_soak_random_kills_of_every_service(tmp_path: Path, cluster: LedgerClust
     assert len(kills) >= 5
     print(f"soak: {len(run_ids)} runs, {len(kills)} kills ({', '.join(kills)})")
     assert_invariants(cluster)
+
+
+def test_jetstream_node_killed_during_dispatches_commits_every_job_once(
+    tmp_path: Path, postgres_url: str, nats_cluster
+):
+    """Three nats-server nodes, streams with 3 replicas; the JOBS stream's leader is killed."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, nats_cluster.url,
+                            extra_env={**FAULT_ENV, "LEDGERCI_STREAM_REPLICAS": "3"})
+    (tmp_path / "cluster").mkdir()
+    try:
+        for name in ("relay", "projector", "scheduler", "reaper", "gateway", "runner", "runner#2"):
+            cluster.start(name)
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        repo = GitRepo(tmp_path / "repo")
+        tenant_id, _ = admin.tenant()
+        workflow = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
+        commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(30)]
+        repository_id = admin.repository(tenant_id, repo.clone_url)
+        run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:10]]
+        leader = asyncio.run(stream_leader(nats_cluster.url, JOBS_STREAM))
+        nats_cluster.kill(nats_cluster.node_index(leader))
+        run_ids += [admin.push(repository_id, c).json()["run_id"] for c in commits[10:]]
+        for run_id in run_ids:
+            run = admin.wait_run(run_id, timeout=90)
+            assert run["status"] == "succeeded", run
+        history = [e for run_id in run_ids for e in admin.events(run_id)]
+        assert sum(e["type"] == "JobSucceeded" for e in history) == 60
+        assert_invariants(cluster)
+    finally:
+        cluster.stop_all()
+
+
+async def stream_leader(nats_url: str, stream: str) -> str:
+    nc = await nats.connect(servers=nats_url.split(","))
+    try:
+        info = await nc.jetstream().stream_info(stream)
+        return info.cluster.leader
+    finally:
+        await nc.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import OperationalError
 
 from commands.app import LedgerApp, Principal
 from commands.store import eventsourcing_env
@@ -129,6 +130,30 @@ class StoreContract:
             if not (cursor := page.next_cursor):
                 break
         assert seen == list(reversed(run_ids))
+
+    def test_a_write_whose_outcome_is_unknown_is_not_reported_as_a_conflict(self, ledger: LedgerApp,
+                                                                            repository: str):
+        """The store commits, then the connection is lost before the answer arrives."""
+        commit_for_real = ledger.recorder.insert_events
+        lose_next_answer = [True]
+
+        def commit_then_lose_the_answer(stored_events, **kwargs):
+            ids = commit_for_real(stored_events, **kwargs)
+            if lose_next_answer and lose_next_answer.pop():
+                raise OperationalError("server closed the connection unexpectedly")
+            return ids
+
+        ledger.recorder.insert_events = commit_then_lose_the_answer
+        pushed = ledger.push(repository, COMMIT, None, ADMIN)
+        assert pushed.duplicate is False  # our own write found, not "someone else's push"
+        assert ledger.push(repository, COMMIT, None, ADMIN).duplicate is True
+
+        ledger.plan_run(pushed.run_id, WORKFLOW)
+        job_id = str(ledger.get_run(pushed.run_id, ADMIN).jobs[0].id)
+        lose_next_answer.append(True)
+        started = ledger.start_job(StartJob(run_id=str(pushed.run_id), job_id=job_id, attempt=1, runner_id="r1"))
+        assert started.reply.ok and not started.reply.refused
+        assert [e.type for e in ledger.history(pushed.run_id)].count("JobStarted") == 1
 
     @staticmethod
     def _planned_run(ledger: LedgerApp, repository: str) -> UUID:
