@@ -7,6 +7,8 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import BadRequestError
 
 from domain.messages import (
+    DEAD_STREAM,
+    DEAD_SUBJECT_PREFIX,
     EVENTS_STREAM,
     EVENTS_SUBJECT_PREFIX,
     JOBS_STREAM,
@@ -48,6 +50,13 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=120.0,
             discard=DiscardPolicy.OLD,
             max_bytes=4 * 1024**3,
+        ),
+        StreamConfig(
+            name=DEAD_STREAM,
+            subjects=[f"{DEAD_SUBJECT_PREFIX}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
         ),
     ]
 

@@ -18,6 +18,8 @@ JOBS_STREAM = "LEDGERCI_JOBS"
 JOBS_SUBJECT_PREFIX = "ledgerci.jobs"  # ledgerci.jobs.<pool>
 LOGS_STREAM = "LEDGERCI_LOGS"
 LOGS_SUBJECT_PREFIX = "ledgerci.logs"  # ledgerci.logs.<job_id>.<attempt>
+DEAD_STREAM = "LEDGERCI_DEAD"
+DEAD_SUBJECT_PREFIX = "ledgerci.dead"  # messages that reached max_deliver
 
 # Runner commands are NATS requests answered by the command service (queue group).
 START_JOB_SUBJECT = "ledgerci.cmd.start_job"

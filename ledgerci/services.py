@@ -19,6 +19,7 @@ import uvicorn
 from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp, Timing
+from commands.dead_letter import serve_dead_letters
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
@@ -192,7 +193,9 @@ async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: Ledger
     reaper = Reaper(ledger, nc.jetstream(), DeadlineQueries(db).overdue,
                     reoffer_after=timedelta(seconds=settings.reoffer_after_seconds))
     never = asyncio.Event()  # the reaper keeps time; nothing wakes it early
-    await run_woken(_idle_after(reaper.sweep), never, stop, settings.reaper_interval_seconds)
+    async with asyncio.TaskGroup() as group:
+        group.create_task(serve_dead_letters(nc, stop))
+        await run_woken(_idle_after(reaper.sweep), never, stop, settings.reaper_interval_seconds)
 
 
 def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
@@ -218,7 +221,7 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
         raise SystemExit(f"executor {settings.executor!r} is not available yet: use local")
     agent = RunnerAgent(
         nc, LocalExecutor(), runner_id=settings.runner_id, pool=settings.runner_pool,
-        slots=settings.runner_slots, data_dir=settings.data_dir,
+        slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
     )
     await agent.run(stop)
 

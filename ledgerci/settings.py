@@ -45,6 +45,8 @@ class Settings:
     """LEDGERCI_REAPER_INTERVAL_SECONDS: how often the reaper looks for passed deadlines."""
     reoffer_after_seconds: float
     """LEDGERCI_REOFFER_AFTER_SECONDS: a job still queued this long is offered to runners again."""
+    max_deliver: int
+    """LEDGERCI_MAX_DELIVER: deliveries of a dispatch before it goes to the dead-letter stream."""
     stream_replicas: int
     """LEDGERCI_STREAM_REPLICAS: JetStream replicas per stream (3 on a 3-node cluster)."""
     idle_check_seconds: float
@@ -79,6 +81,7 @@ class Settings:
             queue_timeout_seconds=float(_env("LEDGERCI_QUEUE_TIMEOUT_SECONDS", "3600")),
             reaper_interval_seconds=float(_env("LEDGERCI_REAPER_INTERVAL_SECONDS", "1")),
             reoffer_after_seconds=float(_env("LEDGERCI_REOFFER_AFTER_SECONDS", "30")),
+            max_deliver=int(_env("LEDGERCI_MAX_DELIVER", "20")),
             stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),
             idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),
             db_pool_size=int(_env("LEDGERCI_DB_POOL_SIZE", "4")),

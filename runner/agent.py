@@ -82,6 +82,7 @@ class RunnerAgent:
         pool: str,
         slots: int,
         data_dir: Path,
+        max_deliver: int = 20,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -89,6 +90,7 @@ class RunnerAgent:
         self.runner_id = runner_id
         self.pool = pool
         self.slots = slots
+        self.max_deliver = max_deliver
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
         self._background: set[asyncio.Task[None]] = set()
@@ -100,6 +102,8 @@ class RunnerAgent:
             ack_policy=AckPolicy.EXPLICIT,
             filter_subject=subject,
             ack_wait=ACK_WAIT_SECONDS,
+            # Past this many deliveries a dispatch goes to the dead-letter stream.
+            max_deliver=self.max_deliver,
         )
         subscription = await self.js.pull_subscribe(
             subject, durable=config.durable_name, stream=JOBS_STREAM, config=config

@@ -12,15 +12,17 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 import pytest
 
-from domain.messages import JOBS_STREAM
+from domain.messages import DEAD_STREAM, JOBS_STREAM, JobDispatch, jobs_subject
 from tests.support.api import FINAL, Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
@@ -358,5 +360,43 @@ async def stream_leader(nats_url: str, stream: str) -> str:
     try:
         info = await nc.jetstream().stream_info(stream)
         return info.cluster.leader
+    finally:
+        await nc.close()
+
+
+def test_dispatch_that_reaches_max_deliver_goes_to_the_dead_letter_stream(tmp_path: Path, postgres_url: str,
+                                                                          fresh_nats_server):
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
+                            extra_env={**FAULT_ENV, "LEDGERCI_MAX_DELIVER": "3"})
+    (tmp_path / "cluster").mkdir()
+    try:
+        for name in ("scheduler", "reaper", "runner"):
+            cluster.start(name)
+        time.sleep(3)  # let them create the streams and consumers
+        cluster.kill("scheduler")  # nobody answers runner commands: every delivery is nak'ed
+        dispatch = JobDispatch(
+            run_id=str(uuid.uuid4()), job_id=str(uuid.uuid4()), attempt=1, job_name="x", tenant_id="t",
+            repository_id="r", clone_url="file:///nowhere", commit="a" * 40, ref=None, script="true",
+            env={}, image=None, timeout_seconds=60, idempotency_key="k",
+        )
+        moved = asyncio.run(publish_and_watch_dead_letters(fresh_nats_server.url, dispatch))
+        assert moved == (0, 1)
+    finally:
+        cluster.stop_all()
+
+
+async def publish_and_watch_dead_letters(nats_url: str, dispatch: JobDispatch) -> tuple[int, int]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        await js.publish(jobs_subject("default"), msgspec.json.encode(dispatch),
+                         headers={"Nats-Msg-Id": f"{dispatch.job_id}:1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs, dead = await js.stream_info(JOBS_STREAM), await js.stream_info(DEAD_STREAM)
+            if dead.state.messages:
+                return jobs.state.messages, dead.state.messages
+            await asyncio.sleep(0.2)
+        return jobs.state.messages, dead.state.messages
     finally:
         await nc.close()
