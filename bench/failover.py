@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-from tests.support.api import Api
-from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
-from tests.support.git_repo import GitRepo
-from tests.support.processes import NatsServer, PostgresServer, make_base_dir
+from bench.harness import bench_cluster
 
 SLOW_FIRST_ATTEMPT = """\
 jobs:
@@ -36,20 +31,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--lease", type=float, default=5.0)
     args = parser.parse_args()
-    base = make_base_dir("ledgerci-bench-")
-    postgres = PostgresServer.create(base, fsync=True)
-    nats_server = NatsServer.create(base, sync_always=True)
-    cluster_dir = Path(tempfile.mkdtemp(prefix="ledgerci-failover-"))
-    cluster = LedgerCluster(cluster_dir, postgres.url, nats_server.url, extra_env={
-        "LEDGERCI_LOG_LEVEL": "WARNING", "LEDGERCI_RUNNER_SLOTS": "1",
-        "LEDGERCI_LEASE_SECONDS": str(args.lease), "LEDGERCI_REAPER_INTERVAL_SECONDS": "0.25"})
-    try:
-        for name in ("relay", "projector", "scheduler", "reaper", "gateway", "runner", "runner#2"):
-            cluster.start(name)
-        api = Api(cluster.url, ADMIN_TOKEN)
-        tenant_id, _ = api.tenant("bench")
-        repo = GitRepo(cluster_dir / "repo")
-        repository_id = api.repository(tenant_id, repo.clone_url, "bench")
+    services = ("relay", "projector", "scheduler", "reaper", "gateway", "runner", "runner#2")
+    env = {"LEDGERCI_LEASE_SECONDS": str(args.lease), "LEDGERCI_REAPER_INTERVAL_SECONDS": "0.25"}
+    with bench_cluster(services, env) as bench:
+        api, repo, repository_id, cluster = bench.api, bench.repo, bench.repository_id, bench.cluster
         recoveries = []
         for round_number in range(args.rounds):
             commit = repo.commit({".ledgerci.yml": SLOW_FIRST_ATTEMPT, "n": str(round_number)})
@@ -69,10 +54,6 @@ def main() -> None:
         print(f"runner killed → job running again: p50 {statistics.median(recoveries):.2f} s, "
               f"max {max(recoveries):.2f} s, min {min(recoveries):.2f} s")
         print(f"  = lease + {statistics.median(recoveries) - args.lease:.2f} s (median)")
-    finally:
-        cluster.stop_all()
-        nats_server.destroy()
-        postgres.destroy()
 
 
 if __name__ == "__main__":

@@ -15,17 +15,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 
+from bench.harness import bench_cluster
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
-from tests.support.api import Api
-from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
-from tests.support.git_repo import GitRepo
-from tests.support.processes import NatsServer, PostgresServer, make_base_dir
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -49,20 +44,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     args = parser.parse_args()
 
-    base = make_base_dir("ledgerci-bench-")
-    postgres = PostgresServer.create(base, fsync=True)
-    nats_server = NatsServer.create(base, sync_always=True)
-    cluster_dir = Path(tempfile.mkdtemp(prefix="ledgerci-bench-cluster-"))
-    cluster = LedgerCluster(cluster_dir, postgres.url, nats_server.url,
-                            extra_env={"LEDGERCI_LOG_LEVEL": "WARNING", "LEDGERCI_RUNNER_SLOTS": "1"})
-    try:
-        cluster.start_all()
-        api = Api(cluster.url, ADMIN_TOKEN)
-        tenant_id, _ = api.tenant("bench")
-        repo = GitRepo(cluster_dir / "repo")
-        workflow = "jobs:\n" + "".join(f"  - name: noop{i}\n    run: \"true\"\n" for i in range(args.jobs))
-        commits = [repo.commit({".ledgerci.yml": workflow, "n.txt": str(i)}) for i in range(args.runs + 5)]
-        repository_id = api.repository(tenant_id, repo.clone_url, "bench")
+    workflow = "jobs:\n" + "".join(f"  - name: noop{i}\n    run: \"true\"\n" for i in range(args.jobs))
+    services = ("relay", "projector", "scheduler", "reaper", "runner", "gateway")
+    with bench_cluster(services, {}) as bench:
+        api, repository_id = bench.api, bench.repository_id
+        commits = [bench.repo.commit({".ledgerci.yml": workflow, "n.txt": str(i)}) for i in range(args.runs + 5)]
 
         # Warm-up: the mirror clone and the first connections are not what we measure.
         for commit in commits[:5]:
@@ -78,7 +64,7 @@ def main() -> None:
             api.wait_run(run_ids[-1], timeout=60)
         elapsed = time.perf_counter() - started
 
-        ledger = LedgerApp(env=eventsourcing_env(postgres.url))
+        ledger = LedgerApp(env=eventsourcing_env(bench.postgres.url))
         hops: dict[str, list[float]] = {k: [] for k in (
             "push → first job claimed (JobStarted)", "  push → planned (relay + planner, git read)",
             "  planned → first job claimed (fast dispatch + runner fetch + claim)",
@@ -114,10 +100,6 @@ def main() -> None:
         print(summary("POST /push answered (client side)", push_ms))
         for name, values in hops.items():
             print(summary(name, values))
-    finally:
-        cluster.stop_all()
-        nats_server.destroy()
-        postgres.destroy()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,16 +27,20 @@ async def consume(
     filter_subject: str,
     handle: Callable[[Msg], Awaitable[float | None]],
     stop: asyncio.Event,
-    batch: int = 16,
-    ack_wait_seconds: float = 60.0,
+    batch: int = 4,
+    ack_wait_seconds: float = 10.0,
+    ensure_streams: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Handle every message of `filter_subject` once it is committed; stop when `stop` is set.
 
     `handle` returns None when done (the message is acked) or a delay in seconds after which
-    it wants the message again (it is nak'ed with that delay).
+    it wants the message again (it is nak'ed with that delay). A handler that raises gets its
+    message redelivered after a short delay: handlers act only through idempotent commands,
+    so a redelivery changes nothing that already holds.
 
-    A handler that raises gets its message redelivered after a short delay: handlers act only
-    through idempotent commands, so a redelivery changes nothing that already holds.
+    When fetching fails (NATS restarting, or it lost the stream or the consumer), the
+    subscription is made anew, streams first: the durable consumer keeps our place when it
+    survived, and when it did not, starting over is safe for the same reason.
     """
     config = ConsumerConfig(
         durable_name=durable,
@@ -45,29 +50,52 @@ async def consume(
         ack_wait=ack_wait_seconds,
         max_ack_pending=1024,
     )
-    subscription = await js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
-    try:
-        while not stop.is_set():
+    while not stop.is_set():
+        try:
+            if ensure_streams is not None:
+                await ensure_streams()
+            subscription = await js.pull_subscribe(filter_subject, durable=durable, stream=stream, config=config)
+        except Exception:
+            log.warning("%s: cannot subscribe yet; retrying", durable, exc_info=True)
+            await asyncio.sleep(RETRY_DELAY_SECONDS)
+            continue
+        try:
+            await _drain(subscription, durable, handle, stop, batch, ack_wait_seconds)
+        except Exception:
+            log.warning("%s: fetch failed; subscribing again", durable, exc_info=True)
+            await asyncio.sleep(RETRY_DELAY_SECONDS)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+
+async def _keep_in_progress(message: Msg, ack_wait_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(ack_wait_seconds / 3)
+        with contextlib.suppress(Exception):
+            await message.in_progress()
+
+
+async def _drain(subscription, durable: str, handle: Callable[[Msg], Awaitable[float | None]],
+                 stop: asyncio.Event, batch: int, ack_wait_seconds: float) -> None:
+    while not stop.is_set():
+        try:
+            messages = await subscription.fetch(batch, timeout=LONG_POLL_SECONDS)
+        except TimeoutError:
+            continue  # nothing arrived during the long poll
+        for message in messages:
+            # Short ack_wait, kept alive while we work: a message held by a process that
+            # died is redelivered within seconds, however long handling may take.
+            keep_alive = asyncio.create_task(_keep_in_progress(message, ack_wait_seconds))
             try:
-                messages = await subscription.fetch(batch, timeout=LONG_POLL_SECONDS)
-            except TimeoutError:
-                continue  # nothing arrived during the long poll
+                again_after = await handle(message)
             except Exception:
-                # NATS reconnecting, the stream being restored: the durable consumer keeps
-                # our place, so wait a moment and ask again.
-                log.warning("%s: fetch failed; retrying", durable, exc_info=True)
-                await asyncio.sleep(RETRY_DELAY_SECONDS)
+                log.exception("%s: handling %s failed; it will be redelivered", durable, message.subject)
+                await message.nak(delay=RETRY_DELAY_SECONDS)
                 continue
-            for message in messages:
-                try:
-                    again_after = await handle(message)
-                except Exception:
-                    log.exception("%s: handling %s failed; it will be redelivered", durable, message.subject)
-                    await message.nak(delay=RETRY_DELAY_SECONDS)
-                    continue
-                if again_after is not None:
-                    await message.nak(delay=again_after)
-                    continue
-                await message.ack_sync()  # the double ack: only after the command committed
-    finally:
-        await subscription.unsubscribe()
+            finally:
+                keep_alive.cancel()
+            if again_after is not None:
+                await message.nak(delay=again_after)
+                continue
+            await message.ack_sync()  # the double ack: only after the command committed

@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 
 from commands.app import LedgerApp
 from commands.envelope import to_event_message
+from commands.streams import ensure_streams
 from domain.messages import EVENTS_STREAM, events_subject
 
 log = logging.getLogger(__name__)
@@ -27,16 +28,25 @@ BATCH_SIZE = 256
 
 
 class Relay:
-    def __init__(self, app: LedgerApp, js: JetStreamContext) -> None:
+    def __init__(self, app: LedgerApp, js: JetStreamContext, replicas: int = 1) -> None:
         self.app = app
         self.js = js
+        self.replicas = replicas
         self.position = 0  # last event position known to be in the stream
         self.stream_seq = 0  # the stream's last sequence, for Nats-Expected-Last-Sequence
         self._resume_needed = True
 
     async def resume_point(self) -> None:
-        """Read where the stream stopped: its last message's id is the last position published."""
-        info = await self.js.stream_info(EVENTS_STREAM)
+        """Read where the stream stopped: its last message's id is the last position published.
+
+        A stream that lost messages (or all of them, or itself) is simply behind: publishing
+        goes on from its last message, and the event store fills in the rest.
+        """
+        try:
+            info = await self.js.stream_info(EVENTS_STREAM)
+        except NotFoundError:
+            await ensure_streams(self.js, self.replicas)
+            info = await self.js.stream_info(EVENTS_STREAM)
         self.stream_seq = info.state.last_seq
         self.position = 0
         if self.stream_seq:

@@ -23,6 +23,7 @@ from nats.js import JetStreamContext
 
 from commands.app import LedgerApp
 from commands.consume import consume
+from commands.streams import ensure_streams
 from domain.messages import (
     EVENTS_STREAM,
     EventMessage,
@@ -104,16 +105,20 @@ class Dispatcher:
 
 
 async def run_scheduler(
-    app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors, stop: asyncio.Event
+    app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors, stop: asyncio.Event, replicas: int = 1
 ) -> None:
     planner = Planner(app, js, mirrors)
     dispatcher = Dispatcher(app, js)
+
+    async def ensure() -> None:
+        await ensure_streams(js, replicas)
+
     async with asyncio.TaskGroup() as group:
         group.create_task(
             consume(js, stream=EVENTS_STREAM, durable="planner", filter_subject=events_subject("RunRequested"),
-                    handle=planner.handle, stop=stop, batch=4, ack_wait_seconds=600.0)
+                    handle=planner.handle, stop=stop, ensure_streams=ensure)
         )
         group.create_task(
             consume(js, stream=EVENTS_STREAM, durable="dispatcher", filter_subject=events_subject("JobQueued"),
-                    handle=dispatcher.handle, stop=stop)
+                    handle=dispatcher.handle, stop=stop, ensure_streams=ensure)
         )

@@ -235,17 +235,20 @@ class Run(Aggregate):
     def mark_lost(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
         """The attempt's lease has passed: its runner is presumed dead. No-op otherwise."""
         job = self.job(job_id)
-        if not job.holds(attempt) or job.lease_expires_at is None or at < job.lease_expires_at:
-            return False
-        self._abandon(job, RUNNER_LOST, at, actor)
-        return True
+        return self._abandon_if_past(job, attempt, job.lease_expires_at, RUNNER_LOST, at, actor)
 
     def enforce_timeout(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
         """The attempt ran past its deadline and nobody reported it: it timed out."""
         job = self.job(job_id)
-        if not job.holds(attempt) or job.timeout_at is None or at < job.timeout_at:
+        return self._abandon_if_past(job, attempt, job.timeout_at, TIMED_OUT, at, actor)
+
+    def _abandon_if_past(
+        self, job: Job, attempt: int, deadline: datetime | None, reason: str, at: datetime, actor: str
+    ) -> bool:
+        # Checked against the events, whatever the caller's (possibly stale) view said.
+        if not job.holds(attempt) or deadline is None or at < deadline:
             return False
-        self._abandon(job, TIMED_OUT, at, actor)
+        self._abandon(job, reason, at, actor)
         return True
 
     def expire_queued(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:

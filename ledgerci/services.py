@@ -159,7 +159,7 @@ async def wake_on_published_events(nc: NATS, wake: asyncio.Event) -> None:
 
 async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
     wake = asyncio.Event()
-    relay = Relay(ledger, nc.jetstream())
+    relay = Relay(ledger, nc.jetstream(), settings.stream_replicas)
     async with asyncio.TaskGroup() as group:
         if is_postgres(settings.database_url):
             listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
@@ -213,7 +213,7 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
     mirrors = GitMirrors(settings.data_dir / "mirrors")
     async with asyncio.TaskGroup() as group:
         group.create_task(serve_runner_commands(ledger, nc, stop))
-        group.create_task(run_scheduler(ledger, nc.jetstream(), mirrors, stop))
+        group.create_task(run_scheduler(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
 
 
 async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:

@@ -96,6 +96,16 @@ class RunnerAgent:
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        log.info("runner %s serves pool %s with %d slots", self.runner_id, self.pool, self.slots)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(self.slots):
+                    group.create_task(self._slot(stop))
+        finally:
+            if self._background:
+                await asyncio.wait(self._background)
+
+    async def _subscribe(self):
         subject = jobs_subject(self.pool)
         config = ConsumerConfig(
             durable_name=f"runners-{self.pool}",
@@ -105,32 +115,31 @@ class RunnerAgent:
             # Past this many deliveries a dispatch goes to the dead-letter stream.
             max_deliver=self.max_deliver,
         )
-        subscription = await self.js.pull_subscribe(
-            subject, durable=config.durable_name, stream=JOBS_STREAM, config=config
-        )
-        log.info("runner %s serves pool %s with %d slots", self.runner_id, self.pool, self.slots)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(self.slots):
-                    group.create_task(self._slot(subscription, stop))
-        finally:
-            if self._background:
-                await asyncio.wait(self._background)
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+        return await self.js.pull_subscribe(subject, durable=config.durable_name, stream=JOBS_STREAM, config=config)
 
-    async def _slot(self, subscription, stop: asyncio.Event) -> None:
+    async def _slot(self, stop: asyncio.Event) -> None:
+        """One job at a time. The subscription is made anew whenever fetching fails: NATS
+        restarting, or the queue (or its consumer) lost and made again by the scheduler."""
+        subscription = None
         while not stop.is_set():
             try:
+                subscription = subscription or await self._subscribe()
                 messages = await subscription.fetch(1, timeout=LONG_POLL_SECONDS)
             except TimeoutError:
                 continue  # nothing arrived during the long poll
             except Exception:
-                log.warning("fetching a job failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)  # NATS is reconnecting: do not spin
+                log.warning("fetching a job failed; subscribing again", exc_info=True)
+                if subscription is not None:
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+                subscription = None
+                await asyncio.sleep(1.0)  # do not spin while NATS is away
                 continue
             for message in messages:
                 await self.handle(message)
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     async def handle(self, message: Msg) -> None:
         dispatch = msgspec.json.decode(message.data, type=JobDispatch)
