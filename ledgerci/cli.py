@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise
 
 
 def run_until_signalled(main_coroutine: Callable[[asyncio.Event], object]) -> int:

@@ -31,7 +31,7 @@ class Dev:
     def cli(self, *args: str, token: str = TOKEN, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token}
         done = subprocess.run([sys.executable, "-m", "ledgerci.cli", *args], env=env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, cwd=self.data_dir.parent)
         if check and done.returncode != 0:
             raise AssertionError(f"ledgerci {' '.join(args)} exited {done.returncode}: {done.stderr}{done.stdout}")
         return done
@@ -46,6 +46,8 @@ def start_dev(data_dir: Path, *extra: str) -> Dev:
     process = subprocess.Popen(
         [sys.executable, "-m", "ledgerci.cli", "dev", "--data-dir", str(data_dir), "--port", str(port), *extra],
         env={**os.environ, "LEDGERCI_ADMIN_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+        # Outside the source tree, as a user runs it: only what is installed can be imported.
+        cwd=data_dir.parent,
     )
     dev = Dev(data_dir, port, process)
     deadline = time.monotonic() + 60
