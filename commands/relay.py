@@ -87,7 +87,11 @@ class Relay:
                 "Nats-Expected-Last-Sequence": str(self.stream_seq + offset),
             }
             publishes.append(
-                self.js.publish(events_subject(message.type), msgspec.json.encode(message), headers=headers)
+                self.js.publish(
+                    events_subject(message.aggregate_type, message.aggregate_id, message.type),
+                    msgspec.json.encode(message),
+                    headers=headers,
+                )
             )
         acks = await asyncio.gather(*publishes, return_exceptions=True)
         for (position, _), ack in zip(events, acks, strict=True):

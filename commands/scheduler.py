@@ -29,7 +29,7 @@ from domain.messages import (
     EventMessage,
     JobDispatch,
     dispatch_msg_id,
-    events_subject,
+    events_of_type,
     jobs_subject,
 )
 from domain.run import Run
@@ -115,10 +115,10 @@ async def run_scheduler(
 
     async with asyncio.TaskGroup() as group:
         group.create_task(
-            consume(js, stream=EVENTS_STREAM, durable="planner", filter_subject=events_subject("RunRequested"),
+            consume(js, stream=EVENTS_STREAM, durable="planner", filter_subject=events_of_type("RunRequested"),
                     handle=planner.handle, stop=stop, ensure_streams=ensure)
         )
         group.create_task(
-            consume(js, stream=EVENTS_STREAM, durable="dispatcher", filter_subject=events_subject("JobQueued"),
+            consume(js, stream=EVENTS_STREAM, durable="dispatcher", filter_subject=events_of_type("JobQueued"),
                     handle=dispatcher.handle, stop=stop, ensure_streams=ensure)
         )

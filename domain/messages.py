@@ -13,7 +13,9 @@ import msgspec
 
 # JetStream streams and their subjects.
 EVENTS_STREAM = "LEDGERCI_EVENTS"
-EVENTS_SUBJECT_PREFIX = "ledgerci.events"  # ledgerci.events.<EventType>
+# ledgerci.events.<AggregateType>.<aggregate id>.<EventType>: a live view of one run subscribes
+# to `ledgerci.events.Run.<run id>.*`, a reactor to one kind with `ledgerci.events.*.*.<Type>`.
+EVENTS_SUBJECT_PREFIX = "ledgerci.events"
 JOBS_STREAM = "LEDGERCI_JOBS"
 JOBS_SUBJECT_PREFIX = "ledgerci.jobs"  # ledgerci.jobs.<pool>
 LOGS_STREAM = "LEDGERCI_LOGS"
@@ -31,8 +33,13 @@ CONTROL_SUBJECT_PREFIX = "ledgerci.control"
 COMMAND_QUEUE_GROUP = "ledgerci-commands"
 
 
-def events_subject(event_type: str) -> str:
-    return f"{EVENTS_SUBJECT_PREFIX}.{event_type}"
+def events_subject(aggregate_type: str, aggregate_id: str, event_type: str) -> str:
+    return f"{EVENTS_SUBJECT_PREFIX}.{aggregate_type}.{aggregate_id}.{event_type}"
+
+
+def events_of_type(event_type: str) -> str:
+    """The subject filter for every event of one type, whichever aggregate it belongs to."""
+    return f"{EVENTS_SUBJECT_PREFIX}.*.*.{event_type}"
 
 
 def jobs_subject(pool: str) -> str:
