@@ -396,6 +396,23 @@ class LedgerApp(Application):
         """Every event of a run, in order (the audit trail)."""
         return [to_event_message(event, None) for event in self.events.get(run_id)]
 
+    def run_as_of(
+        self, run_id: UUID | str, principal: Principal, *, version: int | None = None, at: datetime | None = None
+    ) -> Run:
+        """The run as it was at a version, or at a moment: replayed from its events, not read
+        from a read model (what the system knew then, for an auditor)."""
+        run = self.get_run(run_id, principal)
+        if at is not None:
+            known = [e.originator_version for e in self.events.get(run.id) if e.timestamp <= at]
+            if not known:
+                raise RunNotFoundError(f"run {run_id} did not exist at {at.isoformat()}")
+            version = known[-1] if version is None else min(version, known[-1])
+        if version is None or version >= run.version:
+            return run
+        if version < 1:
+            raise RunNotFoundError(f"run {run_id} has no version {version}")
+        return self.repository.get(run.id, version=version)
+
     def notifications_after(self, position: int, limit: int) -> list[Notification]:
         return list(self.recorder.select_notifications(start=position + 1, limit=limit))
 

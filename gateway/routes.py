@@ -27,6 +27,7 @@ from gateway.models import (
     TenantResponse,
     TokenResponse,
 )
+from gateway.views import parse_as_of, run_view
 from projections.queries import RunPage, RunQueries, RunView
 
 
@@ -124,12 +125,19 @@ class RunsController(Controller):
         )
 
     @get("/runs/{run_id:str}", operation_id="getRun")
-    async def get_run(self, request: Request, run_id: str, queries: RunQueries) -> RunView:
-        """A run and its jobs, in workflow order."""
-        run = await blocking(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
-        if run is None:
+    async def get_run(
+        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, as_of: str | None = None
+    ) -> RunView:
+        """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
+        time) replays the run's events up to that point instead of reading the read model."""
+        if as_of is not None:
+            version, at = parse_as_of(as_of)
+            run = await blocking(ledger.run_as_of, _uuid(run_id), principal_of(request), version=version, at=at)
+            return run_view(run)
+        view = await blocking(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
+        if view is None:
             raise RunNotFoundError(f"run {run_id} not found")
-        return run
+        return view
 
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK)
     async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
@@ -147,10 +155,17 @@ class RunsController(Controller):
         return RerunResponse(run_id=str(new_run_id), rerun_of=_uuid(run_id), rerun=new_run.rerun)
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents")
-    async def run_events(self, request: Request, run_id: str, ledger: LedgerApp) -> EventList:
-        """The run's full event history, in order, read from the event store (the audit trail)."""
+    async def run_events(
+        self, request: Request, run_id: str, ledger: LedgerApp, job_id: str | None = None, type: str | None = None
+    ) -> EventList:
+        """The run's full event history, in order, read from the event store (the audit trail).
+        `job_id` and `type` keep only the events of one job, or of one type."""
         run = await blocking(ledger.get_run, _uuid(run_id), principal_of(request))
         events = await blocking(ledger.history, run.id)
+        if job_id is not None:
+            events = [e for e in events if e.data.get("job_id") == job_id]
+        if type is not None:
+            events = [e for e in events if e.type == type]
         return EventList(run_id=str(run.id), events=events)
 
     @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8")

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = client("run", "show a run", _run)
     run.add_argument("run_id")
     run.add_argument("--watch", action="store_true", help="refresh until the run ends")
+    run.add_argument("--as-of", help="the run as it was at a version number or an RFC 3339 time")
 
     logs = client("logs", "print a job's log", _logs)
     logs.add_argument("job_id")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     events = client("events", "a run's event history", _events)
     events.add_argument("run_id")
+    events.add_argument("--job", help="only this job's events")
+    events.add_argument("--type", help="only events of this type, e.g. JobStarted")
 
     cancel = client("cancel", "cancel a run (its running job is stopped)", _cancel)
     cancel.add_argument("run_id")
@@ -195,8 +198,9 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     client = _client(args)
+    params = {"as_of": args.as_of} if args.as_of else {}
     while True:
-        run = client.json("GET", f"/api/v1/runs/{args.run_id}")
+        run = client.json("GET", f"/api/v1/runs/{args.run_id}", params=params)
         if not args.watch or run["status"] in FINAL_RUN_STATUSES:
             break
         print_run(run)
@@ -214,7 +218,8 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    history = _client(args).json("GET", f"/api/v1/runs/{args.run_id}/events")
+    params = {k: v for k, v in {"job_id": args.job, "type": args.type}.items() if v}
+    history = _client(args).json("GET", f"/api/v1/runs/{args.run_id}/events", params=params)
     print_json(history) if args.json else print_events(history["events"])
     return 0
 

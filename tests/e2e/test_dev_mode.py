@@ -119,6 +119,9 @@ def test_dev_runs_the_scenario_through_the_command_line(tmp_path: Path, dev: Dev
     history = dev.cli_json("events", pushed["run_id"], token=tenant["token"])["events"]
     assert [e["type"] for e in history].count("JobStarted") == 3
     assert history[-1]["type"] == "RunFailed"
+    assert dev.cli_json("run", pushed["run_id"], "--as-of", "1", token=tenant["token"])["status"] == "queued"
+    started = dev.cli_json("events", pushed["run_id"], "--type", "JobStarted", token=tenant["token"])["events"]
+    assert len(started) == 3
     listed = dev.cli_json("runs", token=tenant["token"])["runs"]
     assert [r["id"] for r in listed] == [pushed["run_id"]]
 

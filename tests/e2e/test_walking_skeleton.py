@@ -84,6 +84,23 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
     started = [e for e in history if e["type"] == "JobStarted"]
     assert [e["data"]["attempt"] for e in started] == [1, 1, 1]
     assert all(e["actor"].startswith("runner:") for e in started)
+    only_first = tenant.http.get(f"/api/v1/runs/{run['id']}/events",
+                                 params={"job_id": jobs[0]["id"], "type": "JobStarted"}).json()["events"]
+    assert only_first == [started[0]]
+
+    # Replayed from the history, not read from the read model: the run as it was then.
+    def as_of(value) -> dict:
+        response = tenant.http.get(f"/api/v1/runs/{run['id']}", params={"as_of": value})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    assert (as_of(1)["status"], as_of(1)["jobs"]) == ("queued", [])
+    first_running = as_of(started[0]["version"])
+    assert [j["status"] for j in first_running["jobs"]] == ["running", "pending", "pending"]
+    assert first_running["status"] == "running"
+    assert as_of(history[-1]["version"]) == run
+    assert as_of(started[1]["at"])["jobs"][1]["status"] == "running"
+    assert tenant.http.get(f"/api/v1/runs/{run['id']}", params={"as_of": "yesterday"}).status_code == 422
 
 
 def test_same_push_again_answers_the_existing_run_and_runs_nothing(tmp_path: Path, admin: Api):

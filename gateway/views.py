@@ -1,0 +1,47 @@
+"""A run aggregate shown with the same fields as the read model (for `?as_of=` replays)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from domain.errors import DomainError
+from domain.run import Run
+from projections.queries import JobView, RunView
+from projections.runs import rfc3339
+
+
+class InvalidAsOfError(DomainError):
+    pass
+
+
+def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
+    """`as_of` is a version number (`7`) or an RFC 3339 time (`2026-11-28T14:02:00Z`)."""
+    if value.isdigit():
+        return int(value), None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidAsOfError(f"as_of must be a version number or an RFC 3339 time, not {value!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidAsOfError("as_of needs a time zone (e.g. a trailing Z)")
+    return None, moment
+
+
+def _time(moment: datetime | None) -> str | None:
+    return rfc3339(moment) if moment else None
+
+
+def run_view(run: Run) -> RunView:
+    return RunView(
+        id=str(run.id), repository_id=run.repository_id, tenant_id=run.tenant_id, commit=run.commit, ref=run.ref,
+        status=run.status.value, created_at=rfc3339(run.created_on), finished_at=_time(run.finished_at),
+        error=run.error,
+        jobs=[
+            JobView(
+                id=str(job.id), name=job.name, status=job.status.value, attempt=job.attempt,
+                runner_id=job.runner_id, exit_code=job.exit_code, queued_at=_time(job.queued_at),
+                started_at=_time(job.started_at), finished_at=_time(job.finished_at), error=job.error,
+            )
+            for job in run.jobs
+        ],
+    )
