@@ -416,6 +416,13 @@ class LedgerApp(Application):
     def notifications_after(self, position: int, limit: int) -> list[Notification]:
         return list(self.recorder.select_notifications(start=position + 1, limit=limit))
 
+    def history_pages(self, page_size: int = 1000) -> Iterator[list[tuple[int, object]]]:
+        """The whole history, page by page, in the store's global order (for rebuilds)."""
+        position = 0
+        while page := list(self.events_after(position, page_size)):
+            yield page
+            position = page[-1][0]
+
     def events_after(self, position: int, limit: int) -> Iterator[tuple[int, object]]:
         """(position, domain event) pairs after `position`, in the store's global order."""
         for notification in self.notifications_after(position, limit):

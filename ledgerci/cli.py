@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create the tables and streams, then exit")
     migrate.set_defaults(handler=_migrate)
 
+    projections = commands.add_parser("projections", help="read models").add_subparsers(metavar="ACTION")
+    rebuild = projections.add_parser("rebuild", help="rebuild the read models from the whole history")
+    rebuild.add_argument("--verify", action="store_true",
+                         help="only compare the live read models with a rebuild, and list each difference")
+    rebuild.set_defaults(handler=_rebuild)
+
     def client(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--url", help="gateway URL (LEDGERCI_URL)")
@@ -162,6 +168,20 @@ def _migrate(_: argparse.Namespace) -> int:
             print("schema and streams are ready")
 
     return run_until_signalled(migrate)
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from ledgerci.services import rebuild_read_models
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    outcome: list[int] = []
+
+    async def rebuild(stop: asyncio.Event) -> None:
+        outcome.append(await rebuild_read_models(settings, verify=args.verify))
+
+    run_until_signalled(rebuild)
+    return outcome[0] if outcome else 1
 
 
 def _dev(args: argparse.Namespace) -> int:

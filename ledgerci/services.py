@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -35,6 +36,7 @@ from projections.queries import DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
+from projections.verify import differences
 from runner.agent import RunnerAgent
 from runner.local import LocalExecutor
 
@@ -264,6 +266,32 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         await server.serve()
         watcher.cancel()
         announcer.cancel()
+
+
+async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
+    """`ledgerci projections rebuild [--verify]`: 0 when done (or no difference), 1 otherwise."""
+    async with store(settings) as (ledger, db):
+        started = time.perf_counter()
+        if verify:
+            history = [item for page in ledger.history_pages() for item in page]
+            found = await asyncio.to_thread(differences, db, history)
+            for line in found:
+                print(line)
+            print(f"{len(found)} difference(s) between the read model and {len(history)} events")
+            return 1 if found else 0
+        counted = 0
+
+        def pages():
+            nonlocal counted
+            for page in ledger.history_pages():
+                counted += len(page)
+                yield page
+
+        position = await asyncio.to_thread(RunsProjection(db).rebuild, pages())
+        elapsed = time.perf_counter() - started
+        print(f"rebuilt the read model from {counted} events up to position {position} in {elapsed:.1f}s "
+              f"({counted / max(elapsed, 1e-9):.0f} events/s)")
+        return 0
 
 
 # ----- entry points ----------------------------------------------------------------------------

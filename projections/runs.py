@@ -34,26 +34,47 @@ class RunsProjection:
 
     def apply(self, events: Iterable[tuple[int, Any]]) -> int:
         """Apply (position, event) pairs in order; returns the new tracked position."""
-        batch = list(events)
         with self.db.transaction(lock=True) as cursor:
-            cursor.execute(
-                "SELECT position FROM lci_tracking WHERE projection = ?"
-                + (" FOR UPDATE" if self.db.dialect == "postgresql" else ""),
-                (self.name,),
-            )
-            row = cursor.fetchone()
-            tracked = int(row[0]) if row else 0
-            for position, event in batch:
-                if position <= tracked:
-                    continue  # already applied: a redelivery or a second replica
-                self.handle(event, cursor, position)
-                tracked = position
-            cursor.execute(
-                "INSERT INTO lci_tracking (projection, position) VALUES (?, ?) "
-                "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-                (self.name, tracked),
-            )
+            tracked = self._apply_in(cursor, events, self._lock_position(cursor))
+            self._save_position(cursor, tracked)
         return tracked
+
+    def rebuild(self, pages: Iterable[Iterable[tuple[int, Any]]]) -> int:
+        """Throw the read model away and build it again from the whole history.
+
+        One transaction: readers keep seeing the old rows until the rebuilt ones commit, and
+        a live projector waits on the tracking row, then goes on from the rebuilt position.
+        """
+        with self.db.transaction(lock=True) as cursor:
+            self._lock_position(cursor)
+            cursor.execute("DELETE FROM lci_jobs")
+            cursor.execute("DELETE FROM lci_runs")
+            tracked = 0
+            for page in pages:
+                tracked = self._apply_in(cursor, page, tracked)
+            self._save_position(cursor, tracked)
+        return tracked
+
+    def _lock_position(self, cursor: Cursor) -> int:
+        # FOR UPDATE: two projector replicas take turns; the second skips what the first did.
+        lock = " FOR UPDATE" if self.db.dialect == "postgresql" else ""
+        row = cursor.execute(f"SELECT position FROM lci_tracking WHERE projection = ?{lock}", (self.name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _apply_in(self, cursor: Cursor, events: Iterable[tuple[int, Any]], tracked: int) -> int:
+        for position, event in events:
+            if position <= tracked:
+                continue  # already applied: a redelivery or a second replica
+            self.handle(event, cursor, position)
+            tracked = position
+        return tracked
+
+    def _save_position(self, cursor: Cursor, tracked: int) -> None:
+        cursor.execute(
+            "INSERT INTO lci_tracking (projection, position) VALUES (?, ?) "
+            "ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+            (self.name, tracked),
+        )
 
     @singledispatchmethod
     def handle(self, event: Any, cursor: Cursor, position: int) -> None:

@@ -50,3 +50,6 @@ def create_read_model_tables(db: Database) -> None:
     with db.transaction(lock=True) as cursor:
         for statement in TABLES:
             cursor.execute(statement)
+        # The tracking row exists from the start, so replicas always have a row to lock.
+        cursor.execute("INSERT INTO lci_tracking (projection, position) VALUES ('runs', 0) "
+                       "ON CONFLICT (projection) DO NOTHING")

@@ -29,7 +29,8 @@ class Dev:
         self.process = process
 
     def cli(self, *args: str, token: str = TOKEN, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token}
+        env = {**os.environ, "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token,
+               "LEDGERCI_DATABASE_URL": f"sqlite:///{self.data_dir / 'ledgerci.db'}"}
         done = subprocess.run([sys.executable, "-m", "ledgerci.cli", *args], env=env, capture_output=True,
                               text=True, timeout=120, cwd=self.data_dir.parent)
         if check and done.returncode != 0:
@@ -132,6 +133,11 @@ def test_dev_runs_the_scenario_through_the_command_line(tmp_path: Path, dev: Dev
 
     refused = dev.cli("push", "--repo", "nope", "--commit", commit, check=False)
     assert refused.returncode == 1 and "404" in refused.stderr
+
+    # The read model, rebuilt from the history while the system runs, is what it was.
+    assert "0 difference(s)" in dev.cli("projections", "rebuild", "--verify").stdout
+    assert "rebuilt the read model from" in dev.cli("projections", "rebuild").stdout
+    assert json.loads(dev.cli("run", pushed["run_id"], "--json", check=False).stdout) == run
 
 
 def test_ctrl_c_leaves_nothing_running(tmp_path: Path):

@@ -21,6 +21,7 @@ from projections.queries import RunQueries
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
+from projections.verify import differences
 
 pytestmark = pytest.mark.integration
 
@@ -154,6 +155,22 @@ class StoreContract:
         started = ledger.start_job(StartJob(run_id=str(pushed.run_id), job_id=job_id, attempt=1, runner_id="r1"))
         assert started.reply.ok and not started.reply.refused
         assert [e.type for e in ledger.history(pushed.run_id)].count("JobStarted") == 1
+
+    def test_rebuild_verify_reports_a_row_altered_by_hand_and_rebuild_repairs_it(
+        self, ledger: LedgerApp, db: Database, repository: str
+    ):
+        run_id = self._planned_run(ledger, repository)
+        projection = RunsProjection(db)
+        history = [item for page in ledger.history_pages() for item in page]
+        projection.apply(history)
+        assert differences(db, history) == []
+        with db.transaction() as cursor:
+            cursor.execute("UPDATE lci_runs SET status = 'succeeded' WHERE id = ?", (str(run_id),))
+        found = differences(db, history)
+        assert len(found) == 1 and str(run_id) in found[0] and "status: live 'succeeded'" in found[0]
+        assert projection.rebuild(ledger.history_pages(page_size=2)) == history[-1][0]
+        assert differences(db, history) == []
+        assert RunQueries(db).get_run(str(run_id), None).status == "queued"
 
     @staticmethod
     def _planned_run(ledger: LedgerApp, repository: str) -> UUID:
