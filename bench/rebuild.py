@@ -43,17 +43,10 @@ def main() -> None:
                 ledger.start_job(StartJob(**ids))
                 ledger.finish_job(FinishJob(**ids, exit_code=0))
         started = time.perf_counter()
-        counted = 0
-
-        def pages():
-            nonlocal counted
-            for page in ledger.history_pages():
-                counted += len(page)
-                yield page
-
-        RunsProjection(db).rebuild(pages())
+        rebuilt = RunsProjection(db).rebuild(ledger.history_pages())
         elapsed = time.perf_counter() - started
-        print(f"{args.runs} runs, {counted} events rebuilt in {elapsed:.2f}s: {counted / elapsed:.0f} events/s")
+        print(f"{args.runs} runs, {rebuilt.events} events rebuilt in {elapsed:.2f}s: "
+              f"{rebuilt.events / elapsed:.0f} events/s")
         db.close()
         ledger.close()
     finally:

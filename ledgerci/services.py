@@ -279,18 +279,10 @@ async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
                 print(line)
             print(f"{len(found)} difference(s) between the read model and {len(history)} events")
             return 1 if found else 0
-        counted = 0
-
-        def pages():
-            nonlocal counted
-            for page in ledger.history_pages():
-                counted += len(page)
-                yield page
-
-        position = await asyncio.to_thread(RunsProjection(db).rebuild, pages())
+        rebuilt = await asyncio.to_thread(RunsProjection(db).rebuild, ledger.history_pages())
         elapsed = time.perf_counter() - started
-        print(f"rebuilt the read model from {counted} events up to position {position} in {elapsed:.1f}s "
-              f"({counted / max(elapsed, 1e-9):.0f} events/s)")
+        print(f"rebuilt the read model from {rebuilt.events} events up to position {rebuilt.position} in "
+              f"{elapsed:.1f}s ({rebuilt.events / max(elapsed, 1e-9):.0f} events/s)")
         return 0
 
 

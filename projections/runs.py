@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import singledispatchmethod
-from typing import Any
+from typing import Any, NamedTuple
 
 from domain.run import Run
 from domain.status import JobStatus, RunStatus
@@ -21,6 +21,11 @@ PROJECTION_NAME = "runs"
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Rebuilt(NamedTuple):
+    position: int
+    events: int
 
 
 class RunsProjection:
@@ -39,7 +44,7 @@ class RunsProjection:
             self._save_position(cursor, tracked)
         return tracked
 
-    def rebuild(self, pages: Iterable[Iterable[tuple[int, Any]]]) -> int:
+    def rebuild(self, pages: Iterable[Iterable[tuple[int, Any]]]) -> Rebuilt:
         """Throw the read model away and build it again from the whole history.
 
         One transaction: readers keep seeing the old rows until the rebuilt ones commit, and
@@ -49,11 +54,13 @@ class RunsProjection:
             self._lock_position(cursor)
             cursor.execute("DELETE FROM lci_jobs")
             cursor.execute("DELETE FROM lci_runs")
-            tracked = 0
+            tracked = events = 0
             for page in pages:
+                page = list(page)
+                events += len(page)
                 tracked = self._apply_in(cursor, page, tracked)
             self._save_position(cursor, tracked)
-        return tracked
+        return Rebuilt(position=tracked, events=events)
 
     def _lock_position(self, cursor: Cursor) -> int:
         # FOR UPDATE: two projector replicas take turns; the second skips what the first did.

@@ -71,6 +71,17 @@ def repository(admin: Api, tmp_path: Path, workflow: str, name: str = "repo") ->
     return admin.repository(tenant_id, repo.clone_url), repo, commit
 
 
+TWO_JOBS = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
+
+
+def many_commits(admin: Api, tmp_path: Path, count: int, workflow: str = TWO_JOBS) -> tuple[str, list[str]]:
+    """A repository of a new tenant with `count` commits of `workflow`."""
+    repo = GitRepo(tmp_path / "repo")
+    tenant_id, _ = admin.tenant()
+    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(count)]
+    return admin.repository(tenant_id, repo.clone_url), commits
+
+
 def wait_for(condition, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -245,11 +256,7 @@ def test_postgres_crash_during_pushes_answers_503_and_keeps_every_accepted_push(
     cluster = start_cluster(tmp_path / "cluster", database_url, fresh_nats_server.url, runners=1)
     try:
         admin = Api(cluster.url, ADMIN_TOKEN)
-        repo = GitRepo(tmp_path / "repo")
-        tenant_id, _ = admin.tenant()
-        commits = [repo.commit({".ledgerci.yml": "jobs:\n  - name: a\n    run: 'true'\n", "n": str(i)})
-                   for i in range(24)]
-        repository_id = admin.repository(tenant_id, repo.clone_url)
+        repository_id, commits = many_commits(admin, tmp_path, 24, "jobs:\n  - name: a\n    run: 'true'\n")
         statuses: list[tuple[int, str | None]] = []
         for index, commit in enumerate(commits):
             if index == 10:
@@ -270,11 +277,7 @@ def test_postgres_crash_during_pushes_answers_503_and_keeps_every_accepted_push(
 
 
 def test_nats_crash_loses_nothing(tmp_path: Path, cluster: LedgerCluster, admin: Api, fresh_nats_server):
-    repo = GitRepo(tmp_path / "repo")
-    tenant_id, _ = admin.tenant()
-    workflow = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
-    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(10)]
-    repository_id = admin.repository(tenant_id, repo.clone_url)
+    repository_id, commits = many_commits(admin, tmp_path, 10)
     run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:5]]
     fresh_nats_server.kill()
     run_ids += [admin.push(repository_id, c).json()["run_id"] for c in commits[5:]]  # the store takes them
@@ -286,11 +289,8 @@ def test_nats_crash_loses_nothing(tmp_path: Path, cluster: LedgerCluster, admin:
 
 
 def test_soak_random_kills_of_every_service(tmp_path: Path, cluster: LedgerCluster, admin: Api):
-    repo = GitRepo(tmp_path / "repo")
-    tenant_id, _ = admin.tenant()
     workflow = "jobs:\n  - name: a\n    retries: 3\n    run: sleep 0.05\n  - name: b\n    retries: 3\n    run: 'true'\n"
-    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(100)]
-    repository_id = admin.repository(tenant_id, repo.clone_url)
+    repository_id, commits = many_commits(admin, tmp_path, 100, workflow)
     victims = ["relay", "projector", "scheduler", "reaper", "runner", "runner#2", "gateway"]
     rng = random.Random(int(os.environ.get("LEDGERCI_SOAK_SEED", "7")))
     stop = threading.Event()
@@ -352,11 +352,7 @@ def test_jetstream_node_killed_during_dispatches_commits_every_job_once(
         for name in ("relay", "projector", "scheduler", "reaper", "gateway", "runner", "runner#2"):
             cluster.start(name)
         admin = Api(cluster.url, ADMIN_TOKEN)
-        repo = GitRepo(tmp_path / "repo")
-        tenant_id, _ = admin.tenant()
-        workflow = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
-        commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(30)]
-        repository_id = admin.repository(tenant_id, repo.clone_url)
+        repository_id, commits = many_commits(admin, tmp_path, 30)
         run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:10]]
         leader = asyncio.run(stream_leader(nats_cluster.url, JOBS_STREAM))
         nats_cluster.kill(nats_cluster.node_index(leader))
@@ -422,11 +418,7 @@ def test_nats_losing_all_its_data_is_reconciled_from_the_event_store(
     tmp_path: Path, cluster: LedgerCluster, admin: Api, fresh_nats_server
 ):
     """Worse than a crash: the nats-server comes back with an empty store (a lost disk)."""
-    repo = GitRepo(tmp_path / "repo")
-    tenant_id, _ = admin.tenant()
-    workflow = "jobs:\n  - name: a\n    run: 'true'\n  - name: b\n    run: 'true'\n"
-    commits = [repo.commit({".ledgerci.yml": workflow, "n": str(i)}) for i in range(6)]
-    repository_id = admin.repository(tenant_id, repo.clone_url)
+    repository_id, commits = many_commits(admin, tmp_path, 6)
     run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:3]]
     for run_id in run_ids:
         admin.wait_run(run_id)

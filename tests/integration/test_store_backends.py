@@ -168,7 +168,7 @@ class StoreContract:
             cursor.execute("UPDATE lci_runs SET status = 'succeeded' WHERE id = ?", (str(run_id),))
         found = differences(db, history)
         assert len(found) == 1 and str(run_id) in found[0] and "status: live 'succeeded'" in found[0]
-        assert projection.rebuild(ledger.history_pages(page_size=2)) == history[-1][0]
+        assert projection.rebuild(ledger.history_pages(page_size=2)) == (history[-1][0], len(history))
         assert differences(db, history) == []
         assert RunQueries(db).get_run(str(run_id), None).status == "queued"
 
