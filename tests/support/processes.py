@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -362,6 +362,22 @@ class _Process:
         if leftovers:
             raise ServerStartError(f"{self!r}: processes {leftovers} survived SIGKILL")
 
+    def _start_on_free_ports(self, repick: Callable[[], None],
+                             before_each: Callable[[], None] | None = None) -> None:
+        """Start; if the port turned out to be taken meanwhile, pick new ports and retry."""
+        for attempt in range(_PORT_ATTEMPTS):
+            if before_each is not None:
+                before_each()
+            offset = self._log_size()
+            try:
+                self.start()
+                return
+            except ServerStartError as exc:
+                taken = isinstance(exc, PortTakenError) or _PORT_TAKEN in self._log_since(offset).lower()
+                if not taken or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                repick()
+
     def kill(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -556,19 +572,12 @@ class PostgresServer(_Process):
         try:
             server._prepare_directory()
             server._init_data_dir()
-            for attempt in range(_PORT_ATTEMPTS):
-                offset = server._log_size()
-                try:
-                    server.start()
-                    break
-                except ServerStartError as exc:
-                    taken = isinstance(exc, PortTakenError) or (
-                        _PORT_TAKEN in server._log_since(offset).lower()
-                    )
-                    if not taken or attempt == _PORT_ATTEMPTS - 1:
-                        raise
-                    server.port = free_port()
-                    server.url = server.url_for(cls.DATABASE)
+
+            def repick() -> None:
+                server.port = free_port()
+                server.url = server.url_for(cls.DATABASE)
+
+            server._start_on_free_ports(repick)
             server.create_database(cls.DATABASE)
         except BaseException:
             server.destroy()
@@ -836,20 +845,11 @@ class NatsServer(_Process):
         directory = Path(tempfile.mkdtemp(prefix="nats-", dir=base_dir))
         server = cls(directory, free_port(), free_port(), sync_always=sync_always)
         try:
-            for attempt in range(_PORT_ATTEMPTS):
-                server.write_config()
-                offset = server._log_size()
-                try:
-                    server.start()
-                    break
-                except ServerStartError as exc:
-                    taken = isinstance(exc, PortTakenError) or (
-                        _PORT_TAKEN in server._log_since(offset).lower()
-                    )
-                    if not taken or attempt == _PORT_ATTEMPTS - 1:
-                        raise
-                    server.port, server.monitor_port = free_port(), free_port()
-                    server.url = f"nats://127.0.0.1:{server.port}"
+            def repick() -> None:
+                server.port, server.monitor_port = free_port(), free_port()
+                server.url = f"nats://127.0.0.1:{server.port}"
+
+            server._start_on_free_ports(repick, before_each=server.write_config)
         except BaseException:
             server.destroy()
             raise
