@@ -1,0 +1,253 @@
+"""Record reference histories: real event streams, as stored, with the state at each version.
+
+    python -m tests.reference.record v2     # writes tests/reference/histories/v2/*.json
+
+Each scenario drives the real write side (LedgerApp over a scratch SQLite store, with a fixed
+clock) through a story a run can have, then dumps every stored event of each aggregate it made
+(topic, version and state, byte for byte) and the aggregate's state at every version. The
+files are checked in and never rewritten: when an event's shape changes, record a new version
+directory beside the old ones, and `test_reference_histories` keeps replaying all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+from commands.app import LedgerApp, Principal
+from commands.store import eventsourcing_env
+from domain.ids import token_aggregate_id
+from domain.messages import FinishJob, Heartbeat, StartJob
+from tests.reference.state import aggregate_state
+
+HISTORIES = Path(__file__).parent / "histories"
+ADMIN = Principal("admin", None)
+START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+
+THREE_JOBS = b"""name: build
+jobs:
+  - name: lint
+    run: ruff check .
+  - name: test
+    run: pytest
+    retries: 1
+    timeout: 10m
+  - name: deploy
+    run: ./deploy.sh
+    when: on_success
+"""
+
+FAILING = b"""jobs:
+  - name: flaky
+    run: exit 3
+    allow_failure: true
+  - name: test
+    run: exit 1
+  - name: package
+    run: make dist
+  - name: report
+    run: ./report.sh
+    when: always
+"""
+
+ONE_JOB = b"""jobs:
+  - name: only
+    run: make
+    retries: 1
+    timeout: 30s
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+class Story:
+    """One scenario's app, clock and the aggregates it touched."""
+
+    def __init__(self, app: LedgerApp, clock: Clock) -> None:
+        self.app = app
+        self.clock = clock
+        self.aggregates: list[UUID] = []
+        self.commits = 0
+
+    def push(self, workflow: bytes | None, ref: str = "refs/heads/main") -> UUID:
+        self.commits += 1
+        self.clock.tick()
+        run_id = self.app.push("web", f"{self.commits:040x}", ref, ADMIN).run_id
+        self.aggregates.append(run_id)
+        self.clock.tick()
+        self.app.plan_run(run_id, workflow)
+        return run_id
+
+    def job(self, run_id: UUID, index: int) -> tuple[str, int]:
+        job = self.app.get_run(run_id, ADMIN).jobs[index]
+        return str(job.id), job.attempt
+
+    def start(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
+        job_id, attempt = self.job(run_id, index)
+        self.clock.tick()
+        self.app.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+
+    def beat(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
+        job_id, attempt = self.job(run_id, index)
+        self.clock.tick(5)
+        self.app.heartbeat(Heartbeat(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+
+    def finish(self, run_id: UUID, index: int, exit_code: int | None, runner: str = "runner-1", **kw) -> None:
+        job_id, attempt = self.job(run_id, index)
+        self.clock.tick()
+        self.app.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
+                                      exit_code=exit_code, **kw))
+
+    def run_job(self, run_id: UUID, index: int, exit_code: int = 0, runner: str = "runner-1") -> None:
+        self.start(run_id, index, runner)
+        self.beat(run_id, index, runner)
+        self.finish(run_id, index, exit_code, runner)
+
+
+def succeeds(story: Story) -> None:
+    run_id = story.push(THREE_JOBS)
+    for index in range(3):
+        story.run_job(run_id, index)
+
+
+def fails_and_runs_always(story: Story) -> None:
+    run_id = story.push(FAILING)
+    story.run_job(run_id, 0, exit_code=3)
+    story.run_job(run_id, 1, exit_code=1)
+    story.run_job(run_id, 3)
+
+
+def runner_lost_then_retried(story: Story) -> None:
+    run_id = story.push(THREE_JOBS)
+    story.run_job(run_id, 0)
+    story.start(run_id, 1, runner="runner-1")
+    job_id, attempt = story.job(run_id, 1)
+    story.clock.tick(120)  # past the 30 s lease, nothing heard
+    story.app.mark_lost(run_id, job_id, attempt)
+    story.run_job(run_id, 1, runner="runner-2")
+    story.start(run_id, 2, runner="runner-2")
+    job_id, attempt = story.job(run_id, 2)
+    story.clock.tick(120)
+    story.app.mark_lost(run_id, job_id, attempt)  # no retries left: fails "runner lost"
+
+
+def timed_out(story: Story) -> None:
+    run_id = story.push(ONE_JOB)
+    story.start(run_id, 0)
+    story.clock.tick(40)
+    story.finish(run_id, 0, None, error="timed out", timed_out=True)  # the runner killed it
+    story.start(run_id, 0, runner="runner-2")
+    job_id, attempt = story.job(run_id, 0)
+    for _ in range(6):  # heartbeats keep the lease, the timeout still falls
+        story.beat(run_id, 0, runner="runner-2")
+    story.app.enforce_timeout(run_id, job_id, attempt)
+
+
+def not_picked_up(story: Story) -> None:
+    run_id = story.push(ONE_JOB)
+    job_id, attempt = story.job(run_id, 0)
+    story.clock.tick(3601)
+    story.app.expire_queued(run_id, job_id, attempt)
+
+
+def cancelled_while_running(story: Story) -> None:
+    run_id = story.push(THREE_JOBS)
+    story.run_job(run_id, 0)
+    story.start(run_id, 1)
+    story.clock.tick()
+    story.app.cancel_run(run_id, Principal("acme", "acme"))
+
+
+def rerun(story: Story) -> None:
+    run_id = story.push(ONE_JOB)
+    story.run_job(run_id, 0, exit_code=2)
+    story.clock.tick()
+    second = story.app.rerun(run_id, ADMIN)
+    story.aggregates.append(second)
+    story.clock.tick()
+    story.app.plan_run(second, ONE_JOB)
+    story.run_job(second, 0)
+
+
+def skipped_and_invalid(story: Story) -> None:
+    story.push(None)
+    story.push(ONE_JOB, ref="refs/tags/v1")  # on no branch filter: runs; the filter below skips
+    story.push(b"on:\n  branches: [main]\njobs:\n  - name: a\n    run: x\n", ref="refs/heads/dev")
+    story.push(b"jobs:\n  - name: a\n    runs: x\n")
+
+
+SCENARIOS: dict[str, Callable[[Story], None]] = {
+    "succeeds": succeeds,
+    "fails_and_runs_always": fails_and_runs_always,
+    "runner_lost_then_retried": runner_lost_then_retried,
+    "timed_out": timed_out,
+    "not_picked_up": not_picked_up,
+    "cancelled_while_running": cancelled_while_running,
+    "rerun": rerun,
+    "skipped_and_invalid": skipped_and_invalid,
+}
+
+
+@contextmanager
+def scratch_app(clock: Callable[[], datetime]) -> Iterator[LedgerApp]:
+    with tempfile.TemporaryDirectory() as scratch:
+        app = LedgerApp(env=eventsourcing_env(f"sqlite:///{scratch}/events.db"), clock=clock)
+        app.recorder.create_table()
+        try:
+            yield app
+        finally:
+            app.close()
+
+
+def record(name: str, scenario: Callable[[Story], None]) -> dict:
+    clock = Clock()
+    with scratch_app(clock) as app:
+        story = Story(app, clock)
+        app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
+                          pushes_per_minute=60, actor="admin")
+        token = app.issue_token("acme", actor="admin")
+        story.aggregates += [app.get_tenant("acme").id, token_aggregate_id(token),
+                             app.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git",
+                                                     principal=ADMIN).id]
+        scenario(story)
+        streams = []
+        for aggregate_id in story.aggregates:
+            stored = app.recorder.select_events(aggregate_id)
+            streams.append({
+                "aggregate_id": str(aggregate_id),
+                "events": [{"version": e.originator_version, "topic": e.topic, "state": e.state.decode()}
+                           for e in stored],
+                "states": {str(e.originator_version): aggregate_state(app.repository.get(aggregate_id,
+                                                                                         version=e.originator_version))
+                           for e in stored},
+            })
+        return {"scenario": name, "streams": streams}
+
+
+def main(version: str) -> None:
+    target = HISTORIES / version
+    if target.exists():
+        sys.exit(f"{target} exists: reference histories are never rewritten, record a new version")
+    target.mkdir(parents=True)
+    for name, scenario in SCENARIOS.items():
+        (target / f"{name}.json").write_text(json.dumps(record(name, scenario), indent=1, sort_keys=True) + "\n")
+        print(f"recorded {target / name}.json")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
