@@ -12,6 +12,7 @@ import argparse
 import time
 
 from commands.app import LedgerApp, Principal
+from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.messages import FinishJob, StartJob
 from projections.runs import RunsProjection
@@ -29,7 +30,7 @@ def main() -> None:
     postgres = PostgresServer.create(make_base_dir("ledgerci-bench-"), fsync=True)
     try:
         ledger = LedgerApp(env=eventsourcing_env(postgres.url))
-        ledger.recorder.create_table()
+        create_event_store(ledger, postgres.url)
         db = open_database(postgres.url)
         create_read_model_tables(db)
         admin = Principal("admin", None)

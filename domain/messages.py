@@ -101,6 +101,8 @@ class StartJob(Message, frozen=True):
     job_id: str
     attempt: int
     runner_id: str
+    executor: str = "local"
+    pool: str = "default"
 
 
 class Heartbeat(Message, frozen=True):

@@ -202,8 +202,14 @@ class Run(Aggregate):
         self.trigger_event(self.RunFailed, timestamp=at, error=error, actor=actor)
         return True
 
-    def start_job(self, job_id: UUID | str, attempt: int, runner_id: str, at: datetime) -> bool:
-        """A runner claims attempt `attempt` of a job. Returns False when it already holds it."""
+    def start_job(
+        self, job_id: UUID | str, attempt: int, runner_id: str, at: datetime, *,
+        executor: str = "local", pool: str = "default",
+    ) -> bool:
+        """A runner claims attempt `attempt` of a job. Returns False when it already holds it.
+
+        Where it runs (the runner's pool and executor) is recorded for the audit trail.
+        """
         job = self.job(job_id)
         self._check_attempt(job, attempt)
         if job.status is JobStatus.RUNNING and job.runner_id == runner_id:
@@ -218,6 +224,8 @@ class Run(Aggregate):
             runner_id=runner_id,
             lease_expires_at=at + self.lease,
             timeout_at=at + timedelta(seconds=job.spec.timeout_seconds),
+            executor=executor,
+            pool=pool,
             actor=f"runner:{runner_id}",
         )
         return True
@@ -443,12 +451,23 @@ class Run(Aggregate):
             job.started_at = job.lease_expires_at = job.timeout_at = None
 
     class JobStarted(Aggregate.Event):
+        # v2 records where the attempt runs (the runner's pool and executor).
+        class_version = 2
+
         job_id: str
         attempt: int
         runner_id: str
         lease_expires_at: datetime
         timeout_at: datetime
+        executor: str
+        pool: str
         actor: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # Before v2 every runner served the one pool with the local executor.
+            state["executor"] = "local"
+            state["pool"] = "default"
 
         def apply(self, run: Run) -> None:
             job = run.job(self.job_id)

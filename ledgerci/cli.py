@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from uuid import UUID
 
 from ledgerci.client import (
     FINAL_RUN_STATUSES,
@@ -56,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
         service.set_defaults(handler=_service, service=name)
 
     migrate = commands.add_parser("migrate", help="create the tables and streams, then exit")
+    migrate.add_argument("--grant", metavar="ROLE",
+                         help="PostgreSQL: let ROLE (the services' own) read and append events, never change them")
     migrate.set_defaults(handler=_migrate)
+
+    audit = commands.add_parser("audit", help="the event history as evidence").add_subparsers(metavar="ACTION")
+    verify = audit.add_parser("verify", help="recompute the tamper-evident chain; name the first event that breaks it")
+    which = verify.add_mutually_exclusive_group(required=True)
+    which.add_argument("run_id", nargs="?", help="one run's stream")
+    which.add_argument("--all", action="store_true", help="every stream in the store")
+    verify.set_defaults(handler=_audit_verify)
 
     projections = commands.add_parser("projections", help="read models").add_subparsers(metavar="ACTION")
     rebuild = projections.add_parser("rebuild", help="rebuild the read models from the whole history")
@@ -158,16 +168,37 @@ def _service(args: argparse.Namespace) -> int:
     return run_until_signalled(lambda stop: run_service(args.service, settings, stop))
 
 
-def _migrate(_: argparse.Namespace) -> int:
-    from ledgerci.services import nats_connection, store
+def _migrate(args: argparse.Namespace) -> int:
+    from ledgerci.services import grant_role, nats_connection, store
 
     settings = Settings.from_env()
 
     async def migrate(stop: asyncio.Event) -> None:
-        async with store(settings), nats_connection(settings, "ledgerci-migrate"):
+        async with store(settings, migrate_schema=True), nats_connection(settings, "ledgerci-migrate"):
             print("schema and streams are ready")
+        if args.grant:
+            await grant_role(settings, args.grant)
+            print(f"role {args.grant} may read and append events, and keep the read models")
 
     return run_until_signalled(migrate)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from ledgerci.services import verify_audit_chain
+
+    try:
+        run_id = None if args.all else UUID(args.run_id)
+    except ValueError:
+        print(f"not a run id: {args.run_id!r}", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    outcome: list[int] = []
+
+    async def verify(stop: asyncio.Event) -> None:
+        outcome.append(await verify_audit_chain(settings, run_id))
+
+    run_until_signalled(verify)
+    return outcome[0] if outcome else 1
 
 
 def _rebuild(args: argparse.Namespace) -> int:

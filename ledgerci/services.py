@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from uuid import UUID
 
 import nats
 import psycopg
@@ -25,6 +26,7 @@ from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
 from commands.scheduler import run_scheduler
+from commands.schema import create_event_store, grant_service_role
 from commands.store import eventsourcing_env, is_postgres
 from commands.streams import ensure_streams
 from domain.messages import EVENTS_SUBJECT_PREFIX
@@ -54,19 +56,20 @@ def open_ledger(settings: Settings) -> LedgerApp:
     return LedgerApp(
         env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size),
         timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
+        audit_key=settings.audit_key.encode(),
     )
 
 
 def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
     """Create the event store's and the read models' tables if they are missing."""
     if not is_postgres(settings.database_url):
-        ledger.recorder.create_table()
+        create_event_store(ledger, settings.database_url)
         create_read_model_tables(db)
         return
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
         try:
-            ledger.recorder.create_table()
+            create_event_store(ledger, settings.database_url)
             create_read_model_tables(db)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
@@ -81,11 +84,14 @@ async def connect_nats(settings: Settings, name: str) -> NATS:
 
 
 @asynccontextmanager
-async def store(settings: Settings) -> AsyncIterator[tuple[LedgerApp, Database]]:
+async def store(settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[tuple[LedgerApp, Database]]:
+    """The event store and the read-model database; tables made first if asked (or if
+    LEDGERCI_AUTO_MIGRATE is on)."""
     ledger = await asyncio.to_thread(open_ledger, settings)
     db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size)
     try:
-        await asyncio.to_thread(migrate, settings, ledger, db)
+        if settings.auto_migrate if migrate_schema is None else migrate_schema:
+            await asyncio.to_thread(migrate, settings, ledger, db)
         yield ledger, db
     finally:
         db.close()
@@ -284,6 +290,28 @@ async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
         print(f"rebuilt the read model from {rebuilt.events} events up to position {rebuilt.position} in "
               f"{elapsed:.1f}s ({rebuilt.events / max(elapsed, 1e-9):.0f} events/s)")
         return 0
+
+
+async def verify_audit_chain(settings: Settings, run_id: UUID | None) -> int:
+    """`ledgerci audit verify [RUN_ID|--all]`: 0 when every chain is intact, 1 otherwise."""
+    async with store(settings, migrate_schema=False) as (ledger, _):
+        started = time.perf_counter()
+        checked, broken = await asyncio.to_thread(ledger.verify_chain, run_id)
+        elapsed = time.perf_counter() - started
+        for found in broken:
+            print(f"BROKEN {found}")
+        what = f"run {run_id}" if run_id else "every stream"
+        if checked == 0 and run_id is not None:
+            print(f"run {run_id}: no events")
+            return 1
+        print(f"{what}: {checked} events checked in {elapsed:.1f}s, "
+              f"{len(broken)} broken stream(s)" + ("" if broken else ", every chain intact"))
+        return 1 if broken else 0
+
+
+async def grant_role(settings: Settings, role: str) -> None:
+    async with store(settings, migrate_schema=True) as (ledger, _):
+        await asyncio.to_thread(grant_service_role, ledger, settings.database_url, role)
 
 
 # ----- entry points ----------------------------------------------------------------------------

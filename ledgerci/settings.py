@@ -61,6 +61,11 @@ class Settings:
     """LEDGERCI_DEFAULT_PUSHES_PER_MINUTE: a new tenant's push rate."""
     log_level: str
     """LEDGERCI_LOG_LEVEL: DEBUG, INFO, WARNING…"""
+    audit_key: str
+    """LEDGERCI_AUDIT_KEY: key of the events' tamper-evident chain (empty: an unkeyed hash chain)."""
+    auto_migrate: bool
+    """LEDGERCI_AUTO_MIGRATE: services create missing tables at start (`false` when they run as a
+    restricted role and `ledgerci migrate` is a deployment step of its own)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -89,4 +94,6 @@ class Settings:
             default_max_queued_runs=int(_env("LEDGERCI_DEFAULT_MAX_QUEUED_RUNS", "100")),
             default_pushes_per_minute=int(_env("LEDGERCI_DEFAULT_PUSHES_PER_MINUTE", "60")),
             log_level=_env("LEDGERCI_LOG_LEVEL", "INFO"),
+            audit_key=_env("LEDGERCI_AUDIT_KEY", ""),
+            auto_migrate=_env("LEDGERCI_AUTO_MIGRATE", "true").lower() not in ("false", "0", "no"),
         )

@@ -144,7 +144,7 @@ class RunnerAgent:
     async def handle(self, message: Msg) -> None:
         dispatch = msgspec.json.decode(message.data, type=JobDispatch)
         start = StartJob(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
-                         runner_id=self.runner_id)
+                         runner_id=self.runner_id, executor=self.executor.name, pool=self.pool)
         try:
             claim = await self._command(START_JOB_SUBJECT, start)
         except Refused as refused:

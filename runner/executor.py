@@ -31,4 +31,6 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Executor(Protocol):
+    name: str  # recorded in the job's history: `local`, `docker`…
+
     async def run(self, execution: Execution, output: OutputSink) -> Outcome: ...

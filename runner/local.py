@@ -19,6 +19,8 @@ _DIE_WITH_RUNNER = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 
 
 class LocalExecutor:
+    name = "local"
+
     async def run(self, execution: Execution, output: OutputSink) -> Outcome:
         try:
             process = await asyncio.create_subprocess_exec(

@@ -16,6 +16,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from commands.app import LedgerApp
+from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from tests.reference.record import HISTORIES
 from tests.reference.state import aggregate_state
@@ -34,8 +35,9 @@ def test_there_is_a_history_for_every_recorded_version() -> None:
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reference_history_replays_to_the_recorded_states(path: Path, tmp_path: Path) -> None:
     recorded = json.loads(path.read_text())
-    app = LedgerApp(env=eventsourcing_env(f"sqlite:///{tmp_path}/events.db"))
-    app.recorder.create_table()
+    url = f"sqlite:///{tmp_path}/events.db"
+    app = LedgerApp(env=eventsourcing_env(url))
+    create_event_store(app, url)
     try:
         for stream in recorded["streams"]:
             aggregate_id = UUID(stream["aggregate_id"])
@@ -47,5 +49,15 @@ def test_reference_history_replays_to_the_recorded_states(path: Path, tmp_path: 
             for version, state in stream["states"].items():
                 replayed = app.repository.get(aggregate_id, version=int(version))
                 assert aggregate_state(replayed) == state, f"{aggregate_id} at version {version}"
+            # Every JobStarted reads as the newest shape, whichever version wrote it.
+            for event in app.history(aggregate_id):
+                if event.type == "JobStarted":
+                    assert {"executor", "pool"} <= event.data.keys()
+        checked, broken = app.verify_chain()
+        assert checked == sum(len(stream["events"]) for stream in recorded["streams"])
+        if path.parent.name == "v1":  # written before events were chained
+            assert broken and all("no chain link" in b.reason for b in broken)
+        else:
+            assert broken == []
     finally:
         app.close()

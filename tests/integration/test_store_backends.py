@@ -13,6 +13,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 
 from commands.app import LedgerApp, Principal
+from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import AlreadyExistsError, RepositoryNotFoundError
 from domain.messages import FinishJob, StartJob
@@ -38,7 +39,7 @@ class StoreContract:
     @pytest.fixture
     def ledger(self, database_url: str) -> Iterator[LedgerApp]:
         app = LedgerApp(env=eventsourcing_env(database_url))
-        app.recorder.create_table()
+        create_event_store(app, database_url)
         yield app
         app.close()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from uuid import UUID
 
 from commands.app import LedgerApp, Principal
+from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.ids import token_aggregate_id
 from domain.messages import FinishJob, Heartbeat, StartJob
@@ -64,6 +65,10 @@ ONE_JOB = b"""jobs:
 """
 
 
+# Where each runner of the stories runs: (executor, pool), recorded in JobStarted since v2.
+RUNNERS = {"runner-1": ("local", "default"), "runner-2": ("local", "fast")}
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = START
@@ -100,7 +105,9 @@ class Story:
     def start(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
         job_id, attempt = self.job(run_id, index)
         self.clock.tick()
-        self.app.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+        executor, pool = RUNNERS[runner]
+        self.app.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
+                                    executor=executor, pool=pool))
 
     def beat(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
         job_id, attempt = self.job(run_id, index)
@@ -206,8 +213,9 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
 @contextmanager
 def scratch_app(clock: Callable[[], datetime]) -> Iterator[LedgerApp]:
     with tempfile.TemporaryDirectory() as scratch:
-        app = LedgerApp(env=eventsourcing_env(f"sqlite:///{scratch}/events.db"), clock=clock)
-        app.recorder.create_table()
+        url = f"sqlite:///{scratch}/events.db"
+        app = LedgerApp(env=eventsourcing_env(url), clock=clock)
+        create_event_store(app, url)
         try:
             yield app
         finally:

@@ -1,0 +1,114 @@
+"""Snapshots of long runs: how often, and how a run's state is written as JSON.
+
+A run gains an event per heartbeat (every lease/3 while a job runs), so a job of some hours
+makes a stream of thousands of events. Every command reloads its run, so the store keeps a
+snapshot every SNAPSHOT_EVERY events and a load reads the newest snapshot plus at most that
+many events. Snapshots are derived data, stored beside the events and never part of the
+evidence: deleting them all (`DELETE FROM ledgerci_snapshots`) only makes loading slower, and
+`replay with and without snapshots` is tested to give the same state.
+
+When the shape of a run's state changes, give `Run` a `class_version` and an upcaster (as for
+events), or delete the snapshots when deploying the change.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+import msgspec
+from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, Transcoding, UUIDAsHex
+
+from domain.run import Job, Run
+from domain.status import JobStatus, RunStatus
+from domain.workflow import JobSpec
+
+SNAPSHOT_EVERY = 100
+SNAPSHOT_INTERVALS: dict[type, int] = {Run: SNAPSHOT_EVERY}
+
+
+class _TimedeltaAsSeconds(Transcoding):
+    type = timedelta
+    name = "timedelta_s"
+
+    def encode(self, obj: timedelta) -> float:
+        return obj.total_seconds()
+
+    def decode(self, data: float) -> timedelta:
+        return timedelta(seconds=data)
+
+
+class _EnumAsValue(Transcoding):
+    def __init__(self, enum: type) -> None:
+        self.type = enum
+        self.name = enum.__name__
+
+    def encode(self, obj: Any) -> str:
+        return obj.value
+
+    def decode(self, data: str) -> Any:
+        return self.type(data)
+
+
+class _JobSpecAsDict(Transcoding):
+    type = JobSpec
+    name = "job_spec"
+
+    def encode(self, obj: JobSpec) -> dict:
+        return msgspec.to_builtins(obj)
+
+    def decode(self, data: dict) -> JobSpec:
+        return msgspec.convert(data, JobSpec)
+
+
+class _JobAsDict(Transcoding):
+    type = Job
+    name = "job"
+
+    def encode(self, obj: Job) -> dict:
+        return dict(vars(obj))  # its values are transcoded in turn (UUID, spec, status, times)
+
+    def decode(self, data: dict) -> Job:
+        return Job(**data)
+
+
+_STATE_TRANSCODINGS: list[Transcoding] = [
+    _TimedeltaAsSeconds(), _EnumAsValue(JobStatus), _EnumAsValue(RunStatus), _JobSpecAsDict(), _JobAsDict(),
+]
+_TAGGED = {t.type: t for t in _STATE_TRANSCODINGS if issubclass(t.type, Enum) or t.type is Job}
+
+
+def register_state_transcodings(transcoder: JSONTranscoder) -> None:
+    """What a run's snapshot holds beyond eventsourcing's own types."""
+    for transcoding in _STATE_TRANSCODINGS:
+        transcoder.register(transcoding)
+
+
+class SnapshotTranscoder(JSONTranscoder):
+    """The JSON transcoder for snapshots.
+
+    `json` writes an Enum that subclasses str as a bare string without asking the transcoder,
+    so a run's status would come back as a str. Enums, and the jobs that hold them, are tagged
+    before encoding instead, in the `{"_type_", "_data_"}` form the transcoder decodes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):  # what Application registers
+            self.register(transcoding)
+        register_state_transcodings(self)
+
+    def encode(self, obj: Any) -> bytes:
+        return super().encode(_tagged(obj))
+
+
+def _tagged(value: Any) -> Any:
+    transcoding = _TAGGED.get(type(value))
+    if transcoding is not None:
+        return {"_type_": transcoding.name, "_data_": _tagged(transcoding.encode(value))}
+    if isinstance(value, dict):
+        return {key: _tagged(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_tagged(item) for item in value]
+    return value
