@@ -35,10 +35,11 @@ from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.settings import Settings
 from projections.queries import DeadlineQueries, RunQueries
+from projections.rebuild import switch_over
+from projections.rebuild import verify as verify_read_models
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
-from projections.verify import differences
 from runner.agent import RunnerAgent
 from runner.local import LocalExecutor
 
@@ -183,14 +184,9 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
                             nc: NATS) -> None:
     wake = asyncio.Event()
     projection = RunsProjection(db)
-    position = await asyncio.to_thread(projection.position)
 
     async def step() -> int:
-        nonlocal position
-        events = await asyncio.to_thread(lambda: list(ledger.events_after(position, 500)))
-        if events:
-            position = await asyncio.to_thread(projection.apply, events)
-        return len(events)
+        return await asyncio.to_thread(projection.catch_up, lambda position: list(ledger.events_after(position, 500)))
 
     await wake_on_published_events(nc, wake)
     await run_woken(step, wake, stop, settings.idle_check_seconds)
@@ -275,20 +271,26 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
 
 
 async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
-    """`ledgerci projections rebuild [--verify]`: 0 when done (or no difference), 1 otherwise."""
+    """`ledgerci projections rebuild [--verify]`: 0 when done (or no difference), 1 otherwise.
+
+    Both build fresh tables from the whole history while the system keeps working; --verify
+    compares them with the live ones, a plain rebuild switches over to them."""
     async with store(settings) as (ledger, db):
         started = time.perf_counter()
+
+        def events_after(position: int, limit: int) -> list:
+            return list(ledger.events_after(position, limit))
+
         if verify:
-            history = [item for page in ledger.history_pages() for item in page]
-            found = await asyncio.to_thread(differences, db, history)
+            found, position = await asyncio.to_thread(verify_read_models, db, events_after)
             for line in found:
                 print(line)
-            print(f"{len(found)} difference(s) between the read model and {len(history)} events")
+            print(f"{len(found)} difference(s) between the read model and the history up to position {position}")
             return 1 if found else 0
-        rebuilt = await asyncio.to_thread(RunsProjection(db).rebuild, ledger.history_pages())
+        applied, position = await asyncio.to_thread(switch_over, db, events_after)
         elapsed = time.perf_counter() - started
-        print(f"rebuilt the read model from {rebuilt.events} events up to position {rebuilt.position} in "
-              f"{elapsed:.1f}s ({rebuilt.events / max(elapsed, 1e-9):.0f} events/s)")
+        print(f"rebuilt the read model from {applied} events up to position {position} and switched over in "
+              f"{elapsed:.1f}s ({applied / max(elapsed, 1e-9):.0f} events/s)")
         return 0
 
 

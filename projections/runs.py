@@ -7,7 +7,7 @@ below the tracked one is skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
@@ -43,6 +43,19 @@ class RunsProjection:
             tracked = self._apply_in(cursor, events, self._lock_position(cursor))
             self._save_position(cursor, tracked)
         return tracked
+
+    def catch_up(self, events_after: Callable[[int], list[tuple[int, Any]]]) -> int:
+        """Apply what follows the tracked position, read under the tracking row's lock.
+
+        The position comes from the table, never from memory, so a projector goes on
+        correctly after a rebuild switched the tables under it. Returns the events applied.
+        """
+        with self.db.transaction(lock=True) as cursor:
+            tracked = self._lock_position(cursor)
+            events = events_after(tracked)
+            if events:
+                self._save_position(cursor, self._apply_in(cursor, events, tracked))
+        return len(events)
 
     def rebuild(self, pages: Iterable[Iterable[tuple[int, Any]]]) -> Rebuilt:
         """Throw the read model away and build it again from the whole history.
@@ -99,12 +112,12 @@ class RunsProjection:
     @handle.register
     def _(self, event: Run.RunPlanned, cursor: Cursor, position: int) -> None:
         run_id = str(event.originator_id)
-        tenant_id = cursor.execute("SELECT tenant_id FROM lci_runs WHERE id = ?", (run_id,)).fetchone()[0]
         for index, job in enumerate(event.jobs):
+            # The tenant comes from the run's row in the same statement: no round trip to wait on.
             cursor.execute(
                 "INSERT INTO lci_jobs (id, run_id, tenant_id, idx, name, status, attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0) ON CONFLICT (id) DO NOTHING",
-                (job["id"], run_id, tenant_id, index, job["spec"]["name"], JobStatus.PENDING.value),
+                "SELECT ?, id, tenant_id, ?, ?, ?, 0 FROM lci_runs WHERE id = ? ON CONFLICT (id) DO NOTHING",
+                (job["id"], index, job["spec"]["name"], JobStatus.PENDING.value, run_id),
             )
 
     @handle.register

@@ -2,6 +2,8 @@
 
 from projections.sql import Database
 
+READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs")
+
 TABLES = [
     """CREATE TABLE IF NOT EXISTS lci_tracking (
         projection TEXT PRIMARY KEY,

@@ -47,13 +47,19 @@ class _PgCursor:
 class PostgresDatabase:
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = 4) -> None:
-        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True,
-                                    kwargs={"connect_timeout": 5})
+    def __init__(self, url: str, *, pool_size: int = 4, schema: str | None = None) -> None:
+        """`schema`: where unqualified table names resolve (a rebuild's staging tables)."""
+        self.url = url
+        kwargs: dict[str, Any] = {"connect_timeout": 5}
+        if schema is not None:
+            kwargs["options"] = f"-c search_path={schema}"
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, kwargs=kwargs)
 
     @contextmanager
     def transaction(self, *, lock: bool = False) -> Iterator[Cursor]:
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+        # Pipeline mode: statements go out without waiting for each answer (a projection
+        # applies one statement per event); a fetch waits only for what it needs.
+        with self._pool.connection() as conn, conn.transaction(), conn.pipeline(), conn.cursor() as cursor:
             yield _PgCursor(cursor)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -5,6 +5,7 @@ One test body, two backends: each subclass only says where the database is.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -19,10 +20,10 @@ from domain.errors import AlreadyExistsError, RepositoryNotFoundError
 from domain.messages import FinishJob, StartJob
 from domain.run import Run
 from projections.queries import RunQueries
+from projections.rebuild import switch_over, verify
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
-from projections.verify import differences
 
 pytestmark = pytest.mark.integration
 
@@ -164,14 +165,51 @@ class StoreContract:
         projection = RunsProjection(db)
         history = [item for page in ledger.history_pages() for item in page]
         projection.apply(history)
-        assert differences(db, history) == []
+
+        def events_after(position: int, limit: int) -> list:
+            return list(ledger.events_after(position, limit))
+
+        assert verify(db, events_after) == ([], history[-1][0])
         with db.transaction() as cursor:
             cursor.execute("UPDATE lci_runs SET status = 'succeeded' WHERE id = ?", (str(run_id),))
-        found = differences(db, history)
+        found, _ = verify(db, events_after)
         assert len(found) == 1 and str(run_id) in found[0] and "status: live 'succeeded'" in found[0]
-        assert projection.rebuild(ledger.history_pages(page_size=2)) == (history[-1][0], len(history))
-        assert differences(db, history) == []
+        assert switch_over(db, events_after) == (len(history), history[-1][0])
+        assert verify(db, events_after)[0] == []
         assert RunQueries(db).get_run(str(run_id), None).status == "queued"
+
+    def test_switch_over_while_pushes_and_the_projector_go_on_loses_and_repeats_nothing(
+        self, ledger: LedgerApp, db: Database, repository: str
+    ):
+        projection = RunsProjection(db)
+
+        def events_after(position: int, limit: int) -> list:
+            return list(ledger.events_after(position, limit))
+
+        for n in range(30):
+            ledger.plan_run(ledger.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
+        done = threading.Event()
+
+        def live_system() -> None:
+            n = 30
+            while not done.is_set():
+                ledger.plan_run(ledger.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
+                projection.catch_up(lambda position: events_after(position, 50))
+                n += 1
+
+        worker = threading.Thread(target=live_system)
+        worker.start()
+        try:
+            for _ in range(3):
+                switch_over(db, events_after)
+        finally:
+            done.set()
+            worker.join()
+        projection.catch_up(lambda position: events_after(position, 100_000))
+        found, position = verify(db, events_after)
+        assert found == [] and position == ledger.recorder.max_notification_id()
+        requested = [e for page in ledger.history_pages() for _, e in page if isinstance(e, Run.RunRequested)]
+        assert len(db.query("SELECT id FROM lci_runs")) == len(requested) > 30
 
     @staticmethod
     def _planned_run(ledger: LedgerApp, repository: str) -> UUID:

@@ -21,8 +21,8 @@ from commands.app import LedgerApp
 from commands.store import eventsourcing_env
 from domain.ids import run_id_for
 from domain.run import RUNNER_LOST, Run
+from projections.rebuild import verify
 from projections.sql import open_database
-from projections.verify import differences
 
 TERMINAL_JOB = {"JobSucceeded", "JobFailed", "JobSkipped", "JobCancelled"}
 TERMINAL_RUN = {"RunSucceeded", "RunFailed", "RunSkipped", "RunCancelled"}
@@ -110,7 +110,8 @@ def check_invariants(database_url: str, *, require_final: bool = True) -> list[s
     live = open_database(database_url)
     try:
         events = all_events(app)
-        return check_history(events, require_final=require_final) + differences(live, events)
+        differences, _ = verify(live, lambda position, limit: list(app.events_after(position, limit)))
+        return check_history(events, require_final=require_final) + differences
     finally:
         live.close()
         app.close()
