@@ -9,6 +9,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 from commands.app import LedgerApp, Principal
+from domain.ids import token_aggregate_id
 from gateway.blocking import blocking
 
 ADMIN = Principal(name="admin", tenant_id=None)
@@ -29,7 +30,9 @@ class Authenticator:
         tenant_id = await blocking(self.app.tenant_of_token, token)
         if tenant_id is None:
             raise NotAuthorizedException("invalid or revoked token")
-        return Principal(name=f"tenant:{tenant_id}", tenant_id=tenant_id)
+        # The actor recorded in events: the tenant, and which of its tokens (an auditor finds
+        # who issued it in that token's own history).
+        return Principal(name=f"tenant:{tenant_id} token:{token_aggregate_id(token)}", tenant_id=tenant_id)
 
 
 def make_guard(authenticator: Authenticator):

@@ -61,6 +61,7 @@ class TenantResponse(msgspec.Struct, kw_only=True):
 class TokenResponse(msgspec.Struct, kw_only=True):
     tenant_id: str
     token: str  # shown once; only its digest is stored
+    token_id: str  # names the token in events' `actor` (`tenant:ID token:TOKEN_ID`), not a secret
 
 
 class RepositoryRequest(Body):

@@ -11,6 +11,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPT
 
 from commands.app import LedgerApp, Principal
 from domain.errors import RunNotFoundError
+from domain.ids import token_aggregate_id
 from gateway.auth import require_admin
 from gateway.blocking import blocking
 from gateway.control import Control
@@ -89,7 +90,7 @@ class AdminController(Controller):
     async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
         """Issue a tenant token. It is shown once; only its digest is stored."""
         token = await blocking(ledger.issue_token, tenant_id, actor=principal_of(request).name)
-        return TokenResponse(tenant_id=tenant_id, token=token)
+        return TokenResponse(tenant_id=tenant_id, token=token, token_id=str(token_aggregate_id(token)))
 
     @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED)
     async def register_repository(

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import nats
 import psycopg
 import pytest
+from nats.js.errors import ServiceUnavailableError
 
+from domain.ids import token_aggregate_id
 from domain.messages import EVENTS_STREAM
 from tests.support.api import Api
 from tests.support.cluster import LedgerCluster
 from tests.support.git_repo import GitRepo
+
+T = TypeVar("T")
 
 pytestmark = pytest.mark.e2e
 
@@ -80,10 +86,11 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
     assert types[:3] == ["RunRequested", "RunPlanned", "JobQueued"]
     assert types[-1] == "RunSucceeded"
     assert [e["version"] for e in history] == list(range(1, len(history) + 1))
-    assert history[0]["actor"] == f"tenant:{tenant_id}"
+    assert history[0]["actor"] == f"tenant:{tenant_id} token:{token_aggregate_id(token)}"  # which token pushed
     started = [e for e in history if e["type"] == "JobStarted"]
     assert [e["data"]["attempt"] for e in started] == [1, 1, 1]
     assert all(e["actor"].startswith("runner:") for e in started)
+    assert all((e["data"]["executor"], e["data"]["pool"]) == ("local", "default") for e in started)  # where
     only_first = tenant.http.get(f"/api/v1/runs/{run['id']}/events",
                                  params={"job_id": jobs[0]["id"], "type": "JobStarted"}).json()["events"]
     assert only_first == [started[0]]
@@ -229,14 +236,24 @@ async def stream_positions(nats_url: str) -> list[int]:
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        info = await js.stream_info(EVENTS_STREAM)
+        info = await _answered(lambda: js.stream_info(EVENTS_STREAM))
         positions = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg(EVENTS_STREAM, seq)
+            message = await _answered(lambda seq=seq: js.get_msg(EVENTS_STREAM, seq))
             positions.append(int(message.headers["Nats-Msg-Id"]))
         return positions
     finally:
         await nc.close()
+
+
+async def _answered(request: Callable[[], Awaitable[T]]) -> T:
+    """A JetStream API call, asked again while a server that just restarted says "no responders"."""
+    for _ in range(50):
+        try:
+            return await request()
+        except ServiceUnavailableError:
+            await asyncio.sleep(0.1)
+    return await request()
 
 
 def store_positions(database_url: str) -> list[int]:
