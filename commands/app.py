@@ -27,7 +27,7 @@ from eventsourcing.persistence import (
 
 from commands.chain import Broken, ChainedMapper, StreamChecker
 from commands.envelope import to_event_message
-from commands.snapshots import SNAPSHOT_INTERVALS, SnapshotTranscoder
+from commands.snapshots import SNAPSHOT_INTERVALS, SnapshottingRepository, SnapshotTranscoder
 from commands.store import APP_NAME
 from domain.errors import (
     AlreadyExistsError,
@@ -116,6 +116,11 @@ class LedgerApp(Application):
     def construct_mapper(self) -> Mapper:
         """Events are stored with a tamper-evident chain link (commands.chain)."""
         return ChainedMapper(self.construct_transcoder(), self.audit_key, self.stored_event)
+
+    def construct_repository(self) -> SnapshottingRepository:
+        assert isinstance(self.mapper, ChainedMapper)
+        return SnapshottingRepository(event_store=self.events, snapshot_store=self.snapshots,
+                                      known_version=self.mapper.known_version)
 
     def construct_snapshot_store(self):  # type: ignore[no-untyped-def]
         # Snapshots are derived, not evidence: they are stored without a chain link.

@@ -119,6 +119,11 @@ class ChainedMapper(Mapper):
                                        topic=stored_event.topic, state=body)
         return super().to_domain_event(stored_event)
 
+    def known_version(self, originator_id: UUID) -> int | None:
+        """The newest version of the stream this process has read or written, if any."""
+        head = self._heads.get(originator_id)
+        return head[0] if head is not None else None
+
     def _link_before(self, originator_id: UUID, version: int) -> bytes:
         if version <= 1:
             return GENESIS

@@ -28,6 +28,21 @@ class Rebuilt(NamedTuple):
     events: int
 
 
+def _overwritten_lease_extensions(events: list[tuple[int, Any]]) -> set[int]:
+    """Positions of lease extensions that a later one of the same attempt in this batch
+    overwrites. Heartbeats are most of a long job's events, and each would rewrite one row
+    (in one transaction PostgreSQL then walks every dead version of it): only the last counts."""
+    later: set[tuple[Any, str, int]] = set()
+    overwritten = set()
+    for position, event in reversed(events):
+        if isinstance(event, Run.JobLeaseExtended):
+            attempt = (event.originator_id, event.job_id, event.attempt)
+            if attempt in later:
+                overwritten.add(position)
+            later.add(attempt)
+    return overwritten
+
+
 class RunsProjection:
     def __init__(self, db: Database, name: str = PROJECTION_NAME) -> None:
         self.db = db
@@ -82,10 +97,13 @@ class RunsProjection:
         return int(row[0]) if row else 0
 
     def _apply_in(self, cursor: Cursor, events: Iterable[tuple[int, Any]], tracked: int) -> int:
+        events = list(events)
+        overwritten = _overwritten_lease_extensions(events)
         for position, event in events:
             if position <= tracked:
                 continue  # already applied: a redelivery or a second replica
-            self.handle(event, cursor, position)
+            if position not in overwritten:
+                self.handle(event, cursor, position)
             tracked = position
         return tracked
 

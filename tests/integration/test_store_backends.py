@@ -17,11 +17,11 @@ from commands.app import LedgerApp, Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import AlreadyExistsError, RepositoryNotFoundError
-from domain.messages import FinishJob, StartJob
+from domain.messages import FinishJob, Heartbeat, StartJob
 from domain.run import Run
 from projections.queries import RunQueries
 from projections.rebuild import switch_over, verify
-from projections.runs import RunsProjection
+from projections.runs import RunsProjection, rfc3339
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
 
@@ -210,6 +210,19 @@ class StoreContract:
         assert found == [] and position == ledger.recorder.max_notification_id()
         requested = [e for page in ledger.history_pages() for _, e in page if isinstance(e, Run.RunRequested)]
         assert len(db.query("SELECT id FROM lci_runs")) == len(requested) > 30
+
+    def test_heartbeats_applied_in_one_batch_leave_the_last_lease(
+        self, ledger: LedgerApp, db: Database, repository: str
+    ):
+        run_id = self._planned_run(ledger, repository)
+        job_id = str(ledger.get_run(run_id, ADMIN).jobs[0].id)
+        ids = {"run_id": str(run_id), "job_id": job_id, "attempt": 1, "runner_id": "r1"}
+        ledger.start_job(StartJob(**ids))
+        leases = [ledger.heartbeat(Heartbeat(**ids)).reply.lease_expires_at for _ in range(12)]
+        RunsProjection(db).apply(item for page in ledger.history_pages() for item in page)
+        stored = db.query("SELECT lease_expires_at FROM lci_jobs WHERE id = ?", (job_id,))[0][0]
+        assert stored == rfc3339(leases[-1])
+        assert verify(db, lambda position, limit: list(ledger.events_after(position, limit)))[0] == []
 
     @staticmethod
     def _planned_run(ledger: LedgerApp, repository: str) -> UUID:
