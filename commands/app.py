@@ -8,6 +8,7 @@ eventsourcing is synchronous: async callers run these methods in a worker thread
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from domain.errors import (
     RunNotFoundError,
     StaleAttemptError,
     TenantNotFoundError,
+    TokenNotFoundError,
 )
 from domain.ids import repository_aggregate_id, run_id_for, tenant_aggregate_id, token_aggregate_id
 from domain.messages import CommandReply, EventMessage, FinishJob, Heartbeat, JobDispatch, StartJob
@@ -228,6 +230,28 @@ class LedgerApp(Application):
             raise TenantNotFoundError(f"tenant {tenant_id!r} not found")
         return tenant
 
+    def update_tenant(self, tenant_id: str, changes: Mapping[str, object], *, actor: str) -> Tenant:
+        """Change a tenant's name, weight or quotas (recorded as TenantUpdated)."""
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            tenant = self.get_tenant(tenant_id)
+            if not tenant.update(dict(changes), self.clock(), actor):
+                return tenant
+            try:
+                self.save(tenant)
+            except IntegrityError:
+                continue  # changed meanwhile: decide again on what is there now
+            return tenant
+        raise ConcurrencyError(f"tenant {tenant_id!r}: too many concurrent changes")
+
+    def revoke_token(self, tenant_id: str, token_id: UUID, *, actor: str) -> None:
+        """Revoke a tenant's token by its id (the token itself is never stored)."""
+        token = self._load(token_id, Token)
+        if token is None or token.tenant_id != tenant_id:
+            raise TokenNotFoundError(f"tenant {tenant_id!r} has no token {token_id}")
+        token.revoke(self.clock(), actor)
+        with contextlib.suppress(IntegrityError):  # revoked by someone else at once: the effect holds
+            self.save(token)
+
     def issue_token(self, tenant_id: str, *, actor: str) -> str:
         """A new random token for the tenant; only its digest is stored."""
         self.get_tenant(tenant_id)
@@ -262,9 +286,16 @@ class LedgerApp(Application):
 
     # ----- runs ------------------------------------------------------------------------------
 
-    def push(self, repository_id: str, commit: str, ref: str | None, principal: Principal) -> PushResult:
-        """Record a push at once; reading the workflow file happens later (the planner)."""
+    def push(
+        self, repository_id: str, commit: str, ref: str | None, principal: Principal,
+        admit: Callable[[Tenant], None] | None = None,
+    ) -> PushResult:
+        """Record a push at once; reading the workflow file happens later (the planner).
+
+        `admit` sees the repository's tenant first and may refuse (its quotas, its rate)."""
         repository = self.get_repository(repository_id, principal)
+        if admit is not None:
+            admit(self.get_tenant(repository.tenant_id))
         run_id = run_id_for(repository_id, commit)
         request_id = uuid4().hex
         run = Run.request(

@@ -21,6 +21,18 @@ class TenantNotFoundError(NotFoundError):
     pass
 
 
+class TokenNotFoundError(NotFoundError):
+    pass
+
+
+class QuotaExceededError(DomainError):
+    """A tenant is over one of its quotas; `retry_after` says when trying again may succeed."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class AlreadyExistsError(DomainError):
     """Creating something whose id is taken."""
 

@@ -68,6 +68,30 @@ class Tenant(Aggregate):
         )
 
 
+    # ----- changes (recorded as events, so the audit trail says who changed a quota when) -----
+
+    POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute")
+
+    def update(self, changes: dict[str, object], at: datetime, actor: str) -> bool:
+        """Change the name, weight or quotas; only what differs is recorded. Idempotent."""
+        unknown = set(changes) - set(self.POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"not a tenant setting: {sorted(unknown)}")
+        changed = {name: value for name, value in changes.items() if getattr(self, name) != value}
+        if not changed:
+            return False
+        self.trigger_event(self.TenantUpdated, timestamp=at, changes=changed, actor=actor)
+        return True
+
+    class TenantUpdated(Aggregate.Event):
+        changes: dict[str, object]
+        actor: str
+
+        def apply(self, tenant: Tenant) -> None:
+            for name, value in self.changes.items():
+                setattr(tenant, name, value)
+
+
 class Token(Aggregate):
     """A tenant's API token, known only by its digest."""
 

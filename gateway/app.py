@@ -18,6 +18,7 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.logs import LogReader
 from gateway.models import Health
 from gateway.routes import AdminController, Defaults, PushController, RunsController
+from projections.admission import PushAdmission
 from projections.queries import RunQueries
 
 
@@ -28,6 +29,7 @@ class GatewayDeps:
     nc: NATS
     admin_token: str
     defaults: Defaults
+    admission: PushAdmission
 
 
 def create_app(deps: GatewayDeps) -> Litestar:
@@ -63,6 +65,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "logs": Provide(lambda: logs, sync_to_thread=False),
             "control": Provide(lambda: control, sync_to_thread=False),
             "defaults": Provide(lambda: deps.defaults, sync_to_thread=False),
+            "admission": Provide(lambda: deps.admission, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="ledgerci", version="0.1.0", path="/schema"),

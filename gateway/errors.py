@@ -11,12 +11,13 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from psycopg_pool import PoolTimeout
 
-from domain.errors import AlreadyExistsError, DomainError, NotFoundError
+from domain.errors import AlreadyExistsError, DomainError, NotFoundError, QuotaExceededError
 from gateway.blocking import StoreUnavailableError
 from projections.queries import InvalidCursorError
 
@@ -40,6 +41,10 @@ def _domain(_: Request, exc: DomainError) -> Response:
         return _error(HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExistsError):
         return _error(HTTP_409_CONFLICT, str(exc))
+    if isinstance(exc, QuotaExceededError):
+        response = _error(HTTP_429_TOO_MANY_REQUESTS, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
 
 

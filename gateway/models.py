@@ -49,6 +49,16 @@ class TenantRequest(Body):
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
 
 
+class TenantUpdate(Body):
+    """The settings to change; those left out stay as they are."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    weight: Annotated[int, Meta(ge=1, le=1000)] | None = None
+    max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
+    max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
+    pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
+
+
 class TenantResponse(msgspec.Struct, kw_only=True):
     id: str
     name: str

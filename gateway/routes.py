@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from litestar import Controller, Request, Response, get, post
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from commands.app import LedgerApp, Principal
 from domain.errors import RunNotFoundError
 from domain.ids import token_aggregate_id
+from domain.registry import Tenant
 from gateway.auth import require_admin
 from gateway.blocking import blocking
 from gateway.control import Control
@@ -26,14 +28,24 @@ from gateway.models import (
     RerunResponse,
     TenantRequest,
     TenantResponse,
+    TenantUpdate,
     TokenResponse,
 )
 from gateway.views import parse_as_of, run_view
+from projections.admission import PushAdmission
 from projections.queries import RunPage, RunQueries, RunView
 
 
 def principal_of(request: Request) -> Principal:
     return request.state.principal
+
+
+def tenant_response(tenant: Tenant) -> TenantResponse:
+    return TenantResponse(
+        id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
+        max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
+        pushes_per_minute=tenant.pushes_per_minute,
+    )
 
 
 class Defaults:
@@ -50,10 +62,15 @@ class PushController(Controller):
     tags = ["push"]
 
     @post(operation_id="push", status_code=HTTP_202_ACCEPTED)
-    async def push(self, request: Request, data: PushRequest, ledger: LedgerApp) -> Response[PushResponse]:
-        """Record a push: 202 with a new run, or 200 with the existing run of the same commit."""
+    async def push(
+        self, request: Request, data: PushRequest, ledger: LedgerApp, admission: PushAdmission
+    ) -> Response[PushResponse]:
+        """Record a push: 202 with a new run, or 200 with the existing run of the same commit.
+
+        429 with Retry-After when the tenant is over its push rate or its queued-runs quota."""
         result = await blocking(
-            ledger.push, data.repository_id, data.commit, data.ref, principal_of(request)
+            ledger.push, data.repository_id, data.commit, data.ref, principal_of(request),
+            lambda tenant: admission.admit(tenant, ledger.clock()),
         )
         status = HTTP_200_OK if result.duplicate else HTTP_202_ACCEPTED
         return Response(PushResponse(run_id=str(result.run_id), duplicate=result.duplicate),
@@ -79,11 +96,27 @@ class AdminController(Controller):
             pushes_per_minute=data.pushes_per_minute or defaults.pushes_per_minute,
             actor=principal_of(request).name,
         )
-        return TenantResponse(
-            id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
-            max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
-            pushes_per_minute=tenant.pushes_per_minute,
-        )
+        return tenant_response(tenant)
+
+    @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin])
+    async def get_tenant(self, tenant_id: str, ledger: LedgerApp) -> TenantResponse:
+        """A tenant's weight and quotas (admin only)."""
+        return tenant_response(await blocking(ledger.get_tenant, tenant_id))
+
+    @patch("/tenants/{tenant_id:str}", operation_id="updateTenant", guards=[require_admin])
+    async def update_tenant(
+        self, request: Request, tenant_id: str, data: TenantUpdate, ledger: LedgerApp
+    ) -> TenantResponse:
+        """Change a tenant's name, weight or quotas (admin only); recorded as an event."""
+        changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
+        tenant = await blocking(ledger.update_tenant, tenant_id, changes, actor=principal_of(request).name)
+        return tenant_response(tenant)
+
+    @delete("/tenants/{tenant_id:str}/tokens/{token_id:uuid}", operation_id="revokeTenantToken",
+            guards=[require_admin])
+    async def revoke_token(self, request: Request, tenant_id: str, token_id: UUID, ledger: LedgerApp) -> None:
+        """Revoke a tenant's token (by the `token_id` given when it was issued); it stops working at once."""
+        await blocking(ledger.revoke_token, tenant_id, token_id, actor=principal_of(request).name)
 
     @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
           status_code=HTTP_201_CREATED)

@@ -113,16 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     rerun = client("rerun", "a new run of the same commit", _rerun)
     rerun.add_argument("run_id")
 
-    tenant = commands.add_parser("tenant", help="tenants").add_subparsers(metavar="ACTION")
-    create = tenant.add_parser("create", help="create a tenant (admin)")
-    for flag in ("--url", "--token"):
-        create.add_argument(flag)
-    create.add_argument("--json", action="store_true")
-    create.add_argument("tenant_id")
-    create.add_argument("--name")
-    create.add_argument("--weight", type=int)
+    tenant = commands.add_parser("tenant", help="tenants (admin)").add_subparsers(metavar="ACTION")
+
+    def tenant_action(name: str, help_text: str, handler: Callable) -> argparse.ArgumentParser:
+        sub = tenant.add_parser(name, help=help_text)
+        sub.add_argument("--url", help="gateway URL (LEDGERCI_URL)")
+        sub.add_argument("--token", help="the admin token (LEDGERCI_TOKEN, else LEDGERCI_ADMIN_TOKEN)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub.add_argument("tenant_id")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    create = tenant_action("create", "create a tenant", _tenant_create)
+    update = tenant_action("update", "change a tenant's name, weight or quotas (recorded as an event)",
+                           _tenant_update)
+    for action in (create, update):
+        action.add_argument("--name")
+        action.add_argument("--weight", type=int, help="priority tier: a share of runners in proportion to it")
+        action.add_argument("--max-concurrent-jobs", type=int)
+        action.add_argument("--max-queued-runs", type=int)
+        action.add_argument("--pushes-per-minute", type=int)
     create.add_argument("--token-out", action="store_true", help="also issue a token and print it")
-    create.set_defaults(handler=_tenant_create)
+    tenant_action("show", "a tenant's weight and quotas", _tenant_show)
+    tenant_action("token", "issue a new token for the tenant (shown once)", _tenant_token)
+    revoke = tenant_action("revoke-token", "revoke one of the tenant's tokens", _tenant_revoke_token)
+    revoke.add_argument("token_id", help="the token_id printed when the token was issued")
 
     repo = commands.add_parser("repo", help="repositories").add_subparsers(metavar="ACTION")
     add = repo.add_parser("add", help="register a repository")
@@ -287,22 +302,58 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tenant_create(args: argparse.Namespace) -> int:
-    client = _client(args)
-    body = {"id": args.tenant_id}
-    if args.name:
-        body["name"] = args.name
-    if args.weight:
-        body["weight"] = args.weight
-    tenant = client.json("POST", "/api/v1/tenants", json=body)
-    if args.token_out:
-        tenant["token"] = client.json("POST", f"/api/v1/tenants/{args.tenant_id}/tokens")["token"]
+_TENANT_SETTINGS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute")
+
+
+def _tenant_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {name: getattr(args, name) for name in _TENANT_SETTINGS if getattr(args, name) is not None}
+
+
+def _print_tenant(tenant: dict, args: argparse.Namespace, what: str) -> None:
     if args.json:
         print_json(tenant)
+        return
+    print(f"tenant {tenant['id']} {what}: weight {tenant['weight']}, at most {tenant['max_concurrent_jobs']} jobs "
+          f"running, {tenant['max_queued_runs']} runs queued, {tenant['pushes_per_minute']} pushes a minute")
+    if "token" in tenant:
+        print(f"token (shown once): {tenant['token']}")
+        print(f"token id (to revoke it): {tenant['token_id']}")
+
+
+def _tenant_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+    tenant = client.json("POST", "/api/v1/tenants", json={"id": args.tenant_id, **_tenant_settings(args)})
+    if args.token_out:
+        issued = client.json("POST", f"/api/v1/tenants/{args.tenant_id}/tokens")
+        tenant.update(token=issued["token"], token_id=issued["token_id"])
+    _print_tenant(tenant, args, "created")
+    return 0
+
+
+def _tenant_update(args: argparse.Namespace) -> int:
+    tenant = _client(args).json("PATCH", f"/api/v1/tenants/{args.tenant_id}", json=_tenant_settings(args))
+    _print_tenant(tenant, args, "is now")
+    return 0
+
+
+def _tenant_show(args: argparse.Namespace) -> int:
+    _print_tenant(_client(args).json("GET", f"/api/v1/tenants/{args.tenant_id}"), args, "has")
+    return 0
+
+
+def _tenant_token(args: argparse.Namespace) -> int:
+    issued = _client(args).json("POST", f"/api/v1/tenants/{args.tenant_id}/tokens")
+    if args.json:
+        print_json(issued)
     else:
-        print(f"tenant {tenant['id']} created (weight {tenant['weight']})")
-        if "token" in tenant:
-            print(f"token (shown once): {tenant['token']}")
+        print(f"token (shown once): {issued['token']}")
+        print(f"token id (to revoke it): {issued['token_id']}")
+    return 0
+
+
+def _tenant_revoke_token(args: argparse.Namespace) -> int:
+    _client(args).call("DELETE", f"/api/v1/tenants/{args.tenant_id}/tokens/{args.token_id}")
+    print(f"token {args.token_id} of tenant {args.tenant_id} revoked")
     return 0
 
 

@@ -34,6 +34,7 @@ from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.settings import Settings
+from projections.admission import PushAdmission
 from projections.queries import DeadlineQueries, RunQueries
 from projections.rebuild import switch_over
 from projections.rebuild import verify as verify_read_models
@@ -246,6 +247,7 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         ledger=ledger, queries=RunQueries(db), nc=nc, admin_token=settings.admin_token,
         defaults=Defaults(settings.default_max_concurrent_jobs, settings.default_max_queued_runs,
                           settings.default_pushes_per_minute),
+        admission=PushAdmission(db),
     ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=5, lifespan="on")

@@ -42,9 +42,18 @@ TABLES = [
         lease_expires_at TEXT,
         timeout_at TEXT
     )""",
+    "CREATE INDEX IF NOT EXISTS lci_runs_by_tenant_status ON lci_runs (tenant_id, status)",
     "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
     # The reaper's question: which queued or running attempts are past a deadline.
     "CREATE INDEX IF NOT EXISTS lci_jobs_active ON lci_jobs (status, lease_expires_at)",
+    # Pushes counted per tenant and minute, shared by every gateway (projections.admission).
+    # Not derived from events: a rebuild leaves it alone.
+    """CREATE TABLE IF NOT EXISTS lci_push_windows (
+        tenant_id TEXT NOT NULL,
+        window_start BIGINT NOT NULL,
+        pushes INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, window_start)
+    )""",
 ]
 
 

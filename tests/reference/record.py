@@ -228,8 +228,11 @@ def record(name: str, scenario: Callable[[Story], None]) -> dict:
         story = Story(app, clock)
         app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
                           pushes_per_minute=60, actor="admin")
+        app.update_tenant("acme", {"weight": 2, "max_concurrent_jobs": 8}, actor="admin")
+        revoked = app.issue_token("acme", actor="admin")
+        app.revoke_token("acme", token_aggregate_id(revoked), actor="admin")
         token = app.issue_token("acme", actor="admin")
-        story.aggregates += [app.get_tenant("acme").id, token_aggregate_id(token),
+        story.aggregates += [app.get_tenant("acme").id, token_aggregate_id(revoked), token_aggregate_id(token),
                              app.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git",
                                                      principal=ADMIN).id]
         scenario(story)

@@ -29,6 +29,9 @@ class LedgerCluster:
             "LEDGERCI_ADMIN_TOKEN": ADMIN_TOKEN,
             "LEDGERCI_PORT": str(self.port),
             "LEDGERCI_LOG_LEVEL": "INFO",
+            # Tests push hundreds of runs a minute; the quota tests give their tenants their own.
+            "LEDGERCI_DEFAULT_PUSHES_PER_MINUTE": "100000",
+            "LEDGERCI_DEFAULT_MAX_QUEUED_RUNS": "100000",
             **(extra_env or {}),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
