@@ -42,7 +42,7 @@ from domain.errors import (
     TokenNotFoundError,
 )
 from domain.ids import repository_aggregate_id, run_id_for, tenant_aggregate_id, token_aggregate_id
-from domain.messages import CommandReply, EventMessage, FinishJob, Heartbeat, JobDispatch, StartJob
+from domain.messages import CommandReply, EventMessage, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
 from domain.registry import Repository, Tenant, Token
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
@@ -66,10 +66,12 @@ class Timing(NamedTuple):
 
 
 class CommandResult(NamedTuple):
-    """A runner command's answer, and the attempt it made ready (to dispatch at once)."""
+    """A runner command's answer, the attempt it made ready (to dispatch at once), and the
+    job as the command left it when it changed something (for metrics)."""
 
     reply: CommandReply
     ready: JobDispatch | None = None
+    changed: Job | None = None
 
 
 class PushResult(NamedTuple):
@@ -443,20 +445,33 @@ class LedgerApp(Application):
                 command.job_id, command.attempt, command.runner_id, command.exit_code,
                 self.clock(), command.error, timed_out=command.timed_out,
             ),
+            job_id=command.job_id, with_deadlines=False,
+        )
+
+    def hand_back(self, command: HandBack) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.hand_back(command.job_id, command.attempt, command.runner_id, self.clock()),
+            job_id=command.job_id, with_deadlines=False,
         )
 
     def _runner_command(
-        self, run_id: str, decide: Callable[[Run], bool], job_id: str | None = None
+        self, run_id: str, decide: Callable[[Run], bool], job_id: str, with_deadlines: bool = True
     ) -> CommandResult:
+        appended = False
+
+        def deciding(run: Run) -> bool:
+            nonlocal appended
+            appended = decide(run)
+            return appended
+
         try:
-            run = self._decide(UUID(run_id), decide)
+            run = self._decide(UUID(run_id), deciding)
         except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
             return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
-        deadlines = {}
-        if job_id is not None:
-            job = run.job(job_id)
-            deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at}
-        return CommandResult(CommandReply(ok=True, **deadlines), self.ready_dispatch(run))
+        job = run.job(job_id)
+        deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
+        return CommandResult(CommandReply(ok=True, **deadlines), self.ready_dispatch(run), job if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---
 

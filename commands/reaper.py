@@ -21,6 +21,7 @@ from uuid import UUID
 from nats.js import JetStreamContext
 
 from commands.app import LedgerApp
+from commands.metrics import DEADLINES_PASSED
 from commands.scheduler import publish_dispatch
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Reaper:
         if run.version == before:
             return 0
         log.info("reaper: %s passed for %s attempt %d", item.deadline, item.job_id, item.attempt)
+        DEADLINES_PASSED.labels(item.deadline).inc()
         ready = self.app.ready_dispatch(run)
         if ready is not None:  # a retry was queued: offer it at once
             await publish_dispatch(self.js, ready)

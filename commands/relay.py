@@ -19,6 +19,7 @@ from nats.js.errors import NotFoundError
 
 from commands.app import LedgerApp
 from commands.envelope import to_event_message
+from commands.metrics import EVENTS_PUBLISHED
 from commands.streams import ensure_streams
 from domain.messages import EVENTS_STREAM, events_subject
 
@@ -99,4 +100,5 @@ class Relay:
                 raise ack
             self.position = position
             self.stream_seq = ack.seq
+        EVENTS_PUBLISHED.inc(len(events))
 

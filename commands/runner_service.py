@@ -17,17 +17,21 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from commands.app import CommandResult, LedgerApp
+from commands.metrics import observe_claimed, observe_finished
 from commands.scheduler import publish_dispatch
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
     FINISH_JOB_SUBJECT,
+    HAND_BACK_SUBJECT,
     HEARTBEAT_SUBJECT,
     START_JOB_SUBJECT,
     CommandReply,
     FinishJob,
+    HandBack,
     Heartbeat,
     StartJob,
 )
+from domain.run import Job
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
 
     async def on_start(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=StartJob)
-        spawn(message, lambda: app.start_job(command))
+        spawn(message, lambda: _observed(app.start_job(command), observe_claimed))
 
     async def on_heartbeat(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=Heartbeat)
@@ -54,9 +58,14 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
 
     async def on_finish(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=FinishJob)
-        spawn(message, lambda: app.finish_job(command))
+        spawn(message, lambda: _observed(app.finish_job(command), observe_finished))
+
+    async def on_hand_back(message: Msg) -> None:
+        command = msgspec.json.decode(message.data, type=HandBack)
+        spawn(message, lambda: app.hand_back(command))
 
     subscriptions = [
+        await nc.subscribe(HAND_BACK_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_hand_back),
         await nc.subscribe(START_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_start),
         await nc.subscribe(HEARTBEAT_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_heartbeat),
         await nc.subscribe(FINISH_JOB_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_finish),
@@ -68,6 +77,12 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
             await subscription.unsubscribe()
         if in_flight:
             await asyncio.wait(in_flight)
+
+
+def _observed(result: CommandResult, observe: Callable[[Job], None]) -> CommandResult:
+    if result.changed is not None:
+        observe(result.changed)
+    return result
 
 
 async def _answer(message: Msg, command: Callable[[], CommandResult], js: JetStreamContext) -> None:

@@ -27,6 +27,7 @@ DEAD_SUBJECT_PREFIX = "ledgerci.dead"  # messages that reached max_deliver
 START_JOB_SUBJECT = "ledgerci.cmd.start_job"
 HEARTBEAT_SUBJECT = "ledgerci.cmd.heartbeat"
 FINISH_JOB_SUBJECT = "ledgerci.cmd.finish_job"
+HAND_BACK_SUBJECT = "ledgerci.cmd.hand_back"
 # "Stop this attempt now" (cancel), published after the cancel committed. A runner that
 # misses it learns the same at its next heartbeat, which is refused.
 CONTROL_SUBJECT_PREFIX = "ledgerci.control"
@@ -120,6 +121,15 @@ class FinishJob(Message, frozen=True):
     exit_code: int | None
     error: str | None = None
     timed_out: bool = False  # the runner killed the job at its deadline
+
+
+class HandBack(Message, frozen=True):
+    """A stopping runner gives its attempt back (it killed the job): run it again elsewhere."""
+
+    run_id: str
+    job_id: str
+    attempt: int
+    runner_id: str
 
 
 class CommandReply(Message, frozen=True):

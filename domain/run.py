@@ -31,6 +31,9 @@ DEFAULT_QUEUE_TIMEOUT_SECONDS = 3600.0
 RUNNER_LOST = "runner lost"
 TIMED_OUT = "timed out"
 NOT_PICKED_UP = "not picked up"
+# Not a failure: the runner was told to stop and gave the attempt back; the job runs again
+# as its next attempt without using one of its retries.
+RUNNER_STOPPED = "runner stopped"
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    handed_back: int = 0  # attempts given back by stopping runners: they use no retry
     # The three clocks of ARCHITECTURE.md, each an absolute deadline recorded in the events.
     pick_up_by: datetime | None = None  # queued: fails "not picked up" past it
     lease_expires_at: datetime | None = None  # running: the attempt is lost past it
@@ -240,6 +244,20 @@ class Run(Aggregate):
         )
         return True
 
+    def hand_back(self, job_id: UUID | str, attempt: int, runner_id: str, at: datetime) -> bool:
+        """The runner holding the attempt is stopping: it killed the job, and the job is
+        queued again as its next attempt, without using a retry. Refused (stale) once the
+        attempt is no longer this runner's."""
+        job = self.job(job_id)
+        self._check_holder(job, attempt, runner_id)
+        actor = f"runner:{runner_id}"
+        self.trigger_event(
+            self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=attempt,
+            reason=RUNNER_STOPPED, actor=actor,
+        )
+        self._queue(job, job.attempt + 1, at, actor)
+        return True
+
     def mark_lost(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
         """The attempt's lease has passed: its runner is presumed dead. No-op otherwise."""
         job = self.job(job_id)
@@ -342,7 +360,7 @@ class Run(Aggregate):
             self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=job.attempt,
             reason=reason, actor=actor,
         )
-        if job.attempt <= job.spec.retries:
+        if job.attempt - job.handed_back <= job.spec.retries:
             self._queue(job, job.attempt + 1, at, actor)
             return
         self.trigger_event(
@@ -499,6 +517,8 @@ class Run(Aggregate):
             job = run.job(self.job_id)
             job.error = self.reason
             job.lease_expires_at = None
+            if self.reason == RUNNER_STOPPED:
+                job.handed_back += 1
 
     class JobCancelled(Aggregate.Event):
         job_id: str

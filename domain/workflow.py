@@ -26,9 +26,10 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DURATION = re.compile(r"(\d+)([smh]?)")
+# Digits bounded: int() refuses strings over 4300 digits with a ValueError, not our error.
+_DURATION = re.compile(r"(\d{1,18})([smh]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
-_MEMORY = re.compile(r"(\d+)[kmg]?", re.IGNORECASE)
+_MEMORY = re.compile(r"(\d{1,18})[kmg]?", re.IGNORECASE)
 _IDENTIFIER_RULE = 'use letters, digits and "_", not starting with a digit'
 
 When = Literal["on_success", "on_failure", "always"]

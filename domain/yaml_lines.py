@@ -7,6 +7,7 @@ what a safe loader would accept silently: duplicate keys, custom tags, alias cyc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,9 @@ _MERGE = _STD + "merge"
 _SCALAR_TAGS = frozenset(_STD + t for t in ("str", "int", "float", "bool", "null", "timestamp"))
 # Aliases let a 256 KiB file expand to billions of values; nothing legitimate needs this many.
 MAX_VALUES = 100_000
+# A workflow nests 4 levels (jobs[0].resources.cpus); deeper than this is refused with its line,
+# well before Python's recursion limit would end the build without one.
+MAX_DEPTH = 100
 # libyaml composes a 256 KiB file ten times faster, and caps nesting at 1000 levels itself.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -54,13 +58,19 @@ def compose_with_lines(text: str) -> Located:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         detail = f"{e.problem} ({e.context})" if e.context and e.problem else e.problem or e.context
+        # At the end of the stream libyaml's mark can be a line past the file's last one.
         raise InvalidWorkflowError(
-            f"YAML syntax error: {detail}", line=mark.line + 1 if mark else None
+            f"YAML syntax error: {detail}", line=min(mark.line + 1, _last_line(text)) if mark else None
         ) from None
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         raise InvalidWorkflowError(
             f"YAML syntax error: character {e.character!r} is not allowed", line=line
+        ) from None
+    except UnicodeEncodeError as e:  # a str with a lone surrogate, which libyaml cannot read
+        line = text.count("\n", 0, e.start) + 1
+        raise InvalidWorkflowError(
+            f"YAML syntax error: character {text[e.start]!r} is not allowed", line=line
         ) from None
     except yaml.YAMLError as e:
         raise InvalidWorkflowError(f"YAML syntax error: {e}") from None
@@ -75,6 +85,15 @@ def compose_with_lines(text: str) -> Located:
     except RecursionError:
         raise InvalidWorkflowError("the document nests too deeply") from None
     return Located(data, builder.lines, builder.texts)
+
+
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as one
+
+
+def _last_line(text: str) -> int:
+    """The number of the file's last line: a final line break ends a line, it starts none."""
+    breaks = [m.end() for m in _LINE_BREAK.finditer(text)]
+    return len(breaks) + (0 if breaks and breaks[-1] == len(text) else 1)
 
 
 def _fail(message: str, node: Node, path: Path) -> InvalidWorkflowError:
@@ -95,11 +114,9 @@ class _Builder:
         self._constructor = yaml.constructor.SafeConstructor()
 
     def build(self, node: Node, path: Path) -> Any:
-        self._count += 1
-        if self._count > MAX_VALUES:
-            raise _fail(
-                f"too many values (over {MAX_VALUES}, counting alias expansions)", node, path
-            )
+        self._tally(1, node, path)
+        if len(path) > MAX_DEPTH:
+            raise _fail(f"the document nests deeper than {MAX_DEPTH} levels", node, path)
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
         if id(node) in self._open:
@@ -113,6 +130,13 @@ class _Builder:
             raise _fail(f"YAML tag {_shown(node.tag)} is not allowed", node, path)
         finally:
             self._open.discard(id(node))
+
+    def _tally(self, values: int, node: Node, path: Path) -> None:
+        self._count += values
+        if self._count > MAX_VALUES:
+            raise _fail(
+                f"too many values (over {MAX_VALUES}, counting alias expansions)", node, path
+            )
 
     def _item(self, node: Node, path: Path) -> Any:
         self.lines[path] = node.start_mark.line + 1
@@ -177,5 +201,7 @@ class _Builder:
                 raise _fail("a merge key (<<) takes a mapping or a list of mappings", value, path)
             if id(source) in merging:
                 raise _fail("a merge key (<<) refers to a mapping that contains it", value, path)
+            # Merges of merges multiply pairs as aliases multiply values: count them too.
+            self._tally(len(source.value), value, path)
             pairs += self._pairs(source, path, merging)
         return pairs

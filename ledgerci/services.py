@@ -19,6 +19,7 @@ import nats
 import psycopg
 import uvicorn
 from nats.aio.client import Client as NATS
+from prometheus_client import start_http_server
 
 from commands.app import LedgerApp, Timing
 from commands.dead_letter import serve_dead_letters
@@ -227,6 +228,7 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
     agent = RunnerAgent(
         nc, LocalExecutor(), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
+        stop_grace=settings.stop_grace_seconds,
     )
     await agent.run(stop)
 
@@ -250,7 +252,7 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         admission=PushAdmission(db),
     ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            timeout_graceful_shutdown=5, lifespan="on")
+                            timeout_graceful_shutdown=5, lifespan="on", log_config=None)
     server = _Server(config)
 
     async def stop_when_asked() -> None:
@@ -322,6 +324,8 @@ async def grant_role(settings: Settings, role: str) -> None:
 
 async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> None:
     """One service per process (`ledgerci relay|projector|scheduler|runner|gateway`)."""
+    if settings.metrics_port and name != "gateway":  # the gateway serves /metrics on its own port
+        start_http_server(settings.metrics_port, addr=settings.host)
     async with AsyncExitStack() as stack:
         nc = await stack.enter_async_context(nats_connection(settings, f"ledgerci-{name}"))
         if name == "runner":  # the runner never opens the database

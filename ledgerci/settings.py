@@ -61,6 +61,13 @@ class Settings:
     """LEDGERCI_DEFAULT_PUSHES_PER_MINUTE: a new tenant's push rate."""
     log_level: str
     """LEDGERCI_LOG_LEVEL: DEBUG, INFO, WARNING…"""
+    stop_grace_seconds: float
+    """LEDGERCI_STOP_GRACE_SECONDS: a runner told to stop (SIGTERM) lets running jobs finish this
+    long, then kills them and hands their attempts back to run elsewhere."""
+    metrics_port: int
+    """LEDGERCI_METRICS_PORT: where a service other than the gateway serves /metrics (0: nowhere)."""
+    log_format: str
+    """LEDGERCI_LOG_FORMAT: `text`, or `json` (one object per line, for log collectors)."""
     audit_key: str
     """LEDGERCI_AUDIT_KEY: key of the events' tamper-evident chain (empty: an unkeyed hash chain)."""
     auto_migrate: bool
@@ -94,6 +101,9 @@ class Settings:
             default_max_queued_runs=int(_env("LEDGERCI_DEFAULT_MAX_QUEUED_RUNS", "100")),
             default_pushes_per_minute=int(_env("LEDGERCI_DEFAULT_PUSHES_PER_MINUTE", "60")),
             log_level=_env("LEDGERCI_LOG_LEVEL", "INFO"),
+            stop_grace_seconds=float(_env("LEDGERCI_STOP_GRACE_SECONDS", "20")),
+            metrics_port=int(_env("LEDGERCI_METRICS_PORT", "0")),
+            log_format=_env("LEDGERCI_LOG_FORMAT", "text"),
             audit_key=_env("LEDGERCI_AUDIT_KEY", ""),
             auto_migrate=_env("LEDGERCI_AUTO_MIGRATE", "true").lower() not in ("false", "0", "no"),
         )

@@ -160,6 +160,23 @@ class DeadlineQueries:
         return [OverdueAttempt(run_id=r[0], job_id=r[1], attempt=r[2], deadline=r[3]) for r in rows]
 
 
+class LoadQueries:
+    """What the system is carrying now, for metrics: read at scrape time, not kept."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def active_jobs(self) -> list[tuple[str, str, int]]:
+        """(tenant, queued|running, how many); reads only active jobs (index lci_jobs_active)."""
+        rows = self.db.query("SELECT tenant_id, status, count(*) FROM lci_jobs WHERE status IN ('queued', 'running') "
+                             "GROUP BY tenant_id, status")
+        return [(str(tenant), str(status), int(count)) for tenant, status, count in rows]
+
+    def projected_position(self) -> int:
+        rows = self.db.query("SELECT max(position) FROM lci_tracking")
+        return int(rows[0][0] or 0)
+
+
 class InvalidCursorError(ValueError):
     pass
 

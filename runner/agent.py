@@ -23,11 +23,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from domain.messages import (
     FINISH_JOB_SUBJECT,
+    HAND_BACK_SUBJECT,
     HEARTBEAT_SUBJECT,
     JOBS_STREAM,
     START_JOB_SUBJECT,
     CommandReply,
     FinishJob,
+    HandBack,
     Heartbeat,
     JobDispatch,
     StartJob,
@@ -83,6 +85,7 @@ class RunnerAgent:
         slots: int,
         data_dir: Path,
         max_deliver: int = 20,
+        stop_grace: float = 20.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -91,19 +94,32 @@ class RunnerAgent:
         self.pool = pool
         self.slots = slots
         self.max_deliver = max_deliver
+        # Told to stop, the runner takes no new job and lets running ones finish for this
+        # long; then it kills them and hands their attempts back (they run again elsewhere).
+        self.stop_grace = stop_grace
+        self._hand_back_now = asyncio.Event()
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("runner %s serves pool %s with %d slots", self.runner_id, self.pool, self.slots)
+        grace = asyncio.create_task(self._grace_after(stop))
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(self.slots):
                     group.create_task(self._slot(stop))
         finally:
+            grace.cancel()
             if self._background:
                 await asyncio.wait(self._background)
+
+    async def _grace_after(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        log.info("runner %s stopping: no new jobs; running ones have %.0fs to finish", self.runner_id,
+                 self.stop_grace)
+        await asyncio.sleep(self.stop_grace)  # the grace period itself, not a poll
+        self._hand_back_now.set()
 
     async def _subscribe(self):
         subject = jobs_subject(self.pool)
@@ -180,19 +196,24 @@ class RunnerAgent:
         execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at))
         guard = asyncio.create_task(self._guard(dispatch, claim.lease_expires_at, stopped, reason))
         stop_wait = asyncio.create_task(stopped.wait())
+        grace_over = asyncio.create_task(self._hand_back_now.wait())
         try:
-            await asyncio.wait({execution, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({execution, stop_wait, grace_over}, return_when=asyncio.FIRST_COMPLETED)
             if execution.done():
                 return execution.result()
-            # Refused, cancelled, or the lease ran out: kill the job now, report nothing.
+            # Refused, cancelled, the lease ran out, or this runner is stopping: kill the job
+            # now and report no outcome.
             execution.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await execution
+            if grace_over.done() and not stop_wait.done():
+                reason.append("runner stopping: handed back")
+                await self._hand_back(dispatch)
             log.warning("attempt %s:%d stopped (%s); its process was killed",
                         dispatch.job_id, dispatch.attempt, reason[0] if reason else "stopped")
             return None
         finally:
-            for task in (guard, stop_wait):
+            for task in (guard, stop_wait, grace_over):
                 task.cancel()
             with contextlib.suppress(Exception):
                 await control.unsubscribe()
@@ -266,6 +287,17 @@ class RunnerAgent:
                 log.warning("reporting %s:%d failed (%s); retrying", dispatch.job_id, dispatch.attempt, failed)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _hand_back(self, dispatch: JobDispatch) -> None:
+        """Give the attempt back so it runs again at once elsewhere. If this fails the lease
+        runs out instead and the reaper records the runner lost: slower, never wrong."""
+        command = HandBack(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
+                           runner_id=self.runner_id)
+        try:
+            await self._command(HAND_BACK_SUBJECT, command)
+        except Exception as failed:
+            log.warning("handing back %s:%d failed (%s); its lease will run out", dispatch.job_id,
+                        dispatch.attempt, failed)
 
     async def _command(self, subject: str, command: msgspec.Struct) -> CommandReply:
         response = await self.nc.request(subject, msgspec.json.encode(command), timeout=COMMAND_TIMEOUT_SECONDS)

@@ -145,6 +145,48 @@ def test_stale_runner_is_fenced_and_its_process_killed(tmp_path: Path, cluster: 
     assert_invariants(cluster)
 
 
+def test_stopped_runner_hands_its_job_back_after_the_grace_period(tmp_path: Path, cluster: LedgerCluster,
+                                                                  admin: Api):
+    """SIGTERM: no new job, the running one gets the grace period, then is killed and handed
+    back; it runs again elsewhere without using a retry (it has none)."""
+    cluster.kill("runner#2")
+    cluster.kill("runner")
+    cluster.start("runner#3", env={"LEDGERCI_STOP_GRACE_SECONDS": "1"})
+    pid_file = tmp_path / "attempt1.pid"
+    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=0))
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    cluster.start("runner#2")
+    took = cluster.stop("runner#3")
+    assert took < 1 + 3.0, f"the runner took {took:.1f}s to stop with a 1s grace period"
+    assert gone(pid)
+    run = admin.wait_run(run_id, timeout=30)
+    job = run["jobs"][0]
+    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 2, "runner-2")
+    history = admin.events(run_id)
+    abandoned = [(e["data"]["attempt"], e["data"]["reason"], e["actor"]) for e in history
+                 if e["type"] == "JobAttemptAbandoned"]
+    assert abandoned == [(1, "runner stopped", "runner:runner-3")]
+    assert_invariants(cluster)
+
+
+def test_stopped_runner_finishes_a_job_that_ends_within_the_grace_period(tmp_path: Path, cluster: LedgerCluster,
+                                                                         admin: Api):
+    cluster.kill("runner#2")
+    started = tmp_path / "started"
+    workflow = f"jobs:\n  - name: short\n    run: touch {started}; sleep 2; echo finished\n"
+    repository_id, _, commit = repository(admin, tmp_path, workflow)
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    wait_for(started.exists, 30, "the job to start")
+    took = cluster.stop("runner")
+    run = admin.wait_run(run_id, timeout=10)
+    job = run["jobs"][0]
+    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 1, "runner")
+    assert "finished" in admin.log(job["id"])
+    assert 1.0 < took < 20, took  # it waited for the job, and no longer
+    assert_invariants(cluster)
+
+
 @pytest.mark.parametrize("retries", [1, 0])
 def test_killed_runner_job_is_retried_or_fails_runner_lost(tmp_path: Path, cluster: LedgerCluster, admin: Api,
                                                           retries: int):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -27,6 +28,17 @@ pytestmark = pytest.mark.integration
 FILES = sorted(HISTORIES.glob("*/*.json"))
 # Event types no story records yet, each with its reason.
 ALLOWED_UNRECORDED: set[str] = set()
+
+
+def as_recorded(replayed: Any, recorded: Any) -> Any:
+    """The replayed state, cut down to what the recording knew: state that later code added
+    (a job's `handed_back`, say) did not exist then. Everything that did must be equal."""
+    if isinstance(replayed, dict) and isinstance(recorded, dict):
+        return {key: as_recorded(replayed[key], recorded[key]) if key in replayed else "<missing>"
+                for key in recorded}
+    if isinstance(replayed, list) and isinstance(recorded, list) and len(replayed) == len(recorded):
+        return [as_recorded(new, old) for new, old in zip(replayed, recorded, strict=True)]
+    return replayed
 
 
 def test_there_is_a_history_for_every_recorded_version() -> None:
@@ -51,7 +63,7 @@ def test_reference_history_replays_to_the_recorded_states(path: Path, tmp_path: 
             ])
             for version, state in stream["states"].items():
                 replayed = app.repository.get(aggregate_id, version=int(version))
-                assert aggregate_state(replayed) == state, f"{aggregate_id} at version {version}"
+                assert as_recorded(aggregate_state(replayed), state) == state, f"{aggregate_id} at version {version}"
             # Every JobStarted reads as the newest shape, whichever version wrote it.
             for event in app.history(aggregate_id):
                 if event.type == "JobStarted":

@@ -24,7 +24,7 @@ from commands.app import LedgerApp, Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.ids import token_aggregate_id
-from domain.messages import FinishJob, Heartbeat, StartJob
+from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from tests.reference.state import aggregate_state
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -165,6 +165,20 @@ def timed_out(story: Story) -> None:
     story.app.enforce_timeout(run_id, job_id, attempt)
 
 
+def handed_back(story: Story) -> None:
+    """A runner told to stop gives the attempt back; the retry it did not use is still there."""
+    run_id = story.push(ONE_JOB)
+    story.start(run_id, 0)
+    job_id, attempt = story.job(run_id, 0)
+    story.clock.tick(10)
+    story.app.hand_back(HandBack(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1"))
+    story.start(run_id, 0, runner="runner-2")
+    job_id, attempt = story.job(run_id, 0)
+    story.clock.tick(120)
+    story.app.mark_lost(run_id, job_id, attempt)  # uses the one retry
+    story.run_job(run_id, 0, runner="runner-2")
+
+
 def not_picked_up(story: Story) -> None:
     run_id = story.push(ONE_JOB)
     job_id, attempt = story.job(run_id, 0)
@@ -204,6 +218,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "runner_lost_then_retried": runner_lost_then_retried,
     "timed_out": timed_out,
     "not_picked_up": not_picked_up,
+    "handed_back": handed_back,
     "cancelled_while_running": cancelled_while_running,
     "rerun": rerun,
     "skipped_and_invalid": skipped_and_invalid,

@@ -86,6 +86,14 @@ class LedgerCluster:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
+    def stop(self, name: str, timeout: float = 30.0) -> float:
+        """SIGTERM, as an orchestrator stops a service; returns the seconds it took to exit."""
+        process = self.processes.pop(name)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=timeout)
+        return time.monotonic() - started
+
     def pause(self, name: str) -> None:
         self.processes[name].send_signal(signal.SIGSTOP)
 

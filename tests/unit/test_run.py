@@ -358,3 +358,21 @@ class JobLifecycle(RuleBasedStateMachine):
 
 
 TestJobLifecycle = JobLifecycle.TestCase
+
+
+def test_an_attempt_handed_back_by_a_stopping_runner_runs_again_without_using_a_retry():
+    a = job("a", retries=1)
+    run = planned(a)
+    run.start_job(a_id := run.jobs[0].id, 1, "r1", T0)
+    assert run.hand_back(a_id, 1, "r1", T0) is True
+    job_a = run.jobs[0]
+    assert (job_a.status, job_a.attempt, job_a.error, job_a.handed_back) == (JobStatus.QUEUED, 2, "runner stopped", 1)
+    with pytest.raises(StaleAttemptError):
+        run.hand_back(a_id, 1, "r1", T0)  # once only: the attempt is no longer r1's
+    run.start_job(a_id, 2, "r2", T0)
+    assert run.mark_lost(a_id, 2, T0 + timedelta(hours=2), "reaper") is True
+    assert (job_a.status, job_a.attempt) == (JobStatus.QUEUED, 3)  # the one retry, still there
+    run.start_job(a_id, 3, "r2", T0)
+    assert run.mark_lost(a_id, 3, T0 + timedelta(hours=4), "reaper") is True
+    assert (job_a.status, job_a.error) == (JobStatus.FAILED, "runner lost")
+    assert replay(run).jobs[0].handed_back == 1
