@@ -20,6 +20,7 @@ class Bench:
     cluster: LedgerCluster
     api: Api
     postgres: PostgresServer
+    nats_server: NatsServer
     repo: GitRepo
     repository_id: str
 
@@ -39,7 +40,7 @@ def bench_cluster(services: tuple[str, ...], extra_env: dict[str, str]) -> Itera
         tenant_id, _ = api.tenant("bench")
         repo = GitRepo(cluster_dir / "repo")
         repository_id = api.repository(tenant_id, repo.clone_url, "bench")
-        yield Bench(cluster, api, postgres, repo, repository_id)
+        yield Bench(cluster, api, postgres, nats_server, repo, repository_id)
     finally:
         cluster.stop_all()
         nats_server.destroy()

@@ -1,0 +1,90 @@
+"""Sustained throughput: no-op jobs per second with 1, 2 and 4 runner processes.
+
+Each set-up is fresh (PostgreSQL with fsync on, nats-server with `sync_interval: always`,
+every service its own process, one job slot per runner). N runs of one no-op job are pushed
+at once by 8 client threads, and the rate is counted from the events' own timestamps: the
+first JobStarted to the last JobSucceeded.
+
+    .venv/bin/python -m bench.throughput --runs 400 --runners 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+from bench.harness import bench_cluster
+from tests.support.api import FINAL
+
+WORKFLOW = "jobs:\n  - name: noop\n    run: 'true'\n"
+
+
+def measure(runs: int, runners: int) -> tuple[float, float]:
+    names = ("relay", "projector", "scheduler", "reaper", "gateway",
+             *("runner" if n == 0 else f"runner#{n + 1}" for n in range(runners)))
+    with bench_cluster(names, {}) as bench:
+        commits = [bench.repo.commit({".ledgerci.yml": WORKFLOW, "n": str(n)}) for n in range(runs)]
+        with ThreadPoolExecutor(8) as pool:
+            run_ids = list(pool.map(lambda c: bench.api.push(bench.repository_id, c).json()["run_id"], commits))
+        deadline = time.monotonic() + 600
+        for run_id in run_ids:
+            remaining = max(deadline - time.monotonic(), 1)
+            bench.api.wait_run(run_id, until=lambda r: r["status"] in FINAL, timeout=remaining)
+        started, finished = [], []
+        for run_id in run_ids:
+            for event in bench.api.events(run_id):
+                if event["type"] == "JobStarted":
+                    started.append(datetime.fromisoformat(event["at"]))
+                elif event["type"] == "JobSucceeded":
+                    finished.append(datetime.fromisoformat(event["at"]))
+        assert len(finished) == runs, f"{len(finished)} of {runs} jobs succeeded"
+        elapsed = (max(finished) - min(started)).total_seconds()
+        cpu = {name: cpu_seconds(process.pid) for name, process in bench.cluster.processes.items()}
+        postmaster = bench.postgres.pid or 0
+        cpu["postgres (all backends)"] = sum(cpu_seconds(pid) for pid in (postmaster, *_children(postmaster)))
+        cpu["nats-server"] = cpu_seconds(bench.nats_server.pid or 0)
+        print("  CPU ms per job: " + ", ".join(f"{name} {seconds * 1000 / runs:.1f}"
+                                             for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])))
+        return runs / elapsed, elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (and its reaped children: job processes) used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument("--runners", type=int, nargs="+", default=[1, 2, 4])
+    args = parser.parse_args()
+    print("| runner processes (1 slot each) | jobs | seconds | jobs/s |")
+    print("| --- | --- | --- | --- |")
+    for runners in args.runners:
+        rate, elapsed = measure(args.runs, runners)
+        print(f"| {runners} | {args.runs} | {elapsed:.1f} | {rate:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
