@@ -59,7 +59,7 @@ ADMIN_ONLY = [
 ]
 # Lists: filtered to the caller's own, so asking about A's repository finds nothing.
 FILTERED = [("GET", "/api/v1/runs")]
-PUBLIC = [("GET", "/healthz"), ("GET", "/readyz")]
+PUBLIC = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
 
 
 def test_every_route_is_covered_by_the_isolation_table(cluster: LedgerCluster, admin: Api) -> None:
