@@ -63,12 +63,15 @@ def compose_with_lines(text: str) -> Located:
             f"YAML syntax error: {detail}", line=min(mark.line + 1, _last_line(text)) if mark else None
         ) from None
     except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
+        # libyaml's position counts bytes of the UTF-8 text; PyYAML's own reader counts characters.
+        utf8 = _LOADER is not yaml.SafeLoader
+        before = text.encode()[: e.position].decode(errors="ignore") if utf8 else text[: e.position]
+        line = len(_LINE_BREAK.findall(before)) + 1
         raise InvalidWorkflowError(
             f"YAML syntax error: character {e.character!r} is not allowed", line=line
         ) from None
     except UnicodeEncodeError as e:  # a str with a lone surrogate, which libyaml cannot read
-        line = text.count("\n", 0, e.start) + 1
+        line = len(_LINE_BREAK.findall(text[: e.start])) + 1
         raise InvalidWorkflowError(
             f"YAML syntax error: character {text[e.start]!r} is not allowed", line=line
         ) from None

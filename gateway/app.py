@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, Router, get
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NATS
 
@@ -16,10 +16,15 @@ from gateway.auth import Authenticator, make_guard
 from gateway.control import Control
 from gateway.errors import EXCEPTION_HANDLERS
 from gateway.logs import LogReader
+from gateway.metrics import CONTENT_TYPE, SystemMetrics
 from gateway.models import Health
+from gateway.openapi import BEARER_REQUIRED, SECURITY_COMPONENTS, ClosedStructSchemaPlugin, allow_every_method
 from gateway.routes import AdminController, Defaults, PushController, RunsController
 from projections.admission import PushAdmission
-from projections.queries import RunQueries
+from projections.queries import LoadQueries, RunQueries
+
+# Larger bodies are refused with 413 before they are read; the largest real one is a few KiB.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @get("/readyz", opt={"public": True}, operation_id="readyz", tags=["health"])
+    @get("/readyz", opt={"public": True}, operation_id="readyz", tags=["health"],
+         responses={503: ResponseSpec(Health, description="the store or NATS is unreachable")})
     async def readyz() -> Response[Health]:
         """Readiness: the event store and NATS are reachable."""
         checks = {"nats": "ok" if deps.nc.is_connected else "disconnected"}
@@ -56,8 +62,20 @@ def create_app(deps: GatewayDeps) -> Litestar:
             status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE,
         )
 
+    metrics = SystemMetrics(LoadQueries(deps.queries.db), deps.ledger.recorder.max_notification_id,
+                            deps.nc.jetstream())
+
+    @get("/metrics", opt={"public": True}, operation_id="metrics", tags=["health"], media_type=CONTENT_TYPE)
+    async def prometheus_metrics() -> bytes:
+        """Prometheus metrics: load per tenant, projection and relay lag, and this process's own."""
+        return await metrics.render()
+
     return Litestar(
-        route_handlers=[healthz, readyz, PushController, AdminController, RunsController],
+        route_handlers=[
+            healthz, readyz, prometheus_metrics,
+            # These need a token (the guard below checks every route not marked public); the schema says so.
+            Router("/", route_handlers=[PushController, AdminController, RunsController], security=BEARER_REQUIRED),
+        ],
         guards=[make_guard(Authenticator(deps.ledger, deps.admin_token))],
         dependencies={
             "ledger": Provide(lambda: deps.ledger, sync_to_thread=False),
@@ -68,5 +86,10 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "admission": Provide(lambda: deps.admission, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(title="ledgerci", version="0.1.0", path="/schema"),
+        logging_config=None,  # the process configured logging already (text or JSON, LEDGERCI_LOG_FORMAT)
+        openapi_config=OpenAPIConfig(title="ledgerci", version="0.1.0", path="/schema",
+                                     components=SECURITY_COMPONENTS),
+        plugins=[ClosedStructSchemaPlugin()],
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,
+        before_send=[allow_every_method],
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from eventsourcing.persistence import PersistenceError
+import psycopg
+from eventsourcing.persistence import DataError, PersistenceError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
@@ -60,7 +61,12 @@ def _cursor(_: Request, exc: InvalidCursorError) -> Response:
 
 def _unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
-        return _error(exc.status_code, exc.detail, exc.extra)
+        response = _error(exc.status_code, exc.detail, exc.extra)
+        response.headers.update(exc.headers or {})  # e.g. 405's Allow
+        return response
+    if isinstance(exc, (psycopg.DataError, DataError)):
+        # A value the store cannot hold or compare (a NUL character in a cursor): the request's fault.
+        return _error(HTTP_422_UNPROCESSABLE_ENTITY, "a value in the request is out of range or not valid text")
     # Infrastructure trouble (store or NATS away) is a 503 the client may retry; the cause
     # is logged here, never sent (it may name hosts or credentials).
     log.exception("%s %s failed", request.method, request.url.path)

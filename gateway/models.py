@@ -11,7 +11,10 @@ from domain.messages import EventMessage
 
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="1-64 of A-Z a-z 0-9 _ . -")]
 CommitSha = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{40}$", description="40 hex digits")]
-GitRef = Annotated[str, Meta(min_length=1, max_length=255)]
+# No control characters in free text: PostgreSQL cannot store NUL, and a ref or URL holding one
+# would be recorded, then stop the projector and the scheduler for every tenant at that event.
+_TEXT = r"^[^\x00-\x1f\x7f]*$"
+GitRef = Annotated[str, Meta(min_length=1, max_length=255, pattern=_TEXT)]
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -42,7 +45,7 @@ class RerunResponse(msgspec.Struct, kw_only=True):
 
 class TenantRequest(Body):
     id: Identifier
-    name: str | None = None
+    name: Annotated[str, Meta(pattern=_TEXT)] | None = None
     weight: Annotated[int, Meta(ge=1, le=1000)] = 1
     max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
@@ -52,7 +55,7 @@ class TenantRequest(Body):
 class TenantUpdate(Body):
     """The settings to change; those left out stay as they are."""
 
-    name: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=_TEXT)] | None = None
     weight: Annotated[int, Meta(ge=1, le=1000)] | None = None
     max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
@@ -77,7 +80,7 @@ class TokenResponse(msgspec.Struct, kw_only=True):
 class RepositoryRequest(Body):
     id: Identifier
     tenant_id: Identifier
-    clone_url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    clone_url: Annotated[str, Meta(min_length=1, max_length=2048, pattern=_TEXT)]
 
 
 class RepositoryResponse(msgspec.Struct, kw_only=True):

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
@@ -14,6 +15,7 @@ from commands.app import LedgerApp, Principal
 from domain.errors import RunNotFoundError
 from domain.ids import token_aggregate_id
 from domain.registry import Tenant
+from domain.status import RunStatus
 from gateway.auth import require_admin
 from gateway.blocking import blocking
 from gateway.control import Control
@@ -31,6 +33,7 @@ from gateway.models import (
     TenantUpdate,
     TokenResponse,
 )
+from gateway.openapi import AS_OF_SCHEMA, IDENTIFIER_PATTERN, errors
 from gateway.views import parse_as_of, run_view
 from projections.admission import PushAdmission
 from projections.queries import RunPage, RunQueries, RunView
@@ -61,7 +64,9 @@ class PushController(Controller):
     path = "/api/v1/push"
     tags = ["push"]
 
-    @post(operation_id="push", status_code=HTTP_202_ACCEPTED)
+    @post(operation_id="push", status_code=HTTP_202_ACCEPTED,
+          responses={200: ResponseSpec(PushResponse, description="the same push again: its run"),
+                     **errors(404, 413, 429)})
     async def push(
         self, request: Request, data: PushRequest, ledger: LedgerApp, admission: PushAdmission
     ) -> Response[PushResponse]:
@@ -81,7 +86,8 @@ class AdminController(Controller):
     path = "/api/v1"
     tags = ["administration"]
 
-    @post("/tenants", operation_id="createTenant", guards=[require_admin], status_code=HTTP_201_CREATED)
+    @post("/tenants", operation_id="createTenant", guards=[require_admin], status_code=HTTP_201_CREATED,
+          responses=errors(403, 409, 413))
     async def create_tenant(
         self, request: Request, data: TenantRequest, ledger: LedgerApp, defaults: Defaults
     ) -> TenantResponse:
@@ -98,12 +104,13 @@ class AdminController(Controller):
         )
         return tenant_response(tenant)
 
-    @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin])
+    @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin], responses=errors(403, 404))
     async def get_tenant(self, tenant_id: str, ledger: LedgerApp) -> TenantResponse:
         """A tenant's weight and quotas (admin only)."""
         return tenant_response(await blocking(ledger.get_tenant, tenant_id))
 
-    @patch("/tenants/{tenant_id:str}", operation_id="updateTenant", guards=[require_admin])
+    @patch("/tenants/{tenant_id:str}", operation_id="updateTenant", guards=[require_admin],
+           responses=errors(403, 404, 413))
     async def update_tenant(
         self, request: Request, tenant_id: str, data: TenantUpdate, ledger: LedgerApp
     ) -> TenantResponse:
@@ -113,19 +120,20 @@ class AdminController(Controller):
         return tenant_response(tenant)
 
     @delete("/tenants/{tenant_id:str}/tokens/{token_id:uuid}", operation_id="revokeTenantToken",
-            guards=[require_admin])
+            guards=[require_admin], responses=errors(403, 404))
     async def revoke_token(self, request: Request, tenant_id: str, token_id: UUID, ledger: LedgerApp) -> None:
         """Revoke a tenant's token (by the `token_id` given when it was issued); it stops working at once."""
         await blocking(ledger.revoke_token, tenant_id, token_id, actor=principal_of(request).name)
 
     @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
-          status_code=HTTP_201_CREATED)
+          status_code=HTTP_201_CREATED, responses=errors(403, 404))
     async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
         """Issue a tenant token. It is shown once; only its digest is stored."""
         token = await blocking(ledger.issue_token, tenant_id, actor=principal_of(request).name)
         return TokenResponse(tenant_id=tenant_id, token=token, token_id=str(token_aggregate_id(token)))
 
-    @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED)
+    @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED,
+          responses=errors(404, 409, 413))
     async def register_repository(
         self, request: Request, data: RepositoryRequest, ledger: LedgerApp
     ) -> RepositoryResponse:
@@ -142,13 +150,13 @@ class RunsController(Controller):
     path = "/api/v1"
     tags = ["runs"]
 
-    @get("/runs", operation_id="listRuns")
+    @get("/runs", operation_id="listRuns", responses=errors())
     async def list_runs(
         self,
         request: Request,
         queries: RunQueries,
-        repository_id: str | None = None,
-        status: str | None = None,
+        repository_id: Annotated[str | None, Parameter(pattern=IDENTIFIER_PATTERN)] = None,
+        status: RunStatus | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> RunPage:
@@ -158,9 +166,10 @@ class RunsController(Controller):
             status=status, limit=limit, cursor=cursor,
         )
 
-    @get("/runs/{run_id:str}", operation_id="getRun")
+    @get("/runs/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
-        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, as_of: str | None = None
+        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp,
+        as_of: Annotated[str | None, Parameter(schema_extra=AS_OF_SCHEMA)] = None,
     ) -> RunView:
         """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
         time) replays the run's events up to that point instead of reading the read model."""
@@ -173,7 +182,7 @@ class RunsController(Controller):
             raise RunNotFoundError(f"run {run_id} not found")
         return view
 
-    @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK)
+    @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK, responses=errors(404))
     async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
         """Cancel queued jobs and stop the running one (its runner is told at once)."""
         run, running = await blocking(ledger.cancel_run, _uuid(run_id), principal_of(request))
@@ -181,14 +190,14 @@ class RunsController(Controller):
             await control.stop(str(running.id), running.attempt)
         return CancelResponse(run_id=str(run.id), status=run.status.value)
 
-    @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED)
+    @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED, responses=errors(404))
     async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
         """A new run of the same commit."""
         new_run_id = await blocking(ledger.rerun, _uuid(run_id), principal_of(request))
         new_run = await blocking(ledger.get_run, new_run_id, principal_of(request))
         return RerunResponse(run_id=str(new_run_id), rerun_of=_uuid(run_id), rerun=new_run.rerun)
 
-    @get("/runs/{run_id:str}/events", operation_id="getRunEvents")
+    @get("/runs/{run_id:str}/events", operation_id="getRunEvents", responses=errors(404))
     async def run_events(
         self, request: Request, run_id: str, ledger: LedgerApp, job_id: str | None = None, type: str | None = None
     ) -> EventList:
@@ -202,7 +211,8 @@ class RunsController(Controller):
             events = [e for e in events if e.type == type]
         return EventList(run_id=str(run.id), events=events)
 
-    @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8")
+    @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8",
+         responses=errors(404))
     async def job_log(
         self,
         request: Request,

@@ -16,7 +16,7 @@ class InvalidAsOfError(DomainError):
 
 def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
     """`as_of` is a version number (`7`) or an RFC 3339 time (`2026-11-28T14:02:00Z`)."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit() and len(value) <= 18:  # not "²", nor a 5000-digit int()
         return int(value), None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -101,7 +101,8 @@ class GitMirrors:
     def _clone(self, clone_url: str, mirror: Path) -> None:
         partial = mirror.with_name(mirror.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        _git(["clone", "--quiet", "--mirror", clone_url, str(partial)], timeout=self.fetch_timeout)
+        # "--": a clone URL that starts with "-" is a URL, never an option.
+        _git(["clone", "--quiet", "--mirror", "--", clone_url, str(partial)], timeout=self.fetch_timeout)
         partial.rename(mirror)  # atomic: readers never see a half-made mirror
 
     @contextmanager
