@@ -30,6 +30,9 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION = re.compile(r"(\d{1,18})([smh]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _MEMORY = re.compile(r"(\d{1,18})[kmg]?", re.IGNORECASE)
+_MEMORY_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, **dict.fromkeys("0123456789", 1)}
+MAX_CPUS = 1024.0  # more than any machine a job runs on: a larger number is a mistake
+MAX_MEMORY_BYTES = 1024**4
 _IDENTIFIER_RULE = 'use letters, digits and "_", not starting with a digit'
 
 When = Literal["on_success", "on_failure", "always"]
@@ -63,7 +66,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class _RawResources(msgspec.Struct, forbid_unknown_fields=True):
-    cpus: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    cpus: Annotated[float, msgspec.Meta(gt=0, le=MAX_CPUS)] | None = None  # .inf and NaN are refused too
     memory: str | int | None = None
 
 
@@ -264,6 +267,8 @@ def _resources(raw: _RawResources | None, path: Path, at: Located) -> Resources 
                 (*path, "memory"),
                 at,
             )
+        if int(match[1]) * _MEMORY_UNITS[memory[-1].lower()] > MAX_MEMORY_BYTES:
+            raise _error(f'memory is at most 1024g, got "{memory}"', (*path, "memory"), at)
     return Resources(cpus=raw.cpus, memory=memory)
 
 

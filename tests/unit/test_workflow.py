@@ -552,3 +552,13 @@ def test_valid_workflows_round_trip_through_yaml(jobs: list[dict], image: str | 
     assert [j.env for j in workflow.jobs] == [
         {k: as_env_text(v) for k, v in job.get("env", {}).items()} for job in jobs
     ]
+
+
+@pytest.mark.parametrize("resources", ["{cpus: .inf}", "{cpus: .nan}", "{cpus: 1e400}", "{cpus: 2000}",
+                                       "{memory: 2000g}", "{memory: 999999999999999999}"])
+def test_resources_beyond_any_machine_are_refused_with_their_line(resources: str) -> None:
+    text = f"jobs:\n  - name: a\n    run: x\n    resources: {resources}\n"
+    with pytest.raises(InvalidWorkflowError) as refused:
+        parse_workflow(text.encode())
+    assert refused.value.line == 4
+    assert refused.value.field.startswith("jobs[0].resources") or "resources" in str(refused.value)
