@@ -59,3 +59,11 @@ class InvalidWorkflowError(DomainError):
             where.append(f"field {field}")
         prefix = ", ".join(where)
         super().__init__(f".ledgerci.yml {prefix}: {message}" if prefix else f".ledgerci.yml: {message}")
+
+
+class InvalidSecretError(DomainError):
+    """A secret's name or value breaks the rules of domain.secrets."""
+
+
+class SecretsUnavailableError(DomainError):
+    """Secrets cannot be used here: no LEDGERCI_SECRET_KEY, or a stored one no key decrypts."""

@@ -9,12 +9,58 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import msgspec
 from eventsourcing.domain import Aggregate
 
 from domain.ids import repository_aggregate_id, tenant_aggregate_id, token_aggregate_id
 
 
-class Tenant(Aggregate):
+class StoredSecret(msgspec.Struct, frozen=True):
+    """A secret as its owner holds it: ciphertext (sealing.at_rest), and who set it when."""
+
+    ciphertext: str
+    set_at: datetime
+    set_by: str
+
+
+class SecretHolder(Aggregate):
+    """Secrets of a tenant or a repository, held as ciphertext in the owner's own stream.
+
+    eventsourcing gives each subclass its own copy of these event classes (`Tenant.SecretSet`,
+    `Repository.SecretSet`), so each owner's history names its own events. Setting a secret is
+    recorded every time (a new ciphertext cannot be compared with the old one); deleting one
+    that is not there records nothing.
+    """
+
+    # Each subclass's __init__ sets `self.secrets: dict[str, StoredSecret]`, name to secret (no
+    # class annotation: eventsourcing would read one as a field of the aggregate's Created event).
+
+    def set_secret(self, name: str, ciphertext: str, at: datetime, actor: str) -> None:
+        self.trigger_event(self.SecretSet, timestamp=at, name=name, ciphertext=ciphertext, actor=actor)
+
+    def delete_secret(self, name: str, at: datetime, actor: str) -> bool:
+        if name not in self.secrets:
+            return False
+        self.trigger_event(self.SecretDeleted, timestamp=at, name=name, actor=actor)
+        return True
+
+    class SecretSet(Aggregate.Event):
+        name: str
+        ciphertext: str  # never the value: encrypted before the aggregate sees it
+        actor: str
+
+        def apply(self, holder: SecretHolder) -> None:
+            holder.secrets[self.name] = StoredSecret(self.ciphertext, self.timestamp, self.actor)
+
+    class SecretDeleted(Aggregate.Event):
+        name: str
+        actor: str
+
+        def apply(self, holder: SecretHolder) -> None:
+            holder.secrets.pop(self.name, None)
+
+
+class Tenant(SecretHolder):
     class TenantCreated(Aggregate.Created):
         tenant_id: str
         name: str
@@ -40,6 +86,7 @@ class Tenant(Aggregate):
         self.max_concurrent_jobs = max_concurrent_jobs
         self.max_queued_runs = max_queued_runs
         self.pushes_per_minute = pushes_per_minute
+        self.secrets: dict[str, StoredSecret] = {}
 
     @classmethod
     def create(
@@ -121,7 +168,7 @@ class Token(Aggregate):
             token.revoked = True
 
 
-class Repository(Aggregate):
+class Repository(SecretHolder):
     class RepositoryRegistered(Aggregate.Created):
         repository_id: str
         tenant_id: str
@@ -132,6 +179,7 @@ class Repository(Aggregate):
         self.repository_id = repository_id
         self.tenant_id = tenant_id
         self.clone_url = clone_url
+        self.secrets: dict[str, StoredSecret] = {}
 
     @classmethod
     def register(
