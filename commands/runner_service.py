@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from commands.app import CommandResult, LedgerApp
 from commands.metrics import observe_claimed, observe_finished
 from commands.scheduler import publish_dispatch
+from commands.secrets import SecretBook
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
     FINISH_JOB_SUBJECT,
@@ -36,8 +37,11 @@ from domain.run import Job
 log = logging.getLogger(__name__)
 
 
-async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -> None:
+async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event,
+                                secrets: SecretBook | None = None) -> None:
     js = nc.jetstream()
+    # Without a book of its own (no LEDGERCI_SECRET_KEY), a job that lists secrets fails saying so.
+    book = secrets or SecretBook(app, None)
 
     # nats-py runs one callback at a time per subscription; commands of different runs are
     # independent, so each gets its own task and they overlap in worker threads.
@@ -50,7 +54,7 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event) -
 
     async def on_start(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=StartJob)
-        spawn(message, lambda: _observed(app.start_job(command), observe_claimed))
+        spawn(message, lambda: book.seal_for_claim(command, _observed(app.start_job(command), observe_claimed)))
 
     async def on_heartbeat(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=Heartbeat)

@@ -35,8 +35,10 @@ class SecretHolder(Aggregate):
     # Each subclass's __init__ sets `self.secrets: dict[str, StoredSecret]`, name to secret (no
     # class annotation: eventsourcing would read one as a field of the aggregate's Created event).
 
-    def set_secret(self, name: str, ciphertext: str, at: datetime, actor: str) -> None:
+    def set_secret(self, name: str, ciphertext: str, at: datetime, actor: str) -> bool:
+        """Always recorded: a new ciphertext of the same value cannot be told from another value."""
         self.trigger_event(self.SecretSet, timestamp=at, name=name, ciphertext=ciphertext, actor=actor)
+        return True
 
     def delete_secret(self, name: str, at: datetime, actor: str) -> bool:
         if name not in self.secrets:

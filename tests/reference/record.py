@@ -22,9 +22,12 @@ from uuid import UUID
 
 from commands.app import LedgerApp, Principal
 from commands.schema import create_event_store
+from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
 from domain.ids import token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
+from domain.secrets import Scope
+from sealing import Keyring
 from tests.reference.state import aggregate_state
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -63,6 +66,14 @@ ONE_JOB = b"""jobs:
     retries: 1
     timeout: 30s
 """
+
+WITH_SECRETS = b"""jobs:
+  - name: deploy
+    run: ./deploy.sh
+    secrets: [DEPLOY_TOKEN, REGISTRY_PASSWORD]
+"""
+# A fixed key, so that the recorded ciphertexts stay readable to whoever studies them.
+KEYRING = Keyring([bytes(range(32))])
 
 
 # Where each runner of the stories runs: (executor, pool), recorded in JobStarted since v2.
@@ -212,6 +223,23 @@ def skipped_and_invalid(story: Story) -> None:
     story.push(b"jobs:\n  - name: a\n    runs: x\n")
 
 
+def secrets_of_tenant_and_repository(story: Story) -> None:
+    """Secrets set, set again (a new value), deleted, on both owners; a job that lists two."""
+    book = SecretBook(story.app, KEYRING)
+    book.set(Scope.TENANT, "acme", "REGISTRY_PASSWORD", "tenant-wide-password", ADMIN)
+    book.set(Scope.TENANT, "acme", "DEPLOY_TOKEN", "overridden-by-the-repository", ADMIN)
+    book.set(Scope.TENANT, "acme", "RETIRED", "retired-tenant-value", ADMIN)
+    story.clock.tick()
+    book.delete(Scope.TENANT, "acme", "RETIRED", ADMIN)
+    book.set(Scope.REPOSITORY, "web", "DEPLOY_TOKEN", "first-deploy-token", ADMIN)
+    story.clock.tick()
+    book.set(Scope.REPOSITORY, "web", "DEPLOY_TOKEN", "rotated-deploy-token", Principal("tenant:acme", "acme"))
+    book.set(Scope.REPOSITORY, "web", "OLD", "old-repository-value", ADMIN)
+    book.delete(Scope.REPOSITORY, "web", "OLD", ADMIN)
+    run_id = story.push(WITH_SECRETS)
+    story.run_job(run_id, 0)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -222,6 +250,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "cancelled_while_running": cancelled_while_running,
     "rerun": rerun,
     "skipped_and_invalid": skipped_and_invalid,
+    "secrets_of_tenant_and_repository": secrets_of_tenant_and_repository,
 }
 
 

@@ -1,0 +1,146 @@
+"""Secrets: set, listed and deleted by their owner's principal; resolved for a job's claim.
+
+Values are encrypted here, before any event is made, and decrypted only to be sealed to the
+runner that holds the job's current attempt (sealing.to_runner). Plain text never reaches an
+event, a read model, a log line or a NATS message; this module never logs a value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import NamedTuple
+from uuid import UUID
+
+import msgspec
+from eventsourcing.persistence import IntegrityError
+
+from commands.app import MAX_DECISION_ATTEMPTS, CommandResult, ConcurrencyError, LedgerApp, Principal
+from domain.errors import SecretsUnavailableError, TenantNotFoundError
+from domain.messages import StartJob
+from domain.registry import SecretHolder, StoredSecret
+from domain.run import Job, Run
+from domain.secrets import Scope, check_name, check_value, context, for_job
+from domain.status import JobStatus
+from sealing import Keyring, KeyringError, SealingError, seal
+
+# The command service reads runs and owners on the runner's behalf, for every tenant.
+_SERVICE = Principal("command-service", None)
+
+
+class SecretInfo(NamedTuple):
+    """What may be shown of a secret: never its value."""
+
+    name: str
+    scope: Scope
+    owner_id: str
+    set_at: datetime
+    set_by: str
+
+
+class SecretBook:
+    def __init__(self, app: LedgerApp, keyring: Keyring | None) -> None:
+        self.app = app
+        self.keyring = keyring
+
+    # ----- the owner's commands ----------------------------------------------------------------
+
+    def set(self, scope: Scope, owner_id: str, name: str, value: str, principal: Principal) -> SecretInfo:
+        check_name(name)
+        check_value(value)
+        keyring = self._keyring()
+        ciphertext = keyring.encrypt(value, context(scope, owner_id, name))
+        holder = self._change(scope, owner_id, principal,
+                              lambda h: h.set_secret(name, ciphertext, self.app.clock(), principal.name))
+        return _info(scope, owner_id, name, holder.secrets[name])
+
+    def delete(self, scope: Scope, owner_id: str, name: str, principal: Principal) -> None:
+        """Idempotent: deleting a secret that is not there changes nothing."""
+        check_name(name)
+        self._change(scope, owner_id, principal, lambda h: h.delete_secret(name, self.app.clock(), principal.name))
+
+    def list(self, scope: Scope, owner_id: str, principal: Principal) -> list[SecretInfo]:
+        holder = self._owner(scope, owner_id, principal)
+        return [_info(scope, owner_id, name, stored) for name, stored in sorted(holder.secrets.items())]
+
+    def _owner(self, scope: Scope, owner_id: str, principal: Principal) -> SecretHolder:
+        """The tenant or repository, if the principal may see it (else 404, as if absent)."""
+        if scope is Scope.REPOSITORY:
+            return self.app.get_repository(owner_id, principal)
+        if not principal.can_see(owner_id):
+            raise TenantNotFoundError(f"tenant {owner_id!r} not found")
+        return self.app.get_tenant(owner_id)
+
+    def _change(self, scope: Scope, owner_id: str, principal: Principal,
+                decide: Callable[[SecretHolder], bool]) -> SecretHolder:
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            holder = self._owner(scope, owner_id, principal)
+            if not decide(holder):
+                return holder
+            try:
+                self.app.save(holder)
+            except IntegrityError:
+                continue  # changed meanwhile (a quota, another secret): decide again
+            return holder
+        raise ConcurrencyError(f"{scope.value} {owner_id!r}: too many concurrent changes")
+
+    def _keyring(self) -> Keyring:
+        if self.keyring is None:
+            raise SecretsUnavailableError("secrets are not configured here: LEDGERCI_SECRET_KEY is not set")
+        return self.keyring
+
+    # ----- a runner's claim ----------------------------------------------------------------------
+
+    def seal_for_claim(self, command: StartJob, result: CommandResult) -> CommandResult:
+        """The claim's reply with the job's secrets sealed to the claiming runner's key.
+
+        Only a granted claim gets them (the reply is ok only when this runner now holds the
+        current attempt), and only the names the job lists. A job asking for a secret that
+        is set nowhere gets `secrets_error` instead, and its runner fails it with that
+        message: running it without would fail later and less clearly, or worse, succeed.
+        """
+        if not result.reply.ok:
+            return result
+        # Most jobs list no secrets: a fresh claim's changed job says so without reading the run.
+        if result.changed is not None and not result.changed.spec.secrets:
+            return result
+        run = self.app.get_run(UUID(command.run_id), _SERVICE)
+        job = run.job(command.job_id)
+        if not job.spec.secrets:
+            return result
+        if job.status is not JobStatus.RUNNING or job.attempt != command.attempt or job.runner_id != command.runner_id:
+            return result  # the attempt moved on since the claim (cancelled at once): give nothing
+        try:
+            sealed = self._seal(command, run, job)
+        except SecretsUnavailableError as unavailable:
+            return result._replace(reply=msgspec.structs.replace(result.reply, secrets_error=str(unavailable)))
+        return result._replace(reply=msgspec.structs.replace(result.reply, secrets=sealed))
+
+    def _seal(self, command: StartJob, run: Run, job: Job) -> str:
+        if command.seal_to is None:
+            raise SecretsUnavailableError("this runner sent no key to seal secrets to; it predates secrets")
+        keyring = self._keyring()
+        tenant = self.app.get_tenant(run.tenant_id)
+        repository = self.app.get_repository(run.repository_id, _SERVICE)
+        chosen, missing = for_job(
+            job.spec.secrets,
+            tenant={name: (Scope.TENANT, run.tenant_id, s) for name, s in tenant.secrets.items()},
+            repository={name: (Scope.REPOSITORY, run.repository_id, s) for name, s in repository.secrets.items()},
+        )
+        if missing:
+            raise SecretsUnavailableError(
+                f"secret{'s' if len(missing) > 1 else ''} {', '.join(missing)} not set for repository "
+                f"{run.repository_id} or tenant {run.tenant_id}"
+            )
+        try:
+            values = {name: keyring.decrypt(stored.ciphertext, context(scope, owner, name))
+                      for name, (scope, owner, stored) in chosen.items()}
+            return seal(values, command.seal_to, f"{command.job_id}:{command.attempt}")
+        except KeyringError as failed:
+            raise SecretsUnavailableError(f"a secret of this job cannot be decrypted: {failed}") from None
+        except SealingError as failed:
+            raise SecretsUnavailableError(f"cannot seal secrets to this runner's key: {failed}") from None
+
+
+def _info(scope: Scope, owner_id: str, name: str, stored: StoredSecret) -> SecretInfo:
+    return SecretInfo(name=name, scope=scope, owner_id=owner_id, set_at=stored.set_at, set_by=stored.set_by)
