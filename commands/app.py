@@ -418,7 +418,7 @@ class LedgerApp(Application):
             tenant_id=run.tenant_id, repository_id=run.repository_id, clone_url=run.clone_url,
             commit=run.commit, ref=run.ref, script=job.spec.run, env=dict(job.spec.env),
             image=job.spec.image, timeout_seconds=job.spec.timeout_seconds,
-            idempotency_key=f"{run.id}:{job.id}",
+            idempotency_key=f"{run.id}:{job.id}", resources=job.spec.resources,
         )
 
     # ----- runner commands (fenced by attempt) ------------------------------------------------

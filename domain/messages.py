@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from domain.workflow import Resources
+
 # JetStream streams and their subjects.
 EVENTS_STREAM = "LEDGERCI_EVENTS"
 # ledgerci.events.<AggregateType>.<aggregate id>.<EventType>: a live view of one run subscribes
@@ -95,6 +97,7 @@ class JobDispatch(Message, frozen=True):
     timeout_seconds: int
     # Stable across attempts of one job, so a script can make its own side effects idempotent.
     idempotency_key: str
+    resources: Resources | None = None  # limits the Docker executor applies, within the runner's caps
 
 
 class StartJob(Message, frozen=True):
@@ -104,6 +107,9 @@ class StartJob(Message, frozen=True):
     runner_id: str
     executor: str = "local"
     pool: str = "default"
+    # The runner's X25519 public key for this claim (base64url): the job's secrets come back
+    # sealed to it (sealing.to_runner), so the NATS traffic never carries them in the clear.
+    seal_to: str | None = None
 
 
 class Heartbeat(Message, frozen=True):
@@ -141,3 +147,7 @@ class CommandReply(Message, frozen=True):
     # After a start or a heartbeat: the deadlines the runner must respect.
     lease_expires_at: datetime | None = None
     timeout_at: datetime | None = None
+    # After a start, for a job that lists `secrets`: their values sealed to the claim's
+    # `seal_to`, or why they cannot be given (then the runner fails the job with it).
+    secrets: str | None = None
+    secrets_error: str | None = None

@@ -43,6 +43,16 @@ class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cpus: float | None = None
     memory: str | None = None  # as written: "512m", "1g", "256k" or bytes
 
+    @property
+    def memory_bytes(self) -> int | None:
+        return None if self.memory is None else memory_bytes(self.memory)
+
+
+def memory_bytes(memory: str) -> int:
+    """ "512m" as bytes; `memory` is one the parser accepted (or a runner setting of that form)."""
+    digits = memory.rstrip("kmgKMG")
+    return int(digits) * _MEMORY_UNITS[memory[-1].lower()]
+
 
 class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     name: str
@@ -267,7 +277,7 @@ def _resources(raw: _RawResources | None, path: Path, at: Located) -> Resources 
                 (*path, "memory"),
                 at,
             )
-        if int(match[1]) * _MEMORY_UNITS[memory[-1].lower()] > MAX_MEMORY_BYTES:
+        if memory_bytes(memory) > MAX_MEMORY_BYTES:
             raise _error(f'memory is at most 1024g, got "{memory}"', (*path, "memory"), at)
     return Resources(cpus=raw.cpus, memory=memory)
 

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import msgspec
 
+from domain.workflow import Resources
+
 OutputSink = Callable[[bytes], Awaitable[None]]
 
 
@@ -22,6 +24,10 @@ class Execution(msgspec.Struct, frozen=True, kw_only=True):
     workdir: Path
     image: str | None
     timeout_seconds: float
+    resources: Resources | None = None  # what the job asks for; a container executor caps it
+    # Who the attempt belongs to (run, job, attempt, tenant): a container executor labels its
+    # containers with them, so they can be found, and removed, by what they ran.
+    labels: dict[str, str] = {}
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True):
