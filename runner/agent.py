@@ -256,7 +256,9 @@ class RunnerAgent:
             remaining = (timeout_at - _now()).total_seconds() if timeout_at else dispatch.timeout_seconds
             execution = Execution(
                 script=dispatch.script, env=job_environment(dispatch, workdir), workdir=workdir,
-                image=dispatch.image, timeout_seconds=max(remaining, 0.0),
+                image=dispatch.image, timeout_seconds=max(remaining, 0.0), resources=dispatch.resources,
+                labels={"run": dispatch.run_id, "job": dispatch.job_id, "attempt": str(dispatch.attempt),
+                        "tenant": dispatch.tenant_id},
             )
             outcome = await self.executor.run(execution, logs.write)
             if outcome.error:
