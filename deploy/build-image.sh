@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the ledgerci image from the working tree, with no registry and nothing fetched
+# inside `docker build`:
+#   1. the base image, made on this machine (deploy/base-image.sh) unless BASE_IMAGE names one;
+#   2. wheels of ledgerci and its dependencies, built on the host (`pip wheel`, from PyPI or
+#      pip's cache) into a fresh build context;
+#   3. `docker build` of deploy/Dockerfile with the classic builder (no BuildKit needed).
+#
+#   deploy/build-image.sh [TAG]      # default ledgerci:latest; prints the tag when done
+#
+# PYTHON picks the host interpreter that builds the wheels (default: the repository's .venv);
+# it must be the base image's Python version, since wheels with C extensions are built for one.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tag=${1:-ledgerci:latest}
+base=${BASE_IMAGE:-$("$repo/deploy/base-image.sh")}
+python=${PYTHON:-$repo/.venv/bin/python}
+[ -x "$python" ] || python=python3
+
+host_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+base_version=$(docker run --rm --entrypoint python3 "$base" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$host_version" != "$base_version" ]; then
+  echo "build-image.sh: $python is Python $host_version but $base has $base_version; set PYTHON" >&2
+  exit 1
+fi
+
+context=$(mktemp -d /tmp/ledgerci-image.XXXXXX)
+trap 'rm -rf "$context"' EXIT
+"$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" "$repo" >&2
+DOCKER_BUILDKIT=0 docker build --quiet --file "$repo/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" \
+  --tag "$tag" "$context" >&2
+echo "$tag"
