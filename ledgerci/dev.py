@@ -37,8 +37,10 @@ jobs:
 def run_dev(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
-    if args.executor == "docker":
-        print("ledgerci dev: the docker executor arrives with issue 6; using local", file=sys.stderr)
+    if args.executor == "docker" and not _docker_answers():
+        print("ledgerci dev: --executor docker needs a Docker engine that answers (is dockerd running?)",
+              file=sys.stderr)
+        return 1
     admin_token = os.environ.get("LEDGERCI_ADMIN_TOKEN") or _saved_token(data_dir)
     embedded = EmbeddedNats(data_dir / "nats")
     embedded.start()
@@ -50,7 +52,7 @@ def run_dev(args: argparse.Namespace) -> int:
         admin_token=admin_token,
         host=args.host,
         port=args.port,
-        executor="local",
+        executor=args.executor,
     )
     configure_logging(settings)
     url = f"http://{settings.host}:{settings.port}"
@@ -71,6 +73,19 @@ def run_dev(args: argparse.Namespace) -> int:
         return 130
     finally:
         embedded.stop()
+
+
+def _docker_answers() -> bool:
+    import docker  # only `--executor docker` needs it
+
+    try:
+        client = docker.from_env()
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except docker.errors.DockerException:
+        return False
 
 
 def _saved_token(data_dir: Path) -> str:

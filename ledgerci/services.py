@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import cast
 from uuid import UUID
 
 import nats
@@ -43,6 +44,8 @@ from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
 from runner.agent import RunnerAgent
+from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
+from runner.executor import Executor
 from runner.local import LocalExecutor
 
 log = logging.getLogger("ledgerci")
@@ -223,14 +226,31 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
 
 
 async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:
-    if settings.executor != "local":
-        raise SystemExit(f"executor {settings.executor!r} is not available yet: use local")
     agent = RunnerAgent(
-        nc, LocalExecutor(), runner_id=settings.runner_id, pool=settings.runner_pool,
+        nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
         stop_grace=settings.stop_grace_seconds,
     )
     await agent.run(stop)
+
+
+async def _executor(settings: Settings) -> Executor:
+    if settings.executor == "local":
+        return LocalExecutor()
+    if settings.executor != "docker":
+        raise SystemExit(f"LEDGERCI_EXECUTOR is {settings.executor!r}: use local or docker")
+    if settings.docker_pull not in PULL_POLICIES:
+        raise SystemExit(f"LEDGERCI_DOCKER_PULL is {settings.docker_pull!r}: use one of {', '.join(PULL_POLICIES)}")
+    executor = DockerExecutor(DockerSettings(
+        pull=cast(PullPolicy, settings.docker_pull), network=settings.docker_network, user=settings.docker_user,
+        default_image=settings.docker_default_image, pids_limit=settings.docker_pids_limit,
+        max_cpus=settings.docker_max_cpus, max_memory=settings.docker_max_memory, read_only=settings.docker_read_only,
+    ), runner_id=settings.runner_id)
+    # A previous life of this runner id may have died mid-job: its containers go before any new job.
+    removed = await executor.remove_leftovers()
+    log.info("docker executor ready (network %s, pull %s); removed %d left-over containers",
+             settings.docker_network, settings.docker_pull, removed)
+    return executor
 
 
 class _Server(uvicorn.Server):

@@ -36,7 +36,23 @@ class Settings:
     runner_id: str
     """LEDGERCI_RUNNER_ID: a runner's name in events (default host-pid)."""
     executor: str
-    """LEDGERCI_EXECUTOR: `local` (docker arrives with issue 6)."""
+    """LEDGERCI_EXECUTOR: `local` (a process under `sh -e`) or `docker` (a container per attempt)."""
+    docker_pull: str
+    """LEDGERCI_DOCKER_PULL: `if-not-present`, `never` (tests, air-gapped runners) or `always`."""
+    docker_network: str
+    """LEDGERCI_DOCKER_NETWORK: a job container's network: `none`, or a network the pool's operator fenced off."""
+    docker_user: str
+    """LEDGERCI_DOCKER_USER: uid[:gid] jobs run as (empty: 65534 for a root runner, else the runner's uid)."""
+    docker_default_image: str
+    """LEDGERCI_DOCKER_DEFAULT_IMAGE: the image of a job whose workflow names none."""
+    docker_pids_limit: int
+    """LEDGERCI_DOCKER_PIDS_LIMIT: processes one job container may have."""
+    docker_max_cpus: float
+    """LEDGERCI_DOCKER_MAX_CPUS: cap (and default) of a job's `resources.cpus`."""
+    docker_max_memory: str
+    """LEDGERCI_DOCKER_MAX_MEMORY: cap (and default) of a job's `resources.memory`, like "2g"."""
+    docker_read_only: bool
+    """LEDGERCI_DOCKER_READ_ONLY: a read-only root filesystem for jobs (/tmp and the workspace stay writable)."""
     lease_seconds: float
     """LEDGERCI_LEASE_SECONDS: how long a claim lasts without a heartbeat."""
     queue_timeout_seconds: float
@@ -89,6 +105,14 @@ class Settings:
             runner_slots=int(_env("LEDGERCI_RUNNER_SLOTS", "2")),
             runner_id=_env("LEDGERCI_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}"),
             executor=_env("LEDGERCI_EXECUTOR", "local"),
+            docker_pull=_env("LEDGERCI_DOCKER_PULL", "if-not-present"),
+            docker_network=_env("LEDGERCI_DOCKER_NETWORK", "none"),
+            docker_user=_env("LEDGERCI_DOCKER_USER", ""),
+            docker_default_image=_env("LEDGERCI_DOCKER_DEFAULT_IMAGE", "debian:bookworm-slim"),
+            docker_pids_limit=int(_env("LEDGERCI_DOCKER_PIDS_LIMIT", "512")),
+            docker_max_cpus=float(_env("LEDGERCI_DOCKER_MAX_CPUS", "2")),
+            docker_max_memory=_env("LEDGERCI_DOCKER_MAX_MEMORY", "2g"),
+            docker_read_only=_env("LEDGERCI_DOCKER_READ_ONLY", "true").lower() not in ("false", "0", "no"),
             lease_seconds=float(_env("LEDGERCI_LEASE_SECONDS", "30")),
             queue_timeout_seconds=float(_env("LEDGERCI_QUEUE_TIMEOUT_SECONDS", "3600")),
             reaper_interval_seconds=float(_env("LEDGERCI_REAPER_INTERVAL_SECONDS", "1")),
