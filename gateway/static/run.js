@@ -1,0 +1,186 @@
+// A run's page: its jobs change state as the run's stream reports each change (no re-fetching),
+// durations tick, and the log pane follows a job live. Without a job in the link it follows
+// the job that is running (then the last one that ran); `#/runs/<run>/jobs/<job>` pins one.
+
+import { api, refused, session } from "./api.js";
+import { FINAL, ago, badge, duration, fill, h, shortRef, shortSha } from "./dom.js";
+import { LogView, followLog } from "./log.js";
+import { followStream } from "./sse.js";
+
+const ACTIVITY_SHOWN = 200;
+
+/** The job to show when none is pinned: the running one, else the last that started, else the first. */
+function jobToFollow(jobs) {
+  const running = jobs.find((job) => job.status === "running");
+  if (running) return running;
+  const started = jobs.filter((job) => job.started_at);
+  return started.length ? started[started.length - 1] : jobs[0];
+}
+
+function jobLabel(job) {
+  return job.attempt > 1 ? `${job.name} (attempt ${job.attempt})` : job.name;
+}
+
+export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
+  let run = null;
+  let pinned = jobId;
+  let shownJob = null;
+  let logStream = null;
+  const events = new Map(); // version -> event: the history, then each streamed change, once
+
+  const head = h("section", { class: "run-head" }, h("p", { class: "muted" }, "Connecting…"));
+  const jobList = h("ol", { class: "jobs", "aria-label": "jobs" });
+  const logTitle = h("div", { class: "log-title" });
+  const logView = new LogView();
+  const activity = h("ol", { class: "activity" });
+  main.replaceChildren(h("div", { class: "run-page" },
+    head,
+    h("div", { class: "run-body" },
+      h("aside", {}, h("h2", {}, "Jobs"), jobList),
+      h("section", { class: "log-pane" }, logTitle, logView.element)),
+    h("details", { class: "activity-frame" }, h("summary", {}, "Activity (the run's events)"), activity)));
+
+  function renderHead() {
+    const final = FINAL.has(run.status);
+    const action = final
+      ? h("button", { type: "button", class: "secondary", onclick: rerun }, "Re-run")
+      : h("button", { type: "button", class: "danger", onclick: cancel }, "Cancel");
+    fill(head,
+      h("div", { class: "run-title" },
+        badge(run.status),
+        h("h1", {}, h("a", { href: `#/?repository=${encodeURIComponent(run.repository_id)}` }, run.repository_id),
+          " ", h("span", { class: "mono" }, shortSha(run.commit))),
+        action),
+      h("dl", { class: "facts" },
+        h("dt", {}, "Ref"), h("dd", {}, shortRef(run.ref)),
+        h("dt", {}, "Commit"), h("dd", { class: "mono" }, run.commit),
+        h("dt", {}, "Created"), h("dd", {}, ago(run.created_at)),
+        h("dt", {}, "Duration"), h("dd", {}, duration(run.created_at, run.finished_at))),
+      run.error ? h("p", { class: "problem" }, run.error) : null);
+  }
+
+  function renderJobs() {
+    if (!run.jobs.length) {
+      jobList.replaceChildren(h("li", { class: "muted" }, FINAL.has(run.status) ? "No jobs ran." : "Planning…"));
+      return;
+    }
+    jobList.replaceChildren(...run.jobs.map((job) => h("li", {},
+      h("a", {
+        href: `#/runs/${run.id}/jobs/${job.id}`, class: `job status-${job.status}`,
+        "data-job-id": job.id, "data-job-name": job.name, "data-status": job.status,
+        "aria-current": job.id === shownJob ? "true" : false,
+      }, badge(job.status), h("span", { class: "name" }, jobLabel(job)), duration(job.started_at, job.finished_at)))));
+  }
+
+  function renderLogTitle() {
+    const job = run.jobs.find((j) => j.id === shownJob);
+    if (!job) return;
+    fill(logTitle,
+      h("strong", {}, jobLabel(job)), badge(job.status), duration(job.started_at, job.finished_at),
+      job.exit_code !== null ? h("span", { class: "muted" }, `exit code ${job.exit_code}`) : null,
+      job.error ? h("span", { class: "problem-inline" }, job.error) : null,
+      h("span", { class: "spacer" }),
+      pinned ? h("a", { href: `#/runs/${run.id}`, title: "show whichever job is running" }, "Follow the run") : null,
+      h("a", { href: `#/jobs/${job.id}`, title: "a link to this log alone" }, "Log only"));
+  }
+
+  function showLog() {
+    const job = pinned ? run.jobs.find((j) => j.id === pinned) : jobToFollow(run.jobs);
+    if (!job || job.id === shownJob) return;
+    logStream?.close();
+    logView.clear();
+    shownJob = job.id;
+    logStream = followLog(job.id, logView);
+  }
+
+  function render() {
+    renderHead();
+    showLog();
+    renderJobs();
+    renderLogTitle();
+    setCrumbs([["Runs", "#/"], [run.repository_id, `#/?repository=${encodeURIComponent(run.repository_id)}`],
+      [`run ${shortSha(run.commit)}`, null]]);
+  }
+
+  function renderActivity() {
+    const names = new Map((run?.jobs || []).map((job) => [job.id, job.name]));
+    const recent = [...events.values()].sort((a, b) => b.version - a.version).slice(0, ACTIVITY_SHOWN);
+    fill(activity, recent.map((event) => h("li", {},
+      h("span", { class: "mono muted" }, `v${event.version}`),
+      h("time", { datetime: event.at, title: event.at }, new Date(event.at).toLocaleTimeString()),
+      h("strong", {}, event.type),
+      event.data?.job_id ? h("span", {}, names.get(event.data.job_id) || event.data.job_id) : null,
+      h("span", { class: "muted" }, event.actor || ""))));
+  }
+
+  async function loadHistory() {
+    try {
+      for (const event of (await api.events(runId)).events) events.set(event.version, event);
+      renderActivity();
+    } catch {
+      // The history is extra: the live view does not need it.
+    }
+  }
+
+  async function cancel() {
+    await api.cancel(run.id).catch((error) => window.alert(`Could not cancel: ${error.message}`));
+  }
+
+  async function rerun() {
+    try {
+      const answer = await api.rerun(run.id);
+      window.location.hash = `#/runs/${answer.run_id}`;
+    } catch (error) {
+      window.alert(`Could not re-run: ${error.message}`);
+    }
+  }
+
+  const runStream = followStream(api.runStream(runId), {
+    token: session.token,
+    onState: (state, error) => {
+      setConnection(state);
+      if (state !== "refused") return;
+      refused(error.status);
+      head.replaceChildren(h("p", { class: "problem" },
+        error.status === 404 ? "No such run (or it is another tenant's)." : `The run's stream refused: ${error.message}`));
+    },
+    onMessage: ({ event, data }) => {
+      if (event === "end") return; // the last change already carried the final state
+      const change = JSON.parse(data);
+      run = change.run;
+      if (change.event) events.set(change.event.version, change.event);
+      render();
+      renderActivity();
+    },
+  });
+  loadHistory();
+
+  return {
+    /** Another job of the same run: switch the log, keep the run's stream. */
+    update(next) {
+      if (next.name !== "run" || next.runId !== runId) return false;
+      pinned = next.jobId;
+      if (run) render();
+      return true;
+    },
+    dispose() {
+      runStream.close();
+      logStream?.close();
+    },
+  };
+}
+
+/** A job's log alone (`#/jobs/<id>`): for sharing a log; its status comes from the log's end. */
+export function mountJob(main, { jobId }, { setCrumbs, setConnection }) {
+  const logView = new LogView();
+  const state = h("span", {}, h("span", { class: "badge" }, "following"));
+  main.replaceChildren(h("div", { class: "job-page" },
+    h("div", { class: "log-title" }, h("strong", {}, `Job ${jobId.slice(0, 8)}`), state),
+    logView.element));
+  setCrumbs([["Runs", "#/"], [`job ${jobId.slice(0, 8)}`, null]]);
+  const stream = followLog(jobId, logView, {
+    onState: setConnection,
+    onEnd: (end) => state.replaceChildren(badge(end.status)),
+  });
+  return { dispose: () => stream.close() };
+}
