@@ -1,0 +1,264 @@
+"""The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against
+every service as its own process. Sign in with a tenant token, push, and watch the run page
+change without a reload while the log follows the job's output.
+
+Screenshots of the run page (a job running, then the run done) are kept in LEDGERCI_TEST_ARTIFACTS
+(default tests/artifacts/)."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+
+from gateway.dashboard import STATIC_DIR
+from tests.support.api import Api
+from tests.support.git_repo import GitRepo
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads nothing
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(os.environ.get("LEDGERCI_TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
+
+# The first job prints a line a second for about ten seconds (colours, and markup that must stay
+# text); the second prints quickly. The run page must show both turning green on its own.
+WORKFLOW = r"""
+jobs:
+  - name: slow
+    run: |
+      echo "step 1"
+      sleep 1
+      printf '\033[32mstep 2 in green\033[0m then \033[1;91mbold bright red\033[0m\n'
+      sleep 1
+      echo '<b>step 3 stays text</b>'
+      for n in 4 5 6 7 8 9; do sleep 1; echo "step $n"; done
+  - name: quick
+    run: echo "quick ran"
+"""
+
+SLOW_RUNNING_WITH_A_LINE_SHOWN = """() => {
+  const job = document.querySelector('a.job[data-job-name="slow"]');
+  const log = document.querySelector('.log');
+  return job?.dataset.status === 'running' && log?.textContent.includes('step 2 in green');
+}"""
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def sign_in(page: Page, url: str, token: str) -> None:
+    page.goto(f"{url}/")
+    page.fill("#token", token)
+    page.click("form.sign-in button[type=submit]")
+    expect(page.locator(".runs-page")).to_be_visible()
+
+
+def keep_screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"dashboard screenshot: {path}")
+
+
+def test_run_page_turns_jobs_green_and_follows_the_log_without_a_reload(tmp_path: Path, admin: Api,
+                                                                       browser: Browser) -> None:
+    tenant_id, token = admin.tenant()
+    repo = GitRepo(tmp_path / "repo")
+    commit = repo.commit({".ledgerci.yml": WORKFLOW})
+    repository_id = admin.repository(tenant_id, repo.clone_url)
+    tenant = Api(admin.url, token)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page_errors: list[str] = []
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    page.on("console", lambda message: _keep_errors(message, page_errors))
+    try:
+        sign_in(page, admin.url, token)
+        page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
+        run_id = tenant.push(repository_id, commit).json()["run_id"]
+
+        # The list picks the new run up by itself; its repository appears with it.
+        row = page.locator(f'tr[data-run="{run_id}"]')
+        expect(row).to_be_visible(timeout=15_000)
+        expect(page.locator(f'.repos a[data-repository="{repository_id}"]')).to_be_visible()
+        row.click()
+        expect(page).to_have_url(re.compile(f"#/runs/{run_id}$"))
+
+        # A line the job printed is on the page while the page still says the job is running.
+        page.wait_for_function(SLOW_RUNNING_WITH_A_LINE_SHOWN, timeout=20_000)
+        seen_while_running = datetime.now(UTC)
+        keep_screenshot(page, "dashboard-running")
+        log = page.locator(".log")
+        expect(log.locator(".ansi-fg-2", has_text="step 2 in green")).to_be_visible()
+        expect(log.locator(".ansi-fg-9.ansi-bold", has_text="bold bright red")).to_be_visible()
+        expect(log).to_contain_text("<b>step 3 stays text</b>")
+        assert log.locator("b").count() == 0, "log text was parsed as markup"
+
+        for name in ("slow", "quick"):
+            job = page.locator(f'a.job[data-job-name="{name}"]')
+            expect(job).to_have_attribute("data-status", "succeeded", timeout=30_000)
+            assert job.locator(".badge").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(26, 127, 55)"
+        expect(page.locator(".run-head .badge")).to_have_attribute("data-status", "succeeded")
+        expect(log).to_contain_text("quick ran")  # the pane followed the run to its next job
+        expect(log).to_contain_text("job succeeded")  # the log stream's end
+        assert page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    finally:
+        keep_screenshot(page, "dashboard-run")
+        page.close()
+
+    slow = tenant.run(run_id)["jobs"][0]
+    assert seen_while_running < datetime.fromisoformat(slow["finished_at"]), "the line was seen only after the job"
+    assert page_errors == []
+
+
+def _keep_errors(message: ConsoleMessage, errors: list[str]) -> None:
+    if message.type == "error":
+        errors.append(message.text)
+
+
+# The pieces of the page on their own, in the same browser: the files served as they are, plus
+# an event stream that drops its client once, to see it come back with Last-Event-ID.
+
+
+class StaticAndDroppingStream(SimpleHTTPRequestHandler):
+    resumed_with: list[str | None]
+
+    def do_GET(self) -> None:
+        if self.path != "/drops-once":
+            super().do_GET()
+            return
+        self.resumed_with.append(self.headers.get("Last-Event-ID"))
+        first = len(self.resumed_with) == 1
+        body = (b"retry: 50\nid: 1-5\nevent: log\ndata: first\n\n" if first
+                else b": resumed\nid: 1-9\nevent: end\ndata: done\n\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(body)))  # then the connection ends: a drop
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def modules_page(browser: Browser) -> Iterator[tuple[Page, list[str | None]]]:
+    resumed_with: list[str | None] = []
+    handler = type("Handler", (StaticAndDroppingStream,), {"resumed_with": resumed_with})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(STATIC_DIR)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    page = browser.new_page()
+    try:
+        page.goto(f"http://127.0.0.1:{server.server_port}/style.css")
+        page.set_content('<link rel="stylesheet" href="/style.css"><div id="root"></div>')
+        yield page, resumed_with
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_event_stream_parser_follows_the_standard_across_chunk_boundaries(modules_page) -> None:
+    page, _ = modules_page
+    parsed = page.evaluate("""async () => {
+      const { EventStreamParser } = await import("/sse.js");
+      const parser = new EventStreamParser();
+      const chunks = ["\\uFEFFid: 3\\r", "\\nevent: run\\ndata: {\\"a\\":1}\\n\\n: keep-alive\\n\\n",
+                      "retry: 2500\\ndata: x\\ndata:y\\n\\nretry: soon\\nid: 7\\nevent: end\\nda",
+                      "ta: done\\r\\n\\r\\n",
+                      "id\\nevent: ignored-without-data\\n\\n"];
+      const messages = chunks.flatMap((chunk) => parser.feed(chunk));
+      return { messages, lastEventId: parser.lastEventId, retry: parser.retry };
+    }""")
+    assert parsed == {
+        "messages": [{"event": "run", "data": '{"a":1}', "id": "3"},
+                     {"event": "message", "data": "x\ny", "id": "3"},
+                     {"event": "end", "data": "done", "id": "7"}],
+        "lastEventId": "",  # a bare `id` line resets it
+        "retry": 2500,  # `retry: soon` is not a number: ignored
+    }
+
+
+def test_a_dropped_stream_reconnects_with_last_event_id_after_the_retry_hint(modules_page) -> None:
+    page, resumed_with = modules_page
+    seen = page.evaluate("""() => new Promise(async (resolve) => {
+      const { followStream } = await import("/sse.js");
+      const events = [];
+      const onState = (state) => {
+        events.push(state);
+        if (state === "ended") resolve(events);
+      };
+      followStream("/drops-once", { token: "t", onMessage: (m) => events.push([m.event, m.data, m.id]), onState });
+    })""")
+    assert seen == ["connecting", "live", ["log", "first", "1-5"], "reconnecting", "live", ["end", "done", "1-9"],
+                    "ended"]
+    assert resumed_with == [None, "1-5"]
+
+
+def test_ansi_colours_render_as_styled_text_never_as_markup(modules_page) -> None:
+    page, _ = modules_page
+    rendered = page.evaluate("""async () => {
+      const { AnsiRenderer } = await import("/ansi.js");
+      const renderer = new AnsiRenderer();
+      const root = document.getElementById("root");
+      // Escape sequences cut by chunk boundaries; markup; a cursor sequence to drop; 256 colours.
+      for (const chunk of ["plain \\x1b[3", "2mgreen\\x1b[0m <img src=x onerror=alert(1)> \\x1b[1;9",
+                           "4mbold bright blue\\x1b[22m still blue\\x1b[39m\\x1b[K default \\x1b",
+                           "[38;5;196mred256\\x1b[0m\\n"]) {
+        root.append(renderer.render(chunk));
+      }
+      return { text: root.textContent, images: root.querySelectorAll("img").length,
+               spans: [...root.querySelectorAll("span")].map((s) => [s.className, s.textContent, s.style.color]) };
+    }""")
+    assert rendered["text"] == "plain green <img src=x onerror=alert(1)> bold bright blue still blue default red256\n"
+    assert rendered["images"] == 0
+    assert rendered["spans"] == [["ansi-fg-2", "green", ""], ["ansi-fg-12 ansi-bold", "bold bright blue", ""],
+                                 ["ansi-fg-12", " still blue", ""], ["", "red256", "rgb(255, 0, 0)"]]
+
+
+def test_log_auto_scroll_stops_when_scrolled_up_and_resumes_at_the_bottom(modules_page) -> None:
+    page, _ = modules_page
+    page.evaluate("""async () => {
+      const { LogView } = await import("/log.js");
+      window.view = new LogView();
+      view.output.style.height = "200px";
+      document.getElementById("root").append(view.element);
+      window.lines = (from, to) => { for (let i = from; i < to; i++) view.append(`line ${i}\\n`); };
+      window.gap = () => view.output.scrollHeight - view.output.scrollTop - view.output.clientHeight;
+      lines(0, 100);
+    }""")
+    assert page.evaluate("gap()") <= 1, "it follows the end from the start"
+    page.locator(".log").hover()
+    page.mouse.wheel(0, -600)  # the reader scrolls up
+    expect(page.locator(".follow")).to_be_visible()
+    top = page.evaluate("view.output.scrollTop")
+    page.evaluate("lines(100, 200)")
+    assert page.evaluate("view.output.scrollTop") == top, "new lines pulled the reader away"
+    page.mouse.wheel(0, 100_000)  # back to the bottom: following again
+    expect(page.locator(".follow")).to_be_hidden()
+    page.evaluate("lines(200, 300)")
+    assert page.evaluate("gap()") <= 1
+    page.evaluate("view.output.scrollTop = 0")
+    expect(page.locator(".follow")).to_be_visible()
+    page.click(".follow")
+    page.evaluate("lines(300, 310)")
+    assert page.evaluate("gap()") <= 1
