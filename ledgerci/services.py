@@ -20,7 +20,6 @@ import nats
 import psycopg
 import uvicorn
 from nats.aio.client import Client as NATS
-from prometheus_client import start_http_server
 
 from commands.app import LedgerApp, Timing
 from commands.dead_letter import serve_dead_letters
@@ -35,6 +34,7 @@ from domain.messages import EVENTS_SUBJECT_PREFIX
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
+from ledgerci.health import Probes, nats_connected, serving
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
 from projections.queries import DeadlineQueries, RunQueries
@@ -343,15 +343,23 @@ async def grant_role(settings: Settings, role: str) -> None:
 # ----- entry points ----------------------------------------------------------------------------
 
 async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> None:
-    """One service per process (`ledgerci relay|projector|scheduler|runner|gateway`)."""
-    if settings.metrics_port and name != "gateway":  # the gateway serves /metrics on its own port
-        start_http_server(settings.metrics_port, addr=settings.host)
+    """One service per process (`ledgerci relay|projector|scheduler|runner|gateway`).
+
+    With LEDGERCI_METRICS_PORT, every one but the gateway (which has its own port) serves
+    /healthz, /readyz and /metrics there: ready once NATS is connected and, but for the runner,
+    the store answers; not ready again while either is away."""
+    probes = Probes(needs=("nats",) if name == "runner" else ("nats", "store"))
+    probes.watch_loop(asyncio.get_running_loop())
     async with AsyncExitStack() as stack:
+        if settings.metrics_port and name != "gateway":
+            stack.enter_context(serving(probes, settings.host, settings.metrics_port))
         nc = await stack.enter_async_context(nats_connection(settings, f"ledgerci-{name}"))
+        probes.add("nats", nats_connected(nc))
         if name == "runner":  # the runner never opens the database
             await runner_service(settings, stop, nc)
             return
         ledger, db = await stack.enter_async_context(store(settings))
+        probes.add("store", lambda: db.query("SELECT 1"))
         if name == "relay":
             await relay_service(settings, stop, ledger, nc)
         elif name == "projector":
