@@ -128,6 +128,17 @@ def test_run_page_turns_jobs_green_and_follows_the_log_without_a_reload(tmp_path
     assert page_errors == []
 
 
+def test_the_page_is_public_its_data_is_not_and_it_stays_out_of_the_schema(admin: Api) -> None:
+    anonymous = admin.as_token(None)
+    page = anonymous.get("/")
+    assert page.status_code == 200 and "/dashboard/app.js" in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert anonymous.get("/dashboard/app.js").status_code == 200
+    assert anonymous.get("/api/v1/runs").status_code == 401
+    paths = admin.http.get("/schema/openapi.json").json()["paths"]
+    assert not [path for path in paths if path == "/" or path.startswith("/dashboard")]
+
+
 def _keep_errors(message: ConsoleMessage, errors: list[str]) -> None:
     if message.type == "error":
         errors.append(message.text)
