@@ -20,7 +20,7 @@ from domain.errors import SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
 from domain.registry import SecretHolder, StoredSecret
 from domain.run import Job, Run
-from domain.secrets import Scope, check_name, check_value, context, for_job
+from domain.secrets import Scope, check_name, check_value, context, for_job, sealed_for
 from domain.status import JobStatus
 from sealing import Keyring, KeyringError, SealingError, seal
 
@@ -135,7 +135,7 @@ class SecretBook:
         try:
             values = {name: keyring.decrypt(stored.ciphertext, context(scope, owner, name))
                       for name, (scope, owner, stored) in chosen.items()}
-            return seal(values, command.seal_to, f"{command.job_id}:{command.attempt}")
+            return seal(values, command.seal_to, sealed_for(command.job_id, command.attempt))
         except KeyringError as failed:
             raise SecretsUnavailableError(f"a secret of this job cannot be decrypted: {failed}") from None
         except SealingError as failed:

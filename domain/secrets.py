@@ -15,14 +15,12 @@ from domain.errors import InvalidSecretError
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 _NAME = re.compile(NAME_PATTERN)
-# Names a job's environment already gives to ledgerci's own variables, which win anyway.
-_RESERVED = re.compile(r"^(CI|LEDGERCI(_.*)?)$")
 # The log masker replaces every occurrence of a value: a value of 1-3 characters would also
 # turn every "a", "ok" or "the" in the log into "***", hiding the log rather than the secret.
 MIN_VALUE_CHARS = 4
-# An environment variable's text is limited by the kernel (128 KiB per string on Linux);
-# anything over a few KiB is a file and belongs in a volume, not in the environment.
-MAX_VALUE_BYTES = 32 * 1024
+# An environment variable's text is limited by the kernel (128 KiB per string on Linux): in
+# characters, so the API's schema can say it; 16 Ki characters are at most 64 KiB of UTF-8.
+MAX_VALUE_CHARS = 16 * 1024
 
 T = TypeVar("T")
 
@@ -38,8 +36,6 @@ def check_name(name: str) -> None:
             f"invalid secret name {name!r}: 1 to 128 letters, digits and \"_\", not starting with a digit "
             "(it becomes an environment variable)"
         )
-    if _RESERVED.fullmatch(name):
-        raise InvalidSecretError(f"secret name {name!r} is reserved for the variables ledgerci sets")
 
 
 def check_value(value: str) -> None:
@@ -48,8 +44,8 @@ def check_value(value: str) -> None:
             f"a secret must be at least {MIN_VALUE_CHARS} characters: shorter ones cannot be masked in logs "
             "without hiding ordinary text"
         )
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
-        raise InvalidSecretError(f"a secret is at most {MAX_VALUE_BYTES} bytes")
+    if len(value) > MAX_VALUE_CHARS:
+        raise InvalidSecretError(f"a secret is at most {MAX_VALUE_CHARS} characters")
     if "\0" in value:
         raise InvalidSecretError("a secret cannot hold a NUL character (an environment variable cannot)")
 
@@ -72,3 +68,8 @@ def for_job(names: list[str], tenant: Mapping[str, T], repository: Mapping[str, 
         else:
             missing.append(name)
     return chosen, missing
+
+
+def sealed_for(job_id: str, attempt: int) -> str:
+    """What a claim's sealed secrets are bound to: they open only for this attempt."""
+    return f"{job_id}:{attempt}"

@@ -39,6 +39,8 @@ from domain.messages import (
 from gitcache import GitError, GitMirrors
 from runner.executor import Execution, Executor, Outcome
 from runner.logs import LogStream
+from runner.secrets import JobSecrets, open_secrets
+from sealing import Recipient
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ class Refused(Exception):
     """The command service refused the command: this attempt is not ours any more."""
 
 
-def job_environment(dispatch: JobDispatch, workdir: Path) -> dict[str, str]:
+def job_environment(dispatch: JobDispatch, workdir: Path, secrets: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of API.md, on a clean base: the runner's own variables never leak in."""
     base = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -70,8 +72,8 @@ def job_environment(dispatch: JobDispatch, workdir: Path) -> dict[str, str]:
         "LEDGERCI_COMMIT": dispatch.commit,
         "LEDGERCI_REF": dispatch.ref or "",
     }
-    # The file's env may not override what ledgerci itself promises the job.
-    return {**base, **dispatch.env, **ledgerci}
+    # The file's env and the secrets may not override what ledgerci itself promises the job.
+    return {**base, **dispatch.env, **(secrets or {}), **ledgerci}
 
 
 class RunnerAgent:
@@ -159,8 +161,11 @@ class RunnerAgent:
 
     async def handle(self, message: Msg) -> None:
         dispatch = msgspec.json.decode(message.data, type=JobDispatch)
+        # A key pair for this claim only: the job's secrets come back sealed to it.
+        recipient = Recipient()
         start = StartJob(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
-                         runner_id=self.runner_id, executor=self.executor.name, pool=self.pool)
+                         runner_id=self.runner_id, executor=self.executor.name, pool=self.pool,
+                         seal_to=recipient.public_key)
         try:
             claim = await self._command(START_JOB_SUBJECT, start)
         except Refused as refused:
@@ -173,7 +178,8 @@ class RunnerAgent:
         workdir = self.workspaces / f"{dispatch.job_id}-{dispatch.attempt}"
         keep_alive = asyncio.create_task(_keep_in_progress(message))
         try:
-            outcome = await self._run_fenced(dispatch, claim, workdir)
+            secrets = open_secrets(claim, recipient, dispatch.job_id, dispatch.attempt)
+            outcome = await self._run_fenced(dispatch, claim, workdir, secrets)
             if outcome is not None:
                 await self._report(dispatch, outcome)
         finally:
@@ -183,7 +189,8 @@ class RunnerAgent:
         # service refuses (the attempt has ended), and the message is acked then.
         self._in_background(self._finish_message(message, workdir))
 
-    async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path) -> Outcome | None:
+    async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path,
+                          secrets: JobSecrets) -> Outcome | None:
         """Run the attempt while it is ours. None: it stopped being ours, and was killed."""
         stopped = asyncio.Event()
         reason: list[str] = []
@@ -193,7 +200,7 @@ class RunnerAgent:
             stopped.set()
 
         control = await self.nc.subscribe(control_subject(dispatch.job_id, dispatch.attempt), cb=on_control)
-        execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at))
+        execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at, secrets))
         guard = asyncio.create_task(self._guard(dispatch, claim.lease_expires_at, stopped, reason))
         stop_wait = asyncio.create_task(stopped.wait())
         grace_over = asyncio.create_task(self._hand_back_now.wait())
@@ -241,9 +248,13 @@ class RunnerAgent:
                     stopped.set()
                     return
 
-    async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None) -> Outcome:
-        logs = LogStream(self.js, dispatch.job_id, dispatch.attempt)
+    async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None,
+                       secrets: JobSecrets) -> Outcome:
+        logs = LogStream(self.js, dispatch.job_id, dispatch.attempt, secrets=tuple(secrets.values.values()))
         try:
+            if secrets.error:  # e.g. a secret the job lists is set nowhere: fail it before it runs
+                await logs.write(f"ledgerci: {secrets.error}\n".encode())
+                return Outcome(exit_code=None, error=secrets.error)
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -255,7 +266,7 @@ class RunnerAgent:
             # checkout or a slot counts.
             remaining = (timeout_at - _now()).total_seconds() if timeout_at else dispatch.timeout_seconds
             execution = Execution(
-                script=dispatch.script, env=job_environment(dispatch, workdir), workdir=workdir,
+                script=dispatch.script, env=job_environment(dispatch, workdir, secrets.values), workdir=workdir,
                 image=dispatch.image, timeout_seconds=max(remaining, 0.0), resources=dispatch.resources,
                 labels={"run": dispatch.run_id, "job": dispatch.job_id, "attempt": str(dispatch.attempt),
                         "tenant": dispatch.tenant_id},

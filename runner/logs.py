@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 
 from domain.messages import logs_subject
+from runner.masking import Masker
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +19,9 @@ MAX_DELAY_SECONDS = 0.05
 
 
 class LogStream:
-    def __init__(self, js: JetStreamContext, job_id: str, attempt: int) -> None:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, secrets: Sequence[str] = ()) -> None:
         self.js = js
+        self._masker = Masker(secrets)  # the job's secrets never leave the runner in its log
         self.job_id = job_id
         self.attempt = attempt
         self.subject = logs_subject(job_id, attempt)
@@ -30,7 +33,7 @@ class LogStream:
         self._lock = asyncio.Lock()  # chunks must reach the stream in order
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
+        self._buffer += self._masker.feed(data)
         if len(self._buffer) >= MAX_CHUNK_BYTES:
             await self.flush()
         elif self._flush_timer is None:
@@ -62,6 +65,7 @@ class LogStream:
                 self.bytes_sent += len(chunk)
 
     async def close(self) -> None:
+        self._buffer += self._masker.close()
         await self.flush()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)

@@ -15,6 +15,8 @@ from tests.support.processes import free_port
 
 SERVICES = ("relay", "projector", "scheduler", "reaper", "runner", "gateway")
 ADMIN_TOKEN = "test-admin-token"
+# 32 fixed bytes: the gateway encrypts secrets with it and the scheduler decrypts them.
+SECRET_KEY = "bGVkZ2VyY2ktdGVzdC1zZWNyZXQta2V5LTMyLWJ5dGU="
 
 
 class LedgerCluster:
@@ -27,6 +29,7 @@ class LedgerCluster:
             "LEDGERCI_DATABASE_URL": database_url,
             "LEDGERCI_NATS_URL": nats_url,
             "LEDGERCI_ADMIN_TOKEN": ADMIN_TOKEN,
+            "LEDGERCI_SECRET_KEY": SECRET_KEY,
             "LEDGERCI_PORT": str(self.port),
             "LEDGERCI_LOG_LEVEL": "INFO",
             # Tests push hundreds of runs a minute; the quota tests give their tenants their own.
@@ -50,6 +53,7 @@ class LedgerCluster:
         if name.startswith("runner"):
             # The runner holds no database credentials: prove it by not giving it any.
             service_env.pop("LEDGERCI_DATABASE_URL", None)
+            service_env.pop("LEDGERCI_SECRET_KEY", None)  # nor the key: secrets reach it sealed to its claim
             service_env.setdefault("LEDGERCI_RUNNER_ID", name.replace("#", "-"))
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
