@@ -18,7 +18,7 @@ from litestar.status_codes import (
 )
 from psycopg_pool import PoolTimeout
 
-from domain.errors import AlreadyExistsError, DomainError, NotFoundError, QuotaExceededError
+from domain.errors import AlreadyExistsError, DomainError, NotFoundError, QuotaExceededError, SecretsUnavailableError
 from gateway.blocking import StoreUnavailableError
 from projections.queries import InvalidCursorError
 
@@ -46,6 +46,8 @@ def _domain(_: Request, exc: DomainError) -> Response:
         response = _error(HTTP_429_TOO_MANY_REQUESTS, str(exc))
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
+    if isinstance(exc, SecretsUnavailableError):  # the service lacks LEDGERCI_SECRET_KEY: not the request's fault
+        return _error(HTTP_503_SERVICE_UNAVAILABLE, str(exc))
     return _error(HTTP_422_UNPROCESSABLE_ENTITY, str(exc))
 
 

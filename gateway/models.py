@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
 from domain.messages import EventMessage
+from domain.secrets import MAX_VALUE_CHARS, MIN_VALUE_CHARS, NAME_PATTERN
 
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="1-64 of A-Z a-z 0-9 _ . -")]
 CommitSha = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{40}$", description="40 hex digits")]
@@ -87,6 +89,31 @@ class RepositoryResponse(msgspec.Struct, kw_only=True):
     id: str
     tenant_id: str
     clone_url: str
+
+
+SecretName = Annotated[str, Meta(pattern=NAME_PATTERN, description="an environment variable's name, 1-128 characters")]
+
+
+class SecretRequest(Body):
+    """A secret's value: write-only, encrypted before it is stored, never returned."""
+
+    # At least 4 characters: the log masker replaces every occurrence, and a shorter value
+    # would hide ordinary words. No NUL: an environment variable cannot hold one.
+    value: Annotated[str, Meta(min_length=MIN_VALUE_CHARS, max_length=MAX_VALUE_CHARS, pattern=r"^[^\x00]*$")]
+
+
+class SecretResponse(msgspec.Struct, kw_only=True):
+    """A secret as it may be shown: its name and who set it when, never its value."""
+
+    name: str
+    scope: str  # "tenant" or "repository"
+    owner_id: str  # the tenant's or the repository's id
+    set_at: datetime
+    set_by: str
+
+
+class SecretList(msgspec.Struct, kw_only=True):
+    secrets: list[SecretResponse]
 
 
 class EventList(msgspec.Struct, kw_only=True):

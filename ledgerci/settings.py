@@ -24,7 +24,8 @@ class Settings:
     admin_token: str
     """LEDGERCI_ADMIN_TOKEN: the admin token (the gateway refuses to start without one)."""
     secret_key: str
-    """LEDGERCI_SECRET_KEY: key that encrypts secrets at rest (secrets arrive with issue 6)."""
+    """LEDGERCI_SECRET_KEY: keys that encrypt secrets at rest, base64url of 32 bytes, comma-separated,
+    newest first (gateway and scheduler; empty: secrets cannot be set or used)."""
     host: str
     """LEDGERCI_HOST: the gateway's listen address."""
     port: int

@@ -47,6 +47,18 @@ CROSS_TENANT_404 = [
     ("POST", "/api/v1/push", lambda a: ("/api/v1/push", {"repository_id": a["repository"], "commit": a["commit"]})),
     ("POST", "/api/v1/repositories",
      lambda a: ("/api/v1/repositories", {"id": "stolen", "tenant_id": a["tenant"], "clone_url": "file:///x"})),
+    # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
+    ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/secrets/TOKEN", {"value": "repository-value"})),
+    ("GET", "/api/v1/repositories/{repository_id}/secrets",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/secrets", None)),
+    ("DELETE", "/api/v1/repositories/{repository_id}/secrets/{name}",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/secrets/TOKEN", None)),
+    ("PUT", "/api/v1/tenants/{tenant_id}/secrets/{name}",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets/TOKEN", {"value": "tenant-value"})),
+    ("GET", "/api/v1/tenants/{tenant_id}/secrets", lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets", None)),
+    ("DELETE", "/api/v1/tenants/{tenant_id}/secrets/{name}",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets/TOKEN", None)),
 ]
 # The admin's routes: a tenant token is refused (403) whichever tenant they name.
 ADMIN_ONLY = [
