@@ -12,7 +12,7 @@ import contextlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -534,6 +534,14 @@ class LedgerApp(Application):
         while page := self.notifications_after(position, page_size):
             yield page
             position = page[-1].id
+
+    def changes_after(self, run_id: UUID, version: int) -> Iterator[tuple[Any, Run]]:
+        """(event, the run right after it) for each event after `version`, in order: what a
+        live view that has seen `version` missed. The run object is the same one, advanced."""
+        run = self.repository.get(run_id, version=version) if version > 0 else None
+        for event in self.events.get(run_id, gt=version):
+            run = event.mutate(run)
+            yield event, run
 
     def replay_events_only(self, aggregate_id: UUID, version: int | None = None) -> Aggregate | None:
         """The aggregate folded from its events alone, ignoring snapshots (to check them)."""

@@ -20,6 +20,7 @@ from domain.messages import (
 # The dedup window must outlast any relay restart: duplicates older than this are still
 # dropped by consumers' tracking, but the stream itself only remembers ids this long.
 DUPLICATE_WINDOW_SECONDS = 600.0
+LIVE_LOG_RETENTION_SECONDS = 7 * 24 * 3600.0
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -50,6 +51,9 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             duplicate_window=120.0,
             discard=DiscardPolicy.OLD,
             max_bytes=4 * 1024**3,
+            # Finished logs are archived in the database (projections.log_archive) within
+            # moments; the live copy only has to outlast an archiver that is down for a while.
+            max_age=LIVE_LOG_RETENTION_SECONDS,
         ),
         StreamConfig(
             name=DEAD_STREAM,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar import Litestar, Response, Router, get
 from litestar.di import Provide
@@ -12,15 +12,21 @@ from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
+from commands.secrets import SecretBook
 from gateway.auth import Authenticator, make_guard
 from gateway.control import Control
+from gateway.dashboard import dashboard_routes
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.live import LiveController, live_socket
 from gateway.logs import LogReader
 from gateway.metrics import CONTENT_TYPE, SystemMetrics
 from gateway.models import Health
 from gateway.openapi import BEARER_REQUIRED, SECURITY_COMPONENTS, ClosedStructSchemaPlugin, allow_every_method
 from gateway.routes import AdminController, Defaults, PushController, RunsController
+from gateway.secrets import SecretsController
+from gateway.streams import Streams
 from projections.admission import PushAdmission
+from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
 
 # Larger bodies are refused with 413 before they are read; the largest real one is a few KiB.
@@ -35,11 +41,18 @@ class GatewayDeps:
     admin_token: str
     defaults: Defaults
     admission: PushAdmission
+    # Built with LEDGERCI_SECRET_KEY's keyring; without one, secret routes answer 503 saying so.
+    secret_book: SecretBook | None = None
+    # Set when the gateway is told to stop: open streams end at once with a retry hint.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def create_app(deps: GatewayDeps) -> Litestar:
-    logs = LogReader(deps.nc.jetstream())
+    logs = LogReader(deps.nc.jetstream(), LogArchive(deps.queries.db))
     control = Control(deps.nc)
+    secret_book = deps.secret_book or SecretBook(deps.ledger, None)
+    authenticator = Authenticator(deps.ledger, deps.admin_token)
+    streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
 
     @get("/healthz", opt={"public": True}, operation_id="healthz", tags=["health"])
     async def healthz() -> Health:
@@ -72,11 +85,14 @@ def create_app(deps: GatewayDeps) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            healthz, readyz, prometheus_metrics,
+            healthz, readyz, prometheus_metrics, live_socket(authenticator),
+            *dashboard_routes(),  # the page and its assets: public, outside the schema
             # These need a token (the guard below checks every route not marked public); the schema says so.
-            Router("/", route_handlers=[PushController, AdminController, RunsController], security=BEARER_REQUIRED),
+            Router("/", route_handlers=[PushController, AdminController, RunsController, LiveController,
+                                        SecretsController],
+                   security=BEARER_REQUIRED),
         ],
-        guards=[make_guard(Authenticator(deps.ledger, deps.admin_token))],
+        guards=[make_guard(authenticator)],
         dependencies={
             "ledger": Provide(lambda: deps.ledger, sync_to_thread=False),
             "queries": Provide(lambda: deps.queries, sync_to_thread=False),
@@ -84,6 +100,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "control": Provide(lambda: control, sync_to_thread=False),
             "defaults": Provide(lambda: deps.defaults, sync_to_thread=False),
             "admission": Provide(lambda: deps.admission, sync_to_thread=False),
+            "secret_book": Provide(lambda: secret_book, sync_to_thread=False),
+            "streams": Provide(lambda: streams, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process configured logging already (text or JSON, LEDGERCI_LOG_FORMAT)

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from uuid import UUID
 
 from ledgerci.client import (
-    FINAL_RUN_STATUSES,
     ClientError,
     GatewayClient,
     print_events,
@@ -21,6 +20,7 @@ from ledgerci.client import (
     print_run,
     print_runs,
 )
+from ledgerci.secret_commands import add_secret_commands
 from ledgerci.settings import Settings
 
 SERVICES = ("gateway", "relay", "projector", "scheduler", "reaper", "runner")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = client("run", "show a run", _run)
     run.add_argument("run_id")
-    run.add_argument("--watch", action="store_true", help="refresh until the run ends")
+    run.add_argument("--watch", action="store_true", help="follow the run live until it ends")
     run.add_argument("--as-of", help="the run as it was at a version number or an RFC 3339 time")
 
     logs = client("logs", "print a job's log", _logs)
@@ -150,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--tenant", required=True)
     add.add_argument("--clone-url", required=True)
     add.set_defaults(handler=_repo_add)
+
+    add_secret_commands(commands)
     return parser
 
 
@@ -284,16 +286,11 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     client = _client(args)
-    params = {"as_of": args.as_of} if args.as_of else {}
-    while True:
+    if args.watch and not args.as_of:
+        run = client.watch_run(args.run_id, quiet=args.json)
+    else:
+        params = {"as_of": args.as_of} if args.as_of else {}
         run = client.json("GET", f"/api/v1/runs/{args.run_id}", params=params)
-        if not args.watch or run["status"] in FINAL_RUN_STATUSES:
-            break
-        print_run(run)
-        print()
-        import time
-
-        time.sleep(1.0)  # the live stream arrives with issue 5
     print_json(run) if args.json else print_run(run)
     return 0 if run["status"] != "failed" else 3
 

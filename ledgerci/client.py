@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
-FINAL_JOB_STATUSES = {"succeeded", "failed", "cancelled", "skipped"}
-FINAL_RUN_STATUSES = {"succeeded", "failed", "cancelled", "skipped"}
+from ledgerci import sse
+from ledgerci.sse import SseMessage
 
 
 class ClientError(Exception):
@@ -42,26 +42,47 @@ class GatewayClient:
         return self.call(method, path, **kwargs).json()
 
     def follow_log(self, job_id: str, out=sys.stdout.buffer, follow: bool = True) -> str:
-        """Print a job's log; with `follow`, keep printing until the job ends."""
-        offset = 0
-        delay = 0.1
-        while True:
-            response = self.call("GET", f"/api/v1/jobs/{job_id}/log", params={"offset": offset})
-            if response.content:
-                out.write(response.content)
+        """Print a job's log; with `follow`, live until the job ends. Returns the job's status
+        (only known for a followed log, which ends with it)."""
+        if not follow:
+            response = self.call("GET", f"/api/v1/jobs/{job_id}/log")
+            out.write(response.content)
+            out.flush()
+            return response.headers.get("X-Job-Status", "")
+        for message in self._stream(f"/api/v1/jobs/{job_id}/log/stream"):
+            if message.event == "log":
+                out.write(json.loads(message.data)["text"].encode())
                 out.flush()
-                offset += len(response.content)
-                delay = 0.1
-            status = response.headers.get("X-Job-Status", "")
-            if not follow or status in FINAL_JOB_STATUSES:
-                # One more read: the last chunks may land just after the status changed.
-                tail = self.call("GET", f"/api/v1/jobs/{job_id}/log", params={"offset": offset})
-                out.write(tail.content)
-                out.flush()
-                return status
-            # The live stream (SSE) arrives with issue 5; until then the CLI polls, backing off.
-            time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            elif message.event == "end":
+                return json.loads(message.data)["status"]
+        return ""
+
+    def watch_run(self, run_id: str, quiet: bool = False) -> dict[str, Any]:
+        """Follow a run live, a line per change, until it ends; returns the final run."""
+        run: dict[str, Any] = {}
+        for message in self._stream(f"/api/v1/runs/{run_id}/stream"):
+            if message.event == "end":
+                break
+            change = json.loads(message.data)
+            run = change["run"]
+            if not quiet:
+                print(describe_change(change), flush=True)
+        return run
+
+    def _stream(self, path: str) -> Iterator[SseMessage]:
+        try:
+            yield from sse.follow(self.http, path)
+        except sse.StreamError as failed:
+            raise ClientError(str(failed)) from None
+
+
+def describe_change(change: dict[str, Any]) -> str:
+    run, event = change["run"], change.get("event")
+    if event is None:
+        return f"run {run['id']}  {run['status']}"
+    job = next((j for j in run["jobs"] if j["id"] == event["data"].get("job_id")), None)
+    what = f"job {job['name']} {job['status']}" if job else f"run {run['status']}"
+    return f"{event['at']}  {event['type']:<20} {what}"
 
 
 def print_json(value: Any) -> None:

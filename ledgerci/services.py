@@ -28,15 +28,18 @@ from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
 from commands.scheduler import run_scheduler
 from commands.schema import create_event_store, grant_service_role
+from commands.secrets import SecretBook
 from commands.store import eventsourcing_env, is_postgres
 from commands.streams import ensure_streams
-from domain.messages import EVENTS_SUBJECT_PREFIX
+from domain.messages import EVENTS_SUBJECT_PREFIX, events_of_type
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.health import Probes, nats_connected, serving
+from ledgerci.log_archiver import LogArchiver
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
+from projections.log_archive import ATTEMPT_ENDING_EVENTS, LogArchive
 from projections.queries import DeadlineQueries, RunQueries
 from projections.rebuild import switch_over
 from projections.rebuild import verify as verify_read_models
@@ -47,6 +50,7 @@ from runner.agent import RunnerAgent
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
 from runner.executor import Executor
 from runner.local import LocalExecutor
+from sealing import Keyring, KeyringError
 
 log = logging.getLogger("ledgerci")
 
@@ -64,6 +68,16 @@ def open_ledger(settings: Settings) -> LedgerApp:
         timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
         audit_key=settings.audit_key.encode(),
     )
+
+
+def secret_book(settings: Settings, ledger: LedgerApp) -> SecretBook:
+    """Secrets under LEDGERCI_SECRET_KEY; without one, using them answers that it is not set."""
+    if not settings.secret_key:
+        return SecretBook(ledger, None)
+    try:
+        return SecretBook(ledger, Keyring.from_setting(settings.secret_key))
+    except KeyringError as wrong:
+        raise SystemExit(str(wrong)) from None
 
 
 def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
@@ -160,13 +174,14 @@ def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
     ledger.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
 
 
-async def wake_on_published_events(nc: NATS, wake: asyncio.Event) -> None:
-    """The projector wakes when the relay has published something."""
+async def wake_on_published_events(nc: NATS, wake: asyncio.Event,
+                                   subject: str = f"{EVENTS_SUBJECT_PREFIX}.>") -> None:
+    """The projector (and the log archiver) wake when the relay has published something."""
 
     async def on_event(_msg) -> None:
         wake.set()
 
-    await nc.subscribe(f"{EVENTS_SUBJECT_PREFIX}.>", cb=on_event)
+    await nc.subscribe(subject, cb=on_event)
 
 
 # ----- the services ---------------------------------------------------------------------------
@@ -193,8 +208,16 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     async def step() -> int:
         return await asyncio.to_thread(projection.catch_up, lambda position: list(ledger.events_after(position, 500)))
 
+    # The log archiver shares the process: it follows the same history, woken only by the
+    # events that end an attempt.
+    archiver = LogArchiver(ledger, nc.jetstream(), LogArchive(db))
+    archive_wake = asyncio.Event()
     await wake_on_published_events(nc, wake)
-    await run_woken(step, wake, stop, settings.idle_check_seconds)
+    for event_type in ATTEMPT_ENDING_EVENTS:
+        await wake_on_published_events(nc, archive_wake, events_of_type(event_type))
+    async with asyncio.TaskGroup() as group:
+        group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
+        group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
 
 
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
@@ -221,7 +244,7 @@ def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[i
 async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
     mirrors = GitMirrors(settings.data_dir / "mirrors")
     async with asyncio.TaskGroup() as group:
-        group.create_task(serve_runner_commands(ledger, nc, stop))
+        group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger)))
         group.create_task(run_scheduler(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
 
 
@@ -269,7 +292,7 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         ledger=ledger, queries=RunQueries(db), nc=nc, admin_token=settings.admin_token,
         defaults=Defaults(settings.default_max_concurrent_jobs, settings.default_max_queued_runs,
                           settings.default_pushes_per_minute),
-        admission=PushAdmission(db),
+        admission=PushAdmission(db), stopping=stop, secret_book=secret_book(settings, ledger),
     ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=5, lifespan="on", log_config=None)

@@ -54,6 +54,19 @@ TABLES = [
         pushes INTEGER NOT NULL,
         PRIMARY KEY (tenant_id, window_start)
     )""",
+    # Finished attempts' logs (projections.log_archive): the live LOGS stream may expire.
+    # Not derivable from events: a rebuild leaves both tables alone. BYTEA is a BLOB to SQLite.
+    """CREATE TABLE IF NOT EXISTS lci_job_logs (
+        job_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        content BYTEA NOT NULL,
+        archived_at TEXT NOT NULL,
+        PRIMARY KEY (job_id, attempt)
+    )""",
+    """CREATE TABLE IF NOT EXISTS lci_log_archive_tracking (
+        id INTEGER PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
 ]
 
 

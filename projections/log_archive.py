@@ -1,0 +1,57 @@
+"""The archive of finished attempts' logs, and how far through the history the archiver got.
+
+The archiver copies an attempt's log from the LOGS stream once an event says the attempt
+ended, so the stream can expire while the log stays readable. Copying is idempotent (the first
+copy of an attempt wins), so two archivers, or one that restarts halfway, never lose or change
+a log; the position only saves work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from projections.sql import Database
+
+# The events after which nothing more is logged for an attempt.
+ATTEMPT_ENDING_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobAttemptAbandoned"})
+
+
+class LogArchive:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, job_id: str, attempt: int) -> bytes | None:
+        rows = self.db.query("SELECT content FROM lci_job_logs WHERE job_id = ? AND attempt = ?", (job_id, attempt))
+        return bytes(rows[0][0]) if rows else None
+
+    def put(self, job_id: str, attempt: int, content: bytes) -> None:
+        with self.db.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO lci_job_logs (job_id, attempt, content, archived_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (job_id, attempt) DO NOTHING",
+                (job_id, attempt, content, datetime.now(UTC).isoformat()),
+            )
+
+    def position(self) -> int:
+        rows = self.db.query("SELECT position FROM lci_log_archive_tracking WHERE id = 1")
+        return int(rows[0][0]) if rows else 0
+
+    def advance(self, position: int) -> None:
+        with self.db.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO lci_log_archive_tracking (id, position) VALUES (1, ?) ON CONFLICT (id) "
+                "DO UPDATE SET position = excluded.position "
+                "WHERE lci_log_archive_tracking.position < excluded.position",
+                (position,),
+            )
+
+
+def ended_attempts(events: Iterable[tuple[int, Any]]) -> list[tuple[str, int]]:
+    """(job id, attempt) of every attempt that ended in these events, in order."""
+    ended = []
+    for _, event in events:
+        if type(event).__name__ in ATTEMPT_ENDING_EVENTS and getattr(event, "attempt", 0) >= 1:
+            ended.append((str(event.job_id), int(event.attempt)))
+    return ended
