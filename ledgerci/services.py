@@ -252,7 +252,7 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
     agent = RunnerAgent(
         nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
-        stop_grace=settings.stop_grace_seconds,
+        stop_grace=settings.stop_grace_seconds, max_log_bytes=settings.max_log_bytes,
     )
     await agent.run(stop)
 

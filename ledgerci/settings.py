@@ -33,6 +33,8 @@ class Settings:
     runner_pool: str
     """LEDGERCI_RUNNER_POOL: the pool a runner serves."""
     runner_slots: int
+    max_log_bytes: int
+    """LEDGERCI_MAX_LOG_BYTES: a job attempt's log is cut at this size (default 16 MiB), with a line saying so."""
     """LEDGERCI_RUNNER_SLOTS: how many jobs one runner runs at once."""
     runner_id: str
     """LEDGERCI_RUNNER_ID: a runner's name in events (default host-pid)."""
@@ -104,6 +106,7 @@ class Settings:
             port=int(_env("LEDGERCI_PORT", "8080")),
             runner_pool=_env("LEDGERCI_RUNNER_POOL", "default"),
             runner_slots=int(_env("LEDGERCI_RUNNER_SLOTS", "2")),
+            max_log_bytes=int(_env("LEDGERCI_MAX_LOG_BYTES", str(16 * 1024 * 1024))),
             runner_id=_env("LEDGERCI_RUNNER_ID", f"{socket.gethostname()}-{os.getpid()}"),
             executor=_env("LEDGERCI_EXECUTOR", "local"),
             docker_pull=_env("LEDGERCI_DOCKER_PULL", "if-not-present"),

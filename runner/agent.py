@@ -38,7 +38,7 @@ from domain.messages import (
 )
 from gitcache import GitError, GitMirrors
 from runner.executor import Execution, Executor, Outcome
-from runner.logs import LogStream
+from runner.logs import MAX_LOG_BYTES, LogStream
 from runner.secrets import JobSecrets, open_secrets
 from sealing import Recipient
 
@@ -88,6 +88,7 @@ class RunnerAgent:
         data_dir: Path,
         max_deliver: int = 20,
         stop_grace: float = 20.0,
+        max_log_bytes: int = MAX_LOG_BYTES,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -99,6 +100,7 @@ class RunnerAgent:
         # Told to stop, the runner takes no new job and lets running ones finish for this
         # long; then it kills them and hands their attempts back (they run again elsewhere).
         self.stop_grace = stop_grace
+        self.max_log_bytes = max_log_bytes
         self._hand_back_now = asyncio.Event()
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
@@ -250,7 +252,8 @@ class RunnerAgent:
 
     async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None,
                        secrets: JobSecrets) -> Outcome:
-        logs = LogStream(self.js, dispatch.job_id, dispatch.attempt, secrets=tuple(secrets.values.values()))
+        logs = LogStream(self.js, dispatch.job_id, dispatch.attempt, secrets=tuple(secrets.values.values()),
+                         max_bytes=self.max_log_bytes)
         try:
             if secrets.error:  # e.g. a secret the job lists is set nowhere: fail it before it runs
                 await logs.write(f"ledgerci: {secrets.error}\n".encode())

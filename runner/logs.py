@@ -16,11 +16,20 @@ log = logging.getLogger(__name__)
 MAX_CHUNK_BYTES = 32 * 1024
 # Output waits at most this long for more to batch with: lines show up well within ~100 ms.
 MAX_DELAY_SECONDS = 0.05
+MAX_LOG_BYTES = 16 * 1024 * 1024
+
+
+def truncation_notice(max_bytes: int) -> bytes:
+    return f"\nledgerci: the log was cut here at {max_bytes} bytes (LEDGERCI_MAX_LOG_BYTES); the job went on\n".encode()
 
 
 class LogStream:
-    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, secrets: Sequence[str] = ()) -> None:
+    def __init__(self, js: JetStreamContext, job_id: str, attempt: int, secrets: Sequence[str] = (),
+                 max_bytes: int = MAX_LOG_BYTES) -> None:
         self.js = js
+        self.max_bytes = max_bytes
+        self.bytes_taken = 0  # masked output accepted into the log, notice excluded
+        self.bytes_dropped = 0
         self._masker = Masker(secrets)  # the job's secrets never leave the runner in its log
         self.job_id = job_id
         self.attempt = attempt
@@ -33,12 +42,23 @@ class LogStream:
         self._lock = asyncio.Lock()  # chunks must reach the stream in order
 
     async def write(self, data: bytes) -> None:
-        self._buffer += self._masker.feed(data)
+        self._take(self._masker.feed(data))
         if len(self._buffer) >= MAX_CHUNK_BYTES:
             await self.flush()
         elif self._flush_timer is None:
             loop = asyncio.get_running_loop()
             self._flush_timer = loop.call_later(MAX_DELAY_SECONDS, self._flush_soon)
+
+    def _take(self, data: bytes) -> None:
+        """Keep output up to the cap; past it, drop it (the job is not stopped), saying so once."""
+        room = self.max_bytes - self.bytes_taken
+        if len(data) > room and not self.bytes_dropped:
+            self._buffer += data[:max(room, 0)] + truncation_notice(self.max_bytes)
+        elif len(data) <= room:
+            self._buffer += data
+        kept = min(len(data), max(room, 0))
+        self.bytes_taken += kept
+        self.bytes_dropped += len(data) - kept
 
     def _flush_soon(self) -> None:
         self._flush_timer = None
@@ -65,7 +85,7 @@ class LogStream:
                 self.bytes_sent += len(chunk)
 
     async def close(self) -> None:
-        self._buffer += self._masker.close()
+        self._take(self._masker.close())
         await self.flush()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)

@@ -1,13 +1,15 @@
 """Masks a job's secrets in its output, including a secret split across two chunks of it.
 
-Every occurrence of a value becomes `***` before the output leaves the runner. A chunk that
-ends with the beginning of a secret keeps that beginning back until the next chunk shows
-whether the secret follows; nothing else is held, so ordinary output is never delayed.
+Every occurrence of a value, or of its base64 form, becomes `***` before the output leaves
+the runner. A chunk that ends with the beginning of a secret keeps that beginning back until
+the next chunk shows whether the secret follows; nothing else is held, so ordinary output is
+never delayed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+from collections.abc import Iterator, Sequence
 
 MASK = b"***"
 
@@ -15,7 +17,8 @@ MASK = b"***"
 class Masker:
     def __init__(self, secrets: Sequence[str]) -> None:
         # Longest first: a secret that contains another is masked whole.
-        self._needles = sorted({secret.encode("utf-8") for secret in secrets if secret}, key=len, reverse=True)
+        self._needles = sorted({form for secret in secrets if secret for form in _forms(secret.encode())},
+                               key=len, reverse=True)
         self._held = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -49,3 +52,13 @@ class Masker:
                     break
                 start = found + 1
         return longest
+
+
+def _forms(secret: bytes) -> Iterator[bytes]:
+    """The secret as printed plainly and as `base64` prints it (standard and URL-safe
+    alphabets, with and without padding): encoding a secret must not be a way to leak it."""
+    yield secret
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        encoded = encode(secret)
+        yield encoded
+        yield encoded.rstrip(b"=")
