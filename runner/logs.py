@@ -40,14 +40,18 @@ class LogStream:
         self._flush_timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # chunks must reach the stream in order
+        self._last_flush = float("-inf")  # loop time of the last flush
 
     async def write(self, data: bytes) -> None:
         self._take(self._masker.feed(data))
         if len(self._buffer) >= MAX_CHUNK_BYTES:
             await self.flush()
-        elif self._flush_timer is None:
+        elif self._flush_timer is None and self._buffer:
+            # Output after a quiet spell goes out at once; output that follows closely waits
+            # for the rest of the window and goes out with it: one message, not hundreds.
             loop = asyncio.get_running_loop()
-            self._flush_timer = loop.call_later(MAX_DELAY_SECONDS, self._flush_soon)
+            wait = self._last_flush + MAX_DELAY_SECONDS - loop.time()
+            self._flush_timer = loop.call_later(max(wait, 0.0), self._flush_soon)
 
     def _take(self, data: bytes) -> None:
         """Keep output up to the cap; past it, drop it (the job is not stopped), saying so once."""
@@ -71,6 +75,7 @@ class LogStream:
             self._flush_timer.cancel()
             self._flush_timer = None
         async with self._lock:
+            self._last_flush = asyncio.get_running_loop().time()
             while self._buffer:
                 chunk = bytes(self._buffer[:MAX_CHUNK_BYTES])
                 del self._buffer[:MAX_CHUNK_BYTES]
