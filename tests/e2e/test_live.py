@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,3 +232,21 @@ def test_finished_logs_are_served_from_the_archive_once_the_live_stream_is_gone(
     streamed = list(sse.follow(api.http, f"/api/v1/jobs/{job_id}/log/stream"))
     assert log_text(streamed) == expected
     assert msgspec.json.decode(streamed[-1].data)["status"] == "succeeded"
+
+
+def test_the_cli_follows_a_log_and_a_run_live(tmp_path: Path, admin: Api) -> None:
+    api, repository_id, commit = tenant_repo(admin, tmp_path, SLOW, "terminal")
+    run_id = push(api, repository_id, commit)
+    job_id = first_job(api, run_id)
+    env = {**os.environ, "LEDGERCI_URL": api.url, "LEDGERCI_TOKEN": api.http.headers["authorization"].split()[1]}
+    cli = [sys.executable, "-m", "ledgerci.cli"]
+    watch = subprocess.Popen([*cli, "run", run_id, "--watch"], env=env, stdout=subprocess.PIPE, text=True)
+    logs = subprocess.Popen([*cli, "logs", "-f", job_id], env=env, stdout=subprocess.PIPE, text=True)
+    first_line = logs.stdout.readline()
+    assert first_line == "tick 1\n" and api.run(run_id)["status"] == "running"  # printed while it runs
+    rest, _ = logs.communicate(timeout=60)
+    assert first_line + rest == "".join(f"tick {i}\n" for i in range(1, 7))
+    watched, _ = watch.communicate(timeout=60)
+    assert watch.returncode == 0
+    assert "JobStarted" in watched and "JobSucceeded" in watched and "job second succeeded" in watched
+    assert f"run {run_id}  succeeded" in watched
