@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from ledgerci.cli import configure_logging, run_until_signalled
 from ledgerci.client import GatewayClient
 from ledgerci.embedded_nats import EmbeddedNats
 from ledgerci.settings import Settings
+from sealing import Keyring
 
 DEMO_WORKFLOW = """\
 name: demo
@@ -41,7 +43,10 @@ def run_dev(args: argparse.Namespace) -> int:
         print("ledgerci dev: --executor docker needs a Docker engine that answers (is dockerd running?)",
               file=sys.stderr)
         return 1
-    admin_token = os.environ.get("LEDGERCI_ADMIN_TOKEN") or _saved_token(data_dir)
+    admin_token = os.environ.get("LEDGERCI_ADMIN_TOKEN") or _kept(
+        data_dir / "admin-token", lambda: f"lci_admin_{secrets.token_urlsafe(24)}")
+    # The dev store's secrets stay readable across restarts only under the same key.
+    secret_key = os.environ.get("LEDGERCI_SECRET_KEY") or _kept(data_dir / "secret-key", Keyring.generate_key)
     embedded = EmbeddedNats(data_dir / "nats")
     embedded.start()
     settings = replace(
@@ -50,6 +55,7 @@ def run_dev(args: argparse.Namespace) -> int:
         database_url=f"sqlite:///{data_dir / 'ledgerci.db'}",
         nats_url=embedded.url,
         admin_token=admin_token,
+        secret_key=secret_key,
         host=args.host,
         port=args.port,
         executor=args.executor,
@@ -88,15 +94,15 @@ def _docker_answers() -> bool:
         return False
 
 
-def _saved_token(data_dir: Path) -> str:
-    """A generated admin token, kept in the data dir so a restart keeps it."""
-    path = data_dir / "admin-token"
+def _kept(path: Path, make: Callable[[], str]) -> str:
+    """A generated token or key, kept in the data dir so a restart keeps it; only its owner
+    may read the file, from the moment it exists."""
     if path.exists():
         return path.read_text().strip()
-    token = f"lci_admin_{secrets.token_urlsafe(24)}"
-    path.write_text(token)
-    path.chmod(0o600)
-    return token
+    value = make()
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(value)
+    return value
 
 
 def _demo(url: str, admin_token: str, data_dir: Path) -> None:
