@@ -266,3 +266,18 @@ def test_services_budgets_and_policies_select_pods_that_exist(manifests: list[di
     assert policies["default-deny"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     postgres_clients = policies["to-postgres"]["spec"]["podSelector"]["matchExpressions"][0]["values"]
     assert "runner" not in postgres_clients  # runners reach NATS, never the database
+
+
+# ----- alerts ------------------------------------------------------------------------------------
+
+def test_alert_rules_watch_metrics_and_labels_that_exist() -> None:
+    sources = "".join((REPO / path).read_text() for path in ("gateway/metrics.py", "commands/metrics.py"))
+    defined = set(re.findall(r'"(ledgerci_\w+)"', sources))
+    rules = [rule for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yaml").read_text())["groups"]
+             for rule in group["rules"]]
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    for rule in rules:
+        for name, selector in re.findall(r"(ledgerci_\w+)(?:\{([^}]*)\})?", rule["expr"]):
+            assert re.sub(r"_(bucket|count|sum)$", "", name) in defined, f"{rule['alert']}: no metric {name}"
+            for label in re.findall(r'(\w+)=~?"', selector):
+                assert f'"{label}"' in sources, f"{rule['alert']}: {name} has no label {label}"
