@@ -19,6 +19,7 @@ from uuid import UUID
 import nats
 import psycopg
 import uvicorn
+from docker.errors import DockerException
 from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp, Timing
@@ -264,13 +265,17 @@ async def _executor(settings: Settings) -> Executor:
         raise SystemExit(f"LEDGERCI_EXECUTOR is {settings.executor!r}: use local or docker")
     if settings.docker_pull not in PULL_POLICIES:
         raise SystemExit(f"LEDGERCI_DOCKER_PULL is {settings.docker_pull!r}: use one of {', '.join(PULL_POLICIES)}")
-    executor = DockerExecutor(DockerSettings(
-        pull=cast(PullPolicy, settings.docker_pull), network=settings.docker_network, user=settings.docker_user,
-        default_image=settings.docker_default_image, pids_limit=settings.docker_pids_limit,
-        max_cpus=settings.docker_max_cpus, max_memory=settings.docker_max_memory, read_only=settings.docker_read_only,
-    ), runner_id=settings.runner_id)
-    # A previous life of this runner id may have died mid-job: its containers go before any new job.
-    removed = await executor.remove_leftovers()
+    try:
+        executor = DockerExecutor(DockerSettings(
+            pull=cast(PullPolicy, settings.docker_pull), network=settings.docker_network, user=settings.docker_user,
+            default_image=settings.docker_default_image, pids_limit=settings.docker_pids_limit,
+            max_cpus=settings.docker_max_cpus, max_memory=settings.docker_max_memory,
+            read_only=settings.docker_read_only,
+        ), runner_id=settings.runner_id)
+        # A previous life of this runner id may have died mid-job: its containers go before any new job.
+        removed = await executor.remove_leftovers()
+    except DockerException as failed:
+        raise SystemExit(f"LEDGERCI_EXECUTOR=docker, but the Docker engine does not answer: {failed}") from None
     log.info("docker executor ready (network %s, pull %s); removed %d left-over containers",
              settings.docker_network, settings.docker_pull, removed)
     return executor

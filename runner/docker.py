@@ -89,11 +89,13 @@ class DockerExecutor:
         return await asyncio.to_thread(self._remove_leftovers)
 
     def _remove_leftovers(self) -> int:
-        leftovers = self.client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"})
-        for container in leftovers:
-            log.warning("removing container %s left behind by runner %s (labels %s)", container.name,
-                        self.runner_id, container.labels)
-            _remove(container)
+        # The low-level listing: the high-level one inspects each container again, and fails
+        # on one removed in between.
+        leftovers = self.client.api.containers(all=True, filters={"label": f"{RUNNER_LABEL}={self.runner_id}"})
+        for found in leftovers:
+            log.warning("removing container %s left behind by runner %s (labels %s)", found["Names"],
+                        self.runner_id, found["Labels"])
+            _remove(self.client, found["Id"])
         return len(leftovers)
 
     async def run(self, execution: Execution, output: OutputSink) -> Outcome:
@@ -120,7 +122,7 @@ class DockerExecutor:
             # Timed out, cancelled (a cancel, a lost lease, the runner stopping) or done: the
             # container goes, killed if it still runs. Shielded so a second cancel cannot
             # leave it behind.
-            await asyncio.shield(asyncio.to_thread(_remove, container))
+            await asyncio.shield(asyncio.to_thread(_remove, self.client, container.id))
 
     # ----- in worker threads ------------------------------------------------------------------
 
@@ -202,6 +204,9 @@ async def _follow(container: Container, output: OutputSink) -> None:
     to take each chunk, so a slow sink slows the reading instead of filling memory."""
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[None] = loop.create_future()
+    # Set once nobody waits (the job ended, timed out or was cancelled): output that is still
+    # read until the container is gone must not reach a log the agent has closed.
+    abandoned = threading.Event()
 
     def settle(error: BaseException | None) -> None:
         if finished.done():
@@ -215,6 +220,8 @@ async def _follow(container: Container, output: OutputSink) -> None:
         error: BaseException | None = None
         try:
             for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                if abandoned.is_set():
+                    break
                 asyncio.run_coroutine_threadsafe(output(chunk), loop).result()
         except BaseException as failed:  # handed to the awaiting task, which decides
             error = failed
@@ -222,7 +229,10 @@ async def _follow(container: Container, output: OutputSink) -> None:
             loop.call_soon_threadsafe(settle, error)
 
     threading.Thread(target=pump, name=f"docker-logs-{container.short_id}", daemon=True).start()
-    await finished
+    try:
+        await finished
+    finally:
+        abandoned.set()
 
 
 def _environment(execution: Execution) -> dict[str, str]:
@@ -238,14 +248,14 @@ def _state(container: Container) -> dict[str, Any]:
     return container.attrs.get("State", {})
 
 
-def _remove(container: Container) -> None:
+def _remove(client: docker.DockerClient, container_id: str) -> None:
     try:
-        container.remove(force=True)  # force: SIGKILL first if it still runs
+        client.api.remove_container(container_id, force=True)  # force: SIGKILL first if it still runs
     except NotFound:
         pass  # already gone
     except APIError as failed:
         if "already in progress" not in str(failed):
-            log.warning("could not remove container %s: %s", container.name, failed)
+            log.warning("could not remove container %s: %s", container_id, failed)
 
 
 def _give_workspace(workdir: Path, user: str) -> None:

@@ -9,6 +9,7 @@ and the pull policy is `never`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import secrets
 import socket
@@ -18,9 +19,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
+from docker.errors import NotFound
 
 from domain.workflow import Resources
 from runner.docker import OUT_OF_MEMORY, RUNNER_LABEL, DockerExecutor, DockerSettings
@@ -50,11 +53,14 @@ def runner_id(engine: docker.DockerClient) -> Iterator[str]:
     runner_id = f"test-runner-{secrets.token_hex(4)}"
     yield runner_id
     for container in _containers(engine, RUNNER_LABEL, runner_id):
-        container.remove(force=True)
+        with contextlib.suppress(NotFound):
+            engine.api.remove_container(container["Id"], force=True)
 
 
-def _containers(engine: docker.DockerClient, label: str, value: str) -> list:
-    return engine.containers.list(all=True, filters={"label": f"{label}={value}"})
+def _containers(engine: docker.DockerClient, label: str, value: str) -> list[dict[str, Any]]:
+    """The low-level listing: the high-level one inspects each container again, and fails on
+    one that the runner removed in between."""
+    return engine.api.containers(all=True, filters={"label": f"{label}={value}"})
 
 
 class Collected:
@@ -234,8 +240,8 @@ async def _wait_for_container(engine: docker.DockerClient, job: Execution, outpu
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = _containers(engine, "ledgerci.job", job.labels["job"])
-        if found and found[0].status == "running" and b"started" in output.data:
-            return found[0]
+        if found and found[0]["State"] == "running" and b"started" in output.data:
+            return engine.containers.get(found[0]["Id"])
         await asyncio.sleep(0.05)
     raise TimeoutError(f"no running container for job {job.labels['job']}; output {output.text!r}")
 
@@ -250,6 +256,8 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, engine: docker
         "LEDGERCI_EXECUTOR": "docker", "LEDGERCI_DOCKER_PULL": "never", "LEDGERCI_RUNNER_ID": runner_id,
         "LEDGERCI_RUNNER_SLOTS": "3", "LEDGERCI_LEASE_SECONDS": "5",
         "LEDGERCI_DOCKER_MAX_MEMORY": "256m", "LEDGERCI_DOCKER_PIDS_LIMIT": "128",
+        # Half a core each: a fork bomb spinning cannot take the machine from the other jobs.
+        "LEDGERCI_DOCKER_MAX_CPUS": "0.5",
     })
     cluster.base_dir.mkdir(parents=True)
     cluster.start_all()
@@ -290,7 +298,7 @@ image: {BUSYBOX_IMAGE}
 jobs:
   - name: bomb
     timeout: 60s
-    run: bomb() {{ bomb | bomb & }}; bomb; sleep 5
+    run: bomb() {{ bomb | bomb & }}; bomb; sleep 2
 """
 
 
@@ -313,7 +321,8 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
     bomb_tenant, bomb_run_id, _ = _tenant_pushes(admin, tmp_path, FORK_BOMB)
 
     run = tenant.wait_run(run_id, timeout=120)
-    assert run["status"] == "succeeded", [(j["name"], j["status"], j["error"], tenant.log(j["id"])) for j in run["jobs"]]
+    assert run["status"] == "succeeded", [(j["name"], j["status"], j["error"], tenant.log(j["id"]))
+                                          for j in run["jobs"]]
     logs = [tenant.log(job["id"]) for job in run["jobs"]]
     images = (BUSYBOX_IMAGE, OTHER_IMAGE, BUSYBOX_IMAGE)
     for job, log, image in zip(run["jobs"], logs, images, strict=True):
@@ -362,12 +371,11 @@ def test_a_runner_sigkilled_mid_job_leaves_a_container_that_its_next_start_remov
 
     cluster.kill("runner")  # SIGKILL: no chance to clean up
     [left] = _containers(engine, "ledgerci.job", job_id)
-    assert left.status == "running" and left.labels["ledgerci.attempt"] == "1"
+    assert left["State"] == "running" and left["Labels"]["ledgerci.attempt"] == "1"
 
     cluster.start("runner")  # the same runner id, as a restarted machine would have
     deadline = time.monotonic() + 60
-    while _containers(engine, "ledgerci.attempt", "1") and any(
-            c.labels.get("ledgerci.job") == job_id for c in _containers(engine, "ledgerci.attempt", "1")):
+    while any(c["Labels"]["ledgerci.attempt"] == "1" for c in _containers(engine, "ledgerci.job", job_id)):
         assert time.monotonic() < deadline, "the restarted runner did not remove its left-over container"
         time.sleep(0.1)
 
