@@ -34,7 +34,7 @@ WORKFLOW = "jobs:\n  - name: hello\n    run: echo hello from $LEDGERCI_JOB_NAME\
 MiB = 1024 * 1024
 
 # Spent in full: the fuzzing and stateful phases repeat until it is (the process gets a margin more).
-FUZZ_SECONDS = 20
+FUZZ_SECONDS = 30
 # A fixed seed: the same cases on every run, so a failure in CI is one that reproduces.
 FUZZ_SEED = 20261128
 # Real ids from a seeded run, drawn half of the time for the path parameters that name one, so the
@@ -113,7 +113,8 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
     assert summary["operations"]["errored"] == 0 and summary["errors"] == [] and summary["failures"] == []
     assert {phase: result["status"] for phase, result in summary["phases"].items()} == {
         "examples": "skip", "coverage": "success", "fuzzing": "success", "stateful": "success"}
-    assert summary["test_cases"]["generated"] >= 500, summary["test_cases"]
+    # Enough cases to mean something for every operation (the count grows with the API).
+    assert summary["test_cases"]["generated"] >= 15 * operations_in(schema), summary["test_cases"]
 
     # Whatever it recorded poisoned nothing: a new tenant's push still runs, end to end.
     after = finished_run(admin, tmp_path, "after")
