@@ -20,7 +20,14 @@ export function fill(element, ...children) {
 
 /** A status as a coloured badge; the tests and the styles read `data-status`. */
 export function badge(status) {
-  return h("span", { class: `badge status-${status}`, "data-status": status }, status);
+  return setStatus(h("span"), status);
+}
+
+export function setStatus(badgeElement, status) {
+  badgeElement.className = `badge status-${status}`;
+  badgeElement.dataset.status = status;
+  badgeElement.textContent = status;
+  return badgeElement;
 }
 
 /** "1h 02m", "3m 05s", "12s" */

@@ -57,11 +57,16 @@ export class LogView {
   }
 }
 
-/** Streams job `jobId`'s log into `view`; onEnd gets {status, exit_code, error}. Returns close(). */
-export function followLog(jobId, view, { onEnd = () => {}, onState = () => {} } = {}) {
+/**
+ * Streams job `jobId`'s log into `view`; onEnd gets {status, exit_code, error}. Returns close().
+ * `known`: the run's stream has just shown this job, so a 404 means the gateway's read model has
+ * not caught up yet, for a few seconds at most.
+ */
+export function followLog(jobId, view, { onEnd = () => {}, onState = () => {}, known = false } = {}) {
   let attempt = null;
   return followStream(api.logStream(jobId), {
     token: session.token,
+    notFoundRetries: known ? 20 : 0,
     onState: (state, error) => {
       if (state === "refused") {
         refused(error.status);

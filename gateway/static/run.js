@@ -3,7 +3,7 @@
 // the job that is running (then the last one that ran); `#/runs/<run>/jobs/<job>` pins one.
 
 import { api, refused, session } from "./api.js";
-import { FINAL, ago, badge, duration, fill, h, shortRef, shortSha } from "./dom.js";
+import { FINAL, ago, badge, duration, fill, h, setStatus, shortRef, shortSha } from "./dom.js";
 import { LogView, followLog } from "./log.js";
 import { followStream } from "./sse.js";
 
@@ -59,17 +59,40 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
       run.error ? h("p", { class: "problem" }, run.error) : null);
   }
 
+  // Rows are kept per job and changed in place, so a change does not rebuild what the reader
+  // is hovering, focusing or (in the tests) holding.
+  const rows = new Map();
+
+  function jobRow(job) {
+    let row = rows.get(job.id);
+    if (!row) {
+      row = { badge: badge(job.status), name: h("span", { class: "name" }), time: h("span") };
+      row.link = h("a", { href: `#/runs/${run.id}/jobs/${job.id}`, "data-job-id": job.id, "data-job-name": job.name },
+        row.badge, row.name, row.time);
+      row.item = h("li", {}, row.link);
+      rows.set(job.id, row);
+    }
+    row.link.className = `job status-${job.status}`;
+    row.link.dataset.status = job.status;
+    if (job.id === shownJob) row.link.setAttribute("aria-current", "true");
+    else row.link.removeAttribute("aria-current");
+    setStatus(row.badge, job.status);
+    row.name.textContent = jobLabel(job);
+    const time = duration(job.started_at, job.finished_at);
+    row.time.replaceWith(time);
+    row.time = time;
+    return row.item;
+  }
+
   function renderJobs() {
     if (!run.jobs.length) {
       jobList.replaceChildren(h("li", { class: "muted" }, FINAL.has(run.status) ? "No jobs ran." : "Planning…"));
       return;
     }
-    jobList.replaceChildren(...run.jobs.map((job) => h("li", {},
-      h("a", {
-        href: `#/runs/${run.id}/jobs/${job.id}`, class: `job status-${job.status}`,
-        "data-job-id": job.id, "data-job-name": job.name, "data-status": job.status,
-        "aria-current": job.id === shownJob ? "true" : false,
-      }, badge(job.status), h("span", { class: "name" }, jobLabel(job)), duration(job.started_at, job.finished_at)))));
+    const items = run.jobs.map(jobRow);
+    if (items.some((item, i) => jobList.children[i] !== item) || jobList.children.length !== items.length) {
+      jobList.replaceChildren(...items);
+    }
   }
 
   function renderLogTitle() {
@@ -90,7 +113,7 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
     logStream?.close();
     logView.clear();
     shownJob = job.id;
-    logStream = followLog(job.id, logView);
+    logStream = followLog(job.id, logView, { known: true });
   }
 
   function render() {

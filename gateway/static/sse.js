@@ -74,12 +74,16 @@ export class StreamRefused extends Error {
 const DEFAULT_RETRY_MS = 1000;
 const MAX_BACKOFF_MS = 15000;
 
+// How long to wait before asking again about something the caller knows exists but the
+// gateway's read model does not show yet (it trails the event store by milliseconds).
+const NOT_YET_MS = 250;
+
 /**
  * Follows `path` until an `end` event, close(), or a refusal. onMessage gets each message;
  * onState gets "connecting" | "live" | "reconnecting" | "ended" | "closed" and, for "refused",
- * the StreamRefused error.
+ * the StreamRefused error. `notFoundRetries`: how many 404s to wait out before believing them.
  */
-export function followStream(path, { token, onMessage, onState = () => {} }) {
+export function followStream(path, { token, onMessage, onState = () => {}, notFoundRetries = 0 }) {
   const controller = new AbortController();
   const parser = new EventStreamParser();
   const sleep = (ms) => new Promise((resolve) => {
@@ -102,6 +106,7 @@ export function followStream(path, { token, onMessage, onState = () => {} }) {
       const { value, done } = await reader.read();
       if (done) return false; // dropped (or the gateway is stopping): reconnect
       for (const message of parser.feed(value)) {
+        if (controller.signal.aborted) return false; // closed: the rest of this chunk is nobody's
         onMessage(message);
         if (message.event === "end") {
           controller.abort();
@@ -123,6 +128,11 @@ export function followStream(path, { token, onMessage, onState = () => {} }) {
         failures = 0;
       } catch (error) {
         if (controller.signal.aborted) break;
+        if (error instanceof StreamRefused && error.status === 404 && notFoundRetries > 0) {
+          notFoundRetries -= 1;
+          await sleep(NOT_YET_MS);
+          continue;
+        }
         if (error instanceof StreamRefused) {
           onState("refused", error);
           return;
