@@ -142,7 +142,10 @@ class DockerExecutor:
                 labels=labels,
                 environment=_environment(execution),
                 working_dir=str(execution.workdir),
-                volumes={str(execution.workdir): {"bind": str(execution.workdir), "mode": "rw"}},
+                volumes={
+                    str(execution.workdir): {"bind": str(execution.workdir), "mode": "rw"},
+                    **{str(objects): {"bind": str(objects), "mode": "ro"} for objects in _borrowed_objects(execution)},
+                },
                 user=user,
                 init=True,  # a real PID 1: reaps what the script leaves, passes signals on
                 privileged=False,
@@ -256,6 +259,16 @@ def _remove(client: docker.DockerClient, container_id: str) -> None:
     except APIError as failed:
         if "already in progress" not in str(failed):
             log.warning("could not remove container %s: %s", container_id, failed)
+
+
+def _borrowed_objects(execution: Execution) -> list[Path]:
+    """The checkout borrows its git objects from the runner's mirror of the same repository
+    (`alternates`): without them `git log` in the job fails. That one mirror's objects, read
+    only, and no other repository's."""
+    alternates = execution.workdir / ".git" / "objects" / "info" / "alternates"
+    if not alternates.is_file():
+        return []
+    return [Path(line) for line in alternates.read_text().splitlines() if line.startswith("/") and Path(line).is_dir()]
 
 
 def _give_workspace(workdir: Path, user: str) -> None:

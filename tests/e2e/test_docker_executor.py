@@ -274,6 +274,9 @@ jobs:
     run: |
       echo "first in $(cat /etc/ledgerci-image) as $(id -u) sees $(cat hello.txt) container=$(hostname)"
       echo "run=$LEDGERCI_RUN_ID job=$LEDGERCI_JOB_ID attempt=$LEDGERCI_ATTEMPT commit=$LEDGERCI_COMMIT env=$FROM_FILE"
+      objects=$(cat .git/objects/info/alternates)  # git objects borrowed from the runner's mirror
+      ls "$objects/pack" >/dev/null && echo "objects readable"
+      touch "$objects/x" 2>/dev/null || echo "objects read-only"
       sleep 1
   - name: second
     image: {OTHER_IMAGE}
@@ -328,6 +331,7 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
     for job, log, image in zip(run["jobs"], logs, images, strict=True):
         assert f"{job['name']} in {image} as 65534 sees the commit's file" in log, log
     assert f"run={run_id} job={run['jobs'][0]['id']} attempt=1 commit={commit} env=workflow-env" in logs[0]
+    assert "objects readable" in logs[0] and "objects read-only" in logs[0]
     containers = {log.split("container=")[1].split()[0] for log in logs}
     assert len(containers) == 3  # a container of its own for each job
     started = [e for e in tenant.events(run_id) if e["type"] == "JobStarted"]
