@@ -99,12 +99,17 @@ class DockerExecutor:
         return len(leftovers)
 
     async def run(self, execution: Execution, output: OutputSink) -> Outcome:
+        # Named before it exists, so that it can be removed by name even if the timeout or a
+        # cancel comes while the engine is still creating it.
+        name = f"ledgerci-{execution.labels.get('job', 'job')[:8]}-{secrets.token_hex(4)}"
         try:
-            container = await asyncio.to_thread(self._create, execution)
-        except JobCannotStart as failed:
-            return Outcome(exit_code=None, error=str(failed))
-        try:
+            # The timeout is the job's whole deadline: pulling and creating count, as the
+            # checkout does in the agent.
             async with asyncio.timeout(execution.timeout_seconds):
+                try:
+                    container = await asyncio.to_thread(self._create, execution, name)
+                except JobCannotStart as failed:
+                    return Outcome(exit_code=None, error=str(failed))
                 await asyncio.to_thread(container.start)
                 await _follow(container, output)
                 status = await asyncio.to_thread(container.wait)
@@ -122,11 +127,11 @@ class DockerExecutor:
             # Timed out, cancelled (a cancel, a lost lease, the runner stopping) or done: the
             # container goes, killed if it still runs. Shielded so a second cancel cannot
             # leave it behind.
-            await asyncio.shield(asyncio.to_thread(_remove, self.client, container.id))
+            await asyncio.shield(asyncio.to_thread(_remove, self.client, name))
 
     # ----- in worker threads ------------------------------------------------------------------
 
-    def _create(self, execution: Execution) -> Container:
+    def _create(self, execution: Execution, name: str) -> Container:
         image = execution.image or self.settings.default_image
         self._ensure_image(image)
         user = self._user()
@@ -138,7 +143,7 @@ class DockerExecutor:
             return self.client.containers.create(
                 image,
                 ["sh", "-e", "-c", execution.script],
-                name=f"ledgerci-{execution.labels.get('job', 'job')[:8]}-{secrets.token_hex(3)}",
+                name=name,
                 labels=labels,
                 environment=_environment(execution),
                 working_dir=str(execution.workdir),
