@@ -87,8 +87,9 @@ export function followLog(jobId, view, { onEnd = () => {}, onState = () => {}, k
         attempt = next;
       } else if (event === "end") {
         const end = JSON.parse(data);
-        const how = [end.status, end.exit_code !== null && end.exit_code !== undefined ? `exit code ${end.exit_code}` : null,
-          end.error].filter(Boolean).join(" · ");
+        // The error says more than the exit code ("timed out", "runner lost", or the exit code itself).
+        const exit = end.exit_code === null || end.exit_code === undefined ? null : `exit code ${end.exit_code}`;
+        const how = [end.status, end.error || exit].filter(Boolean).join(" · ");
         view.note(`job ${how}`, end.status === "succeeded" ? "ok" : "error");
         onEnd(end);
       }

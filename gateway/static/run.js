@@ -100,8 +100,8 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
     if (!job) return;
     fill(logTitle,
       h("strong", {}, jobLabel(job)), badge(job.status), duration(job.started_at, job.finished_at),
-      job.exit_code !== null ? h("span", { class: "muted" }, `exit code ${job.exit_code}`) : null,
       job.error ? h("span", { class: "problem-inline" }, job.error) : null,
+      job.exit_code !== null && !job.error ? h("span", { class: "muted" }, `exit code ${job.exit_code}`) : null,
       h("span", { class: "spacer" }),
       pinned ? h("a", { href: `#/runs/${run.id}`, title: "show whichever job is running" }, "Follow the run") : null,
       h("a", { href: `#/jobs/${job.id}`, title: "a link to this log alone" }, "Log only"));
@@ -132,7 +132,7 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
       h("span", { class: "mono muted" }, `v${event.version}`),
       h("time", { datetime: event.at, title: event.at }, new Date(event.at).toLocaleTimeString()),
       h("strong", {}, event.type),
-      event.data?.job_id ? h("span", {}, names.get(event.data.job_id) || event.data.job_id) : null,
+      h("span", {}, event.data?.job_id ? names.get(event.data.job_id) || event.data.job_id : ""),
       h("span", { class: "muted" }, event.actor || ""))));
   }
 

@@ -37,7 +37,7 @@ function repositories(runs, filters) {
 function table(runs) {
   if (!runs.length) return h("p", { class: "empty" }, "No runs match.");
   return h("table", { class: "runs" },
-    h("thead", {}, h("tr", {}, ["Status", "Repository", "Commit", "Ref", "Started", "Duration"].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, ["Status", "Repository", "Commit", "Ref", "Pushed", "Duration"].map((t) => h("th", {}, t)))),
     h("tbody", {}, runs.map((run) => h("tr", { "data-run": run.id, class: "clickable" },
       h("td", {}, badge(run.status)),
       h("td", {}, h("a", { href: `#/runs/${run.id}` }, run.repository_id)),
