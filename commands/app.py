@@ -43,10 +43,10 @@ from domain.errors import (
 )
 from domain.ids import repository_aggregate_id, run_id_for, tenant_aggregate_id, token_aggregate_id
 from domain.messages import CommandReply, EventMessage, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
-from domain.registry import Repository, Tenant, Token
+from domain.registry import ANY_POOL, Repository, Tenant, Token, pool_allowed
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
-from domain.workflow import parse_workflow, ref_matches
+from domain.workflow import JobSpec, parse_workflow, ref_matches
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -386,6 +386,9 @@ class LedgerApp(Application):
             if not ref_matches(workflow.branches, run.ref):
                 reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
                 return run.skip(reason, at, actor)
+            refused = self._pool_refusal(run.tenant_id, workflow.jobs)
+            if refused:
+                return run.fail_before_start(refused, at, actor)
             return run.plan(
                 workflow.jobs, workflow.name, at, actor,
                 lease_seconds=self.timing.lease_seconds,
@@ -393,6 +396,16 @@ class LedgerApp(Application):
             )
 
         return self._decide(run_id, decide)
+
+    def _pool_refusal(self, tenant_id: str, jobs: list[JobSpec]) -> str | None:
+        """Why the tenant may not run these jobs where they ask to run, if it may not."""
+        tenant = self._load(tenant_aggregate_id(tenant_id), Tenant)
+        allowed = tenant.pools if tenant is not None else ANY_POOL
+        for job in jobs:
+            if not pool_allowed(allowed, job.pool):
+                return (f'job "{job.name}" asks for runner pool "{job.pool}"; tenant {tenant_id!r} '
+                        f"may use: {', '.join(allowed)}")
+        return None
 
     def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
         return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))
@@ -418,7 +431,7 @@ class LedgerApp(Application):
             tenant_id=run.tenant_id, repository_id=run.repository_id, clone_url=run.clone_url,
             commit=run.commit, ref=run.ref, script=job.spec.run, env=dict(job.spec.env),
             image=job.spec.image, timeout_seconds=job.spec.timeout_seconds,
-            idempotency_key=f"{run.id}:{job.id}", resources=job.spec.resources,
+            idempotency_key=f"{run.id}:{job.id}", resources=job.spec.resources, pool=job.spec.pool,
         )
 
     # ----- runner commands (fenced by attempt) ------------------------------------------------

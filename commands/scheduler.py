@@ -38,7 +38,6 @@ from gitcache import CommitNotFoundError, GitError, GitMirrors
 log = logging.getLogger(__name__)
 
 WORKFLOW_PATH = ".ledgerci.yml"
-DEFAULT_POOL = "default"
 # How long after a job became ready the dispatcher checks that it was really dispatched.
 BACKSTOP_DELAY_SECONDS = 1.0
 
@@ -46,7 +45,7 @@ BACKSTOP_DELAY_SECONDS = 1.0
 async def publish_dispatch(js: JetStreamContext, dispatch: JobDispatch) -> None:
     """Offer an attempt to the runners. Safe to repeat: the stream drops a second copy."""
     await js.publish(
-        jobs_subject(DEFAULT_POOL),
+        jobs_subject(dispatch.pool),
         msgspec.json.encode(dispatch),
         headers={"Nats-Msg-Id": dispatch_msg_id(dispatch.job_id, dispatch.attempt)},
     )

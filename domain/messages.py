@@ -34,6 +34,11 @@ HAND_BACK_SUBJECT = "ledgerci.cmd.hand_back"
 # misses it learns the same at its next heartbeat, which is refused.
 CONTROL_SUBJECT_PREFIX = "ledgerci.control"
 COMMAND_QUEUE_GROUP = "ledgerci-commands"
+# Runners say they are alive (core NATS, not stored): ledgerci.runners.<pool>.<runner id>, every
+# PRESENCE_SECONDS, when they stop (slots 0), and at once when someone asks on RUNNERS_PING.
+RUNNERS_SUBJECT_PREFIX = "ledgerci.runners"
+RUNNERS_PING_SUBJECT = "ledgerci.ping.runners"
+PRESENCE_SECONDS = 5.0
 
 
 def events_subject(aggregate_type: str, aggregate_id: str, event_type: str) -> str:
@@ -51,6 +56,10 @@ def jobs_subject(pool: str) -> str:
 
 def logs_subject(job_id: str, attempt: int) -> str:
     return f"{LOGS_SUBJECT_PREFIX}.{job_id}.{attempt}"
+
+
+def presence_subject(pool: str, runner_id: str) -> str:
+    return f"{RUNNERS_SUBJECT_PREFIX}.{pool}.{runner_id}"
 
 
 def control_subject(job_id: str, attempt: int) -> str:
@@ -98,6 +107,7 @@ class JobDispatch(Message, frozen=True):
     # Stable across attempts of one job, so a script can make its own side effects idempotent.
     idempotency_key: str
     resources: Resources | None = None  # limits the Docker executor applies, within the runner's caps
+    pool: str = "default"  # the runners it is offered to (ledgerci.jobs.<pool>)
 
 
 class StartJob(Message, frozen=True):
@@ -151,3 +161,11 @@ class CommandReply(Message, frozen=True):
     # `seal_to`, or why they cannot be given (then the runner fails the job with it).
     secrets: str | None = None
     secrets_error: str | None = None
+
+
+class RunnerPresence(Message, frozen=True):
+    """A runner is alive and serves `pool` with `slots` (0: it is stopping)."""
+
+    runner_id: str
+    pool: str
+    slots: int

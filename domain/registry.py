@@ -62,6 +62,13 @@ class SecretHolder(Aggregate):
             holder.secrets.pop(self.name, None)
 
 
+ANY_POOL = ("*",)
+
+
+def pool_allowed(pools: list[str] | tuple[str, ...], pool: str) -> bool:
+    return "*" in pools or pool in pools
+
+
 class Tenant(SecretHolder):
     class TenantCreated(Aggregate.Created):
         tenant_id: str
@@ -88,6 +95,7 @@ class Tenant(SecretHolder):
         self.max_concurrent_jobs = max_concurrent_jobs
         self.max_queued_runs = max_queued_runs
         self.pushes_per_minute = pushes_per_minute
+        self.pools: list[str] = list(ANY_POOL)  # the runner pools its jobs may use; "*" is any
         self.secrets: dict[str, StoredSecret] = {}
 
     @classmethod
@@ -119,7 +127,7 @@ class Tenant(SecretHolder):
 
     # ----- changes (recorded as events, so the audit trail says who changed a quota when) -----
 
-    POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute")
+    POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute", "pools")
 
     def update(self, changes: dict[str, object], at: datetime, actor: str) -> bool:
         """Change the name, weight or quotas; only what differs is recorded. Idempotent."""

@@ -26,6 +26,9 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A runner pool's name: runners serve one (LEDGERCI_RUNNER_POOL), jobs ask for one.
+POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+DEFAULT_POOL = "default"
 # Digits bounded: int() refuses strings over 4300 digits with a ValueError, not our error.
 _DURATION = re.compile(r"(\d{1,18})([smh]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
@@ -65,6 +68,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     resources: Resources | None = None
     when: When = "on_success"
     allow_failure: bool = False
+    pool: str = DEFAULT_POOL  # the runners that may run it
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +95,7 @@ class _RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     resources: _RawResources | None = None
     when: str = "on_success"
     allow_failure: bool = False
+    pool: str = DEFAULT_POOL
 
 
 class _RawOn(msgspec.Struct, forbid_unknown_fields=True):
@@ -206,6 +211,9 @@ def _job(
             )
         if secret in raw.secrets[:i]:
             raise _error(f'secret "{secret}" is listed twice', (*path, "secrets", i), at)
+    if not POOL_NAME.fullmatch(raw.pool):
+        raise _error(f'invalid pool name "{raw.pool}": use a-z, 0-9, "_" and "-", at most 63, '
+                     "starting with a letter or digit", (*path, "pool"), at)
     if raw.when not in _WHEN:
         raise _error(f'expected one of: {", ".join(_WHEN)}, got "{raw.when}"', (*path, "when"), at)
     return JobSpec(
@@ -219,6 +227,7 @@ def _job(
         resources=_resources(raw.resources, (*path, "resources"), at),
         when=cast(When, raw.when),  # checked against _WHEN above
         allow_failure=raw.allow_failure,
+        pool=raw.pool,
     )
 
 

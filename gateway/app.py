@@ -22,6 +22,7 @@ from gateway.logs import LogReader
 from gateway.metrics import CONTENT_TYPE, SystemMetrics
 from gateway.models import Health
 from gateway.openapi import BEARER_REQUIRED, SECURITY_COMPONENTS, ClosedStructSchemaPlugin, allow_every_method
+from gateway.presence import RunnerPresenceView
 from gateway.routes import AdminController, Defaults, PushController, RunsController
 from gateway.secrets import SecretsController
 from gateway.streams import Streams
@@ -53,6 +54,10 @@ def create_app(deps: GatewayDeps) -> Litestar:
     secret_book = deps.secret_book or SecretBook(deps.ledger, None)
     authenticator = Authenticator(deps.ledger, deps.admin_token)
     streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
+    presence = RunnerPresenceView()
+
+    async def watch_runners() -> None:
+        await presence.watch(deps.nc)
 
     @get("/healthz", opt={"public": True}, operation_id="healthz", tags=["health"])
     async def healthz() -> Health:
@@ -102,7 +107,9 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "admission": Provide(lambda: deps.admission, sync_to_thread=False),
             "secret_book": Provide(lambda: secret_book, sync_to_thread=False),
             "streams": Provide(lambda: streams, sync_to_thread=False),
+            "presence": Provide(lambda: presence, sync_to_thread=False),
         },
+        on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process configured logging already (text or JSON, LEDGERCI_LOG_FORMAT)
         openapi_config=OpenAPIConfig(title="ledgerci", version="0.1.0", path="/schema",

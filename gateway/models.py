@@ -45,6 +45,10 @@ class RerunResponse(msgspec.Struct, kw_only=True):
     rerun: int
 
 
+PoolName = Annotated[str, Meta(pattern=r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$", description='a pool name, or "*" for any')]
+Pools = Annotated[list[PoolName], Meta(min_length=1, max_length=64, description="runner pools a tenant's jobs may use")]
+
+
 class TenantRequest(Body):
     id: Identifier
     name: Annotated[str, Meta(pattern=_TEXT)] | None = None
@@ -52,6 +56,7 @@ class TenantRequest(Body):
     max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    pools: Pools | None = None
 
 
 class TenantUpdate(Body):
@@ -62,6 +67,7 @@ class TenantUpdate(Body):
     max_concurrent_jobs: Annotated[int, Meta(ge=1)] | None = None
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    pools: Pools | None = None
 
 
 class TenantResponse(msgspec.Struct, kw_only=True):
@@ -71,6 +77,7 @@ class TenantResponse(msgspec.Struct, kw_only=True):
     max_concurrent_jobs: int
     max_queued_runs: int
     pushes_per_minute: int
+    pools: list[str]  # the runner pools its jobs may use; ["*"]: any
 
 
 class TokenResponse(msgspec.Struct, kw_only=True):

@@ -34,6 +34,7 @@ from gateway.models import (
     TokenResponse,
 )
 from gateway.openapi import AS_OF_SCHEMA, IDENTIFIER_PATTERN, errors
+from gateway.presence import RunnerPresenceView
 from gateway.views import parse_as_of, run_view
 from projections.admission import PushAdmission
 from projections.queries import RunPage, RunQueries, RunView
@@ -47,7 +48,7 @@ def tenant_response(tenant: Tenant) -> TenantResponse:
     return TenantResponse(
         id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
         max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
-        pushes_per_minute=tenant.pushes_per_minute,
+        pushes_per_minute=tenant.pushes_per_minute, pools=list(tenant.pools),
     )
 
 
@@ -102,6 +103,9 @@ class AdminController(Controller):
             pushes_per_minute=data.pushes_per_minute or defaults.pushes_per_minute,
             actor=principal_of(request).name,
         )
+        if data.pools is not None:  # recorded as a change right after: the created event keeps its shape
+            tenant = await blocking(ledger.update_tenant, data.id, {"pools": data.pools},
+                                    actor=principal_of(request).name)
         return tenant_response(tenant)
 
     @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin], responses=errors(403, 404))
@@ -155,20 +159,24 @@ class RunsController(Controller):
         self,
         request: Request,
         queries: RunQueries,
+        presence: RunnerPresenceView,
         repository_id: Annotated[str | None, Parameter(pattern=IDENTIFIER_PATTERN)] = None,
         status: RunStatus | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> RunPage:
         """The caller's runs, newest first."""
-        return await blocking(
+        page = await blocking(
             queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
             status=status, limit=limit, cursor=cursor,
         )
+        for run in page.runs:
+            presence.explain_waiting(run.jobs)
+        return page
 
     @get("/runs/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
-        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp,
+        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, presence: RunnerPresenceView,
         as_of: Annotated[str | None, Parameter(schema_extra=AS_OF_SCHEMA)] = None,
     ) -> RunView:
         """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
@@ -180,6 +188,7 @@ class RunsController(Controller):
         view = await blocking(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
         if view is None:
             raise RunNotFoundError(f"run {run_id} not found")
+        presence.explain_waiting(view.jobs)
         return view
 
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK, responses=errors(404))

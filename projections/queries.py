@@ -22,6 +22,8 @@ class JobView(msgspec.Struct, kw_only=True):
     started_at: str | None
     finished_at: str | None
     error: str | None
+    pool: str = "default"
+    waiting: str | None = None  # why a queued job is not running yet, beyond waiting its turn
 
 
 class RunView(msgspec.Struct, kw_only=True):
@@ -54,7 +56,7 @@ class JobLocation(msgspec.Struct, kw_only=True):
 
 _RUN_COLUMNS = "id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error"
 _JOB_COLUMNS = (
-    "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error"
+    "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error, pool"
 )
 
 
@@ -69,6 +71,7 @@ def _job(row: tuple) -> JobView:
     return JobView(
         id=row[0], name=row[1], status=row[2], attempt=row[3], runner_id=row[4],
         exit_code=row[5], queued_at=row[6], started_at=row[7], finished_at=row[8], error=row[9],
+        pool=row[10],
     )
 
 

@@ -40,7 +40,8 @@ TABLES = [
         finished_at TEXT,
         pick_up_by TEXT,
         lease_expires_at TEXT,
-        timeout_at TEXT
+        timeout_at TEXT,
+        pool TEXT NOT NULL DEFAULT 'default'
     )""",
     "CREATE INDEX IF NOT EXISTS lci_runs_by_tenant_status ON lci_runs (tenant_id, status)",
     "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
@@ -77,3 +78,17 @@ def create_read_model_tables(db: Database) -> None:
         # The tracking row exists from the start, so replicas always have a row to lock.
         cursor.execute("INSERT INTO lci_tracking (projection, position) VALUES ('runs', 0) "
                        "ON CONFLICT (projection) DO NOTHING")
+        _add_missing_columns(cursor, db.dialect)
+
+
+# Columns added after a table first shipped: tables made by an older version get them here
+# (the default is right for every row an older version wrote).
+ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'")]
+
+
+def _add_missing_columns(cursor, dialect: str) -> None:
+    for table, column, definition in ADDED_COLUMNS:
+        if dialect == "postgresql":
+            cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
+        elif column not in {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}:
+            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

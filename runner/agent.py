@@ -39,6 +39,7 @@ from domain.messages import (
 from gitcache import GitError, GitMirrors
 from runner.executor import Execution, Executor, Outcome
 from runner.logs import MAX_LOG_BYTES, LogStream
+from runner.presence import announce_presence
 from runner.secrets import JobSecrets, open_secrets
 from sealing import Recipient
 
@@ -111,6 +112,7 @@ class RunnerAgent:
         grace = asyncio.create_task(self._grace_after(stop))
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(announce_presence(self.nc, self.runner_id, self.pool, self.slots, stop))
                 for _ in range(self.slots):
                     group.create_task(self._slot(stop))
         finally:
