@@ -27,6 +27,7 @@ from typing import Any, Literal
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
+from requests.exceptions import RequestException
 
 from domain.workflow import memory_bytes
 from runner.executor import Execution, Outcome, OutputSink
@@ -115,13 +116,14 @@ class DockerExecutor:
                 status = await asyncio.to_thread(container.wait)
             state = await asyncio.to_thread(_state, container)
             exit_code = int(status.get("StatusCode", state.get("ExitCode", -1)))
-            if state.get("OOMKilled"):
-                # A job failure, not the system's: the job asked for more than its limit.
+            if state.get("OOMKilled") and exit_code != 0:
+                # A job failure, not the system's: the job asked for more than its limit. (A
+                # script that survived one of its processes being killed, and passed, passed.)
                 return Outcome(exit_code=exit_code, error=OUT_OF_MEMORY)
             return Outcome(exit_code=exit_code)
         except TimeoutError:
             return Outcome(exit_code=None, error="timed out", timed_out=True)
-        except DockerException as failed:
+        except (DockerException, RequestException) as failed:  # the engine refused, or went away
             return Outcome(exit_code=None, error=f"could not run the container: {_explain(failed)}")
         finally:
             # Timed out, cancelled (a cancel, a lost lease, the runner stopping) or done: the
@@ -261,7 +263,8 @@ def _remove(client: docker.DockerClient, container_id: str) -> None:
         client.api.remove_container(container_id, force=True)  # force: SIGKILL first if it still runs
     except NotFound:
         pass  # already gone
-    except APIError as failed:
+    except (DockerException, RequestException) as failed:
+        # Left behind for now: it carries this runner's label, so its next start removes it.
         if "already in progress" not in str(failed):
             log.warning("could not remove container %s: %s", container_id, failed)
 
@@ -290,7 +293,7 @@ def _give_workspace(workdir: Path, user: str) -> None:
     os.lchown(workdir, uid, gid)
 
 
-def _explain(failed: DockerException) -> str:
+def _explain(failed: DockerException | RequestException) -> str:
     if isinstance(failed, APIError) and failed.explanation:
         return str(failed.explanation)
     return str(failed)
