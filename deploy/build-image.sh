@@ -28,6 +28,9 @@ fi
 context=$(mktemp -d /tmp/ledgerci-image.XXXXXX)
 trap 'rm -rf "$context"' EXIT
 "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$context/wheels" "$repo" >&2
+# ledgerci's own wheel apart, so the dependencies' layer stays cached while the code changes.
+mkdir "$context/app"
+mv "$context"/wheels/ledgerci-*.whl "$context/app/"
 DOCKER_BUILDKIT=0 docker build --quiet --file "$repo/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" \
   --tag "$tag" "$context" >&2
 echo "$tag"
