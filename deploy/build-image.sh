@@ -31,6 +31,16 @@ trap 'rm -rf "$context"' EXIT
 # ledgerci's own wheel apart, so the dependencies' layer stays cached while the code changes.
 mkdir "$context/app"
 mv "$context"/wheels/ledgerci-*.whl "$context/app/"
+previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build --quiet --file "$repo/deploy/Dockerfile" --build-arg BASE_IMAGE="$base" \
   --tag "$tag" "$context" >&2
+# The image this tag named before is now nameless: remove it (and its layers the new one does
+# not share), or every rebuild would leave a few hundred MB behind. Still in use: it stays.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$tag")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
+# The classic builder leaves the build stage's image nameless too; the newest holds the
+# dependencies' layer that the next build reuses, so only older ones go.
+docker images --filter dangling=true --filter label=ledgerci.stage=build --format '{{.ID}}' | tail -n +2 \
+  | xargs -r docker rmi >/dev/null 2>&1 || true
 echo "$tag"
