@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.support.processes import NatsServer, free_port
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,28 +50,56 @@ def run(*argv: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 # ----- the image ---------------------------------------------------------------------------------
 
-@pytest.mark.timeout(1200)  # from nothing: debootstrap (~1.5 min) and wheels, on a busy machine
-def test_image_builds_offline_from_a_local_base_and_runs_as_non_root() -> None:
+@pytest.fixture(scope="module")
+def image() -> str:
+    """The ledgerci image, built as deploy/README.md says (the base first, if this machine has none)."""
     started = time.monotonic()
     base = run(DEPLOY / "base-image.sh").stdout.strip()
     based = time.monotonic()
     assert run(DEPLOY / "build-image.sh", IMAGE).stdout.strip() == IMAGE
     print(f"base image {base}: {based - started:.0f} s; ledgerci image: {time.monotonic() - based:.0f} s")
-
     made_from = json.loads(run("docker", "image", "inspect", base).stdout)[0]
     assert "debootstrap" in made_from["Comment"]  # made here, not pulled
-    config = json.loads(run("docker", "image", "inspect", IMAGE).stdout)[0]["Config"]
+    return IMAGE
+
+
+@pytest.mark.timeout(1200)  # from nothing: debootstrap (1.5 to 4 min) and wheels, on a busy machine
+def test_image_builds_offline_from_a_local_base_and_runs_as_non_root(image: str) -> None:
+    config = json.loads(run("docker", "image", "inspect", image).stdout)[0]["Config"]
     assert config["User"] == "10001:10001" and config["Entrypoint"] == ["ledgerci"]
 
-    assert run("docker", "run", "--rm", IMAGE, "--help").stdout.startswith("usage: ledgerci")
-    uid = run("docker", "run", "--rm", "--entrypoint", "id", IMAGE, "-u").stdout.strip()
+    assert run("docker", "run", "--rm", image, "--help").stdout.startswith("usage: ledgerci")
+    uid = run("docker", "run", "--rm", "--entrypoint", "id", image, "-u").stdout.strip()
     assert uid == "10001"
     # Every module the services import is in the image (a package left out of pyproject's
     # list would only fail here), and the runners' tools are on the PATH.
-    run("docker", "run", "--rm", "--entrypoint", "python", IMAGE, "-c", "import ledgerci.services")
-    tools = run("docker", "run", "--rm", "--entrypoint", "sh", IMAGE, "-c",
+    run("docker", "run", "--rm", "--entrypoint", "python", image, "-c", "import ledgerci.services")
+    tools = run("docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
                 "git --version && setpriv --version && nats-server --version").stdout
     assert "git version" in tools and "util-linux" in tools and "nats-server" in tools
+
+
+@pytest.mark.timeout(1200)
+def test_a_service_in_the_image_passes_the_compose_healthcheck_and_stops_on_sigterm(
+    image: str, compose: dict[str, Any], postgres_url: str, nats_server: NatsServer,
+) -> None:
+    # The host's network: the test's PostgreSQL and nats-server listen on its loopback only.
+    port = free_port()
+    name = f"ledgerci-test-relay-{port}"
+    healthcheck = [part.replace("9090", str(port)) for part in compose["x-ready-on-metrics-port"]["test"][1:]]
+    run("docker", "run", "--detach", "--name", name, "--network", "host",
+        "--env", f"LEDGERCI_DATABASE_URL={postgres_url}", "--env", f"LEDGERCI_NATS_URL={nats_server.url}",
+        "--env", f"LEDGERCI_METRICS_PORT={port}", image, "relay")
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["docker", "exec", name, *healthcheck], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, run("docker", "logs", name).stderr[-3000:]
+            time.sleep(0.5)  # the healthcheck's own polling, as Docker would
+        run("docker", "stop", "--time", "20", name)
+        state = json.loads(run("docker", "inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0, run("docker", "logs", name).stderr[-3000:]
+    finally:
+        subprocess.run(["docker", "rm", "--force", "--volumes", name], capture_output=True)
 
 
 # ----- Compose -----------------------------------------------------------------------------------
