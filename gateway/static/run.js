@@ -8,6 +8,8 @@ import { LogView, followLog } from "./log.js";
 import { followStream } from "./sse.js";
 
 const ACTIVITY_SHOWN = 200;
+// A running job's heartbeats (one every few seconds) would bury what happened; `ledgerci events` has them.
+const QUIET_EVENTS = new Set(["JobLeaseExtended"]);
 
 /** The job to show when none is pinned: the running one, else the last that started, else the first. */
 function jobToFollow(jobs) {
@@ -127,7 +129,8 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
 
   function renderActivity() {
     const names = new Map((run?.jobs || []).map((job) => [job.id, job.name]));
-    const recent = [...events.values()].sort((a, b) => b.version - a.version).slice(0, ACTIVITY_SHOWN);
+    const recent = [...events.values()].filter((event) => !QUIET_EVENTS.has(event.type))
+      .sort((a, b) => b.version - a.version).slice(0, ACTIVITY_SHOWN);
     fill(activity, recent.map((event) => h("li", {},
       h("span", { class: "mono muted" }, `v${event.version}`),
       h("time", { datetime: event.at, title: event.at }, new Date(event.at).toLocaleTimeString()),
