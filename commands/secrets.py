@@ -26,6 +26,9 @@ from sealing import Keyring, KeyringError, SealingError, seal
 
 # The command service reads runs and owners on the runner's behalf, for every tenant.
 _SERVICE = Principal("command-service", None)
+# The claim's reply must fit in one NATS message (1 MiB by default, with room for the rest):
+# past this the job fails saying so, instead of its claim never being answered.
+MAX_SEALED_BYTES = 512 * 1024
 
 
 class SecretInfo(NamedTuple):
@@ -135,11 +138,16 @@ class SecretBook:
         try:
             values = {name: keyring.decrypt(stored.ciphertext, context(scope, owner, name))
                       for name, (scope, owner, stored) in chosen.items()}
-            return seal(values, command.seal_to, sealed_for(command.job_id, command.attempt))
+            sealed = seal(values, command.seal_to, sealed_for(command.job_id, command.attempt))
         except KeyringError as failed:
             raise SecretsUnavailableError(f"a secret of this job cannot be decrypted: {failed}") from None
         except SealingError as failed:
             raise SecretsUnavailableError(f"cannot seal secrets to this runner's key: {failed}") from None
+        if len(sealed) > MAX_SEALED_BYTES:
+            raise SecretsUnavailableError(
+                f"the job's secrets come to {len(sealed)} bytes sealed, over the {MAX_SEALED_BYTES} a claim carries"
+            )
+        return sealed
 
 
 def _info(scope: Scope, owner_id: str, name: str, stored: StoredSecret) -> SecretInfo:

@@ -98,7 +98,7 @@ def test_a_job_that_lists_no_secret_gets_none(ledger: LedgerApp, book: SecretBoo
     assert ok and secrets == JobSecrets({})
 
 
-@pytest.mark.parametrize("why", ["deleted", "no key sent", "no keyring", "another key"])
+@pytest.mark.parametrize("why", ["deleted", "no key sent", "no keyring", "another key", "too large"])
 def test_a_job_whose_secrets_cannot_be_given_is_told_why(ledger: LedgerApp, book: SecretBook, why: str) -> None:
     run_id, job_id, attempt = queued(ledger)
     recipient: Recipient | None = Recipient()
@@ -107,11 +107,16 @@ def test_a_job_whose_secrets_cannot_be_given_is_told_why(ledger: LedgerApp, book
         "no key sent": "this runner sent no key to seal secrets to",
         "no keyring": "LEDGERCI_SECRET_KEY is not set",
         "another key": "encrypted with key",
+        "too large": "over the 524288 a claim carries",
     }[why]
     if why == "deleted":
         book.delete(Scope.REPOSITORY, "web", "TOKEN", ADMIN)
     elif why == "no key sent":
         recipient = None
+    elif why == "too large":  # 2 x 16 Ki emoji, 12 bytes each JSON-escaped: over 512 KiB once sealed
+        book.set(Scope.REPOSITORY, "web", "TOKEN", "😀" * 16384, ADMIN)
+        book.set(Scope.TENANT, "acme", "SHARED", "😀" * 16384, ADMIN)
+        book.delete(Scope.REPOSITORY, "web", "SHARED", ADMIN)
     elif why == "no keyring":
         book = SecretBook(ledger, None)
     else:  # the scheduler runs with a key that is not the one the gateway encrypted with
