@@ -260,9 +260,11 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, engine: docker
         "LEDGERCI_DOCKER_MAX_CPUS": "0.5",
     })
     cluster.base_dir.mkdir(parents=True)
-    cluster.start_all()
-    yield cluster
-    cluster.stop_all()
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()  # also when a service did not come up: nothing may outlive the test
 
 
 THREE_JOBS = f"""\
@@ -345,6 +347,10 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
     # own shell got its last fork decides only its exit code.
     assert bomb["jobs"][0]["error"] != "timed out", bomb["jobs"]
     assert "can't fork" in bomb_tenant.log(bomb["jobs"][0]["id"])
+    # At the same time: each of them ran while the first tenant's jobs were running.
+    for other in (hog, bomb):
+        job = other["jobs"][0]
+        assert job["started_at"] < run["jobs"][-1]["finished_at"] and job["finished_at"] > run["jobs"][0]["started_at"]
     for finished in (run, hog, bomb):
         for job in finished["jobs"]:
             assert _containers(engine, "ledgerci.job", job["id"]) == []  # removed after each job
