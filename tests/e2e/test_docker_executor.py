@@ -354,6 +354,12 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
     for finished in (run, hog, bomb):
         for job in finished["jobs"]:
             assert _containers(engine, "ledgerci.job", job["id"]) == []  # removed after each job
+    # The workspaces go too (just after the outcome is recorded), files the job's uid wrote included.
+    workspaces = cluster.base_dir / "runner" / "workspaces"
+    deadline = time.monotonic() + 10
+    while any(workspaces.iterdir()):
+        assert time.monotonic() < deadline, list(workspaces.iterdir())
+        time.sleep(0.05)
     assert check_invariants(cluster.env["LEDGERCI_DATABASE_URL"]) == []
 
 
