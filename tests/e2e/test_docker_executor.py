@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import ipaddress
 import secrets
 import socket
-import subprocess
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -232,8 +233,16 @@ async def test_a_job_cannot_reach_the_hosts_postgresql_or_nats(
 
 
 def _host_addresses() -> list[str]:
-    listing = subprocess.run(["ip", "-4", "-o", "addr", "show"], check=True, capture_output=True, text=True).stdout
-    return [line.split()[3].split("/")[0] for line in listing.splitlines()]
+    """Every IPv4 address of the host's interfaces (SIOCGIFADDR: no tool needs installing)."""
+    addresses = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                answer = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue  # an interface without an IPv4 address
+            addresses.append(socket.inet_ntoa(answer[20:24]))
+    return addresses
 
 
 async def _wait_for_container(engine: docker.DockerClient, job: Execution, output: Collected, timeout: float = 30.0):
