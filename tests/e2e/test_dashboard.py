@@ -1,9 +1,10 @@
 """The dashboard in a real browser: Debian's headless Chromium, driven by Playwright, against
 every service as its own process. Sign in with a tenant token, push, and watch the run page
-change without a reload while the log follows the job's output.
+change without a reload while the log follows the job's output; restart the gateway under it
+and see it carry on where it was. Then the page's pieces alone, in the same browser: the
+event-stream parser, reconnecting with Last-Event-ID, ANSI colours, auto-scroll.
 
-Screenshots of the run page (a job running, then the run done) are kept in LEDGERCI_TEST_ARTIFACTS
-(default tests/artifacts/)."""
+Screenshots of the run page are kept in LEDGERCI_TEST_ARTIFACTS (default tests/artifacts/)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from gateway.dashboard import STATIC_DIR
 from tests.support.api import Api
+from tests.support.cluster import LedgerCluster
 from tests.support.git_repo import GitRepo
 
 pytestmark = pytest.mark.e2e
@@ -30,7 +32,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("LEDGERCI_TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
 
-# The first job prints a line a second for about ten seconds (colours, and markup that must stay
+# The first job prints a line a second for about twelve seconds (colours, and markup that must stay
 # text); the second prints quickly. The run page must show both turning green on its own.
 WORKFLOW = r"""
 jobs:
@@ -41,7 +43,7 @@ jobs:
       printf '\033[32mstep 2 in green\033[0m then \033[1;91mbold bright red\033[0m\n'
       sleep 1
       echo '<b>step 3 stays text</b>'
-      for n in 4 5 6 7 8 9; do sleep 1; echo "step $n"; done
+      for n in 4 5 6 7 8 9 10 11 12; do sleep 1; echo "step $n"; done
   - name: quick
     run: echo "quick ran"
 """
@@ -77,18 +79,27 @@ def keep_screenshot(page: Page, name: str) -> None:
     print(f"dashboard screenshot: {path}")
 
 
-def test_run_page_turns_jobs_green_and_follows_the_log_without_a_reload(tmp_path: Path, admin: Api,
-                                                                       browser: Browser) -> None:
+def tenant_with_a_repository(admin: Api, tmp_path: Path, workflow: str) -> tuple[Api, str, str, str]:
+    """A tenant, its token, and a repository whose commit holds `workflow`."""
     tenant_id, token = admin.tenant()
     repo = GitRepo(tmp_path / "repo")
-    commit = repo.commit({".ledgerci.yml": WORKFLOW})
-    repository_id = admin.repository(tenant_id, repo.clone_url)
-    tenant = Api(admin.url, token)
+    commit = repo.commit({".ledgerci.yml": workflow})
+    return Api(admin.url, token), token, admin.repository(tenant_id, repo.clone_url), commit
 
+
+def watched_page(browser: Browser, errors: list[str]) -> Page:
+    """A page whose script errors are collected in `errors`."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: _keep_errors(message, errors))
+    return page
+
+
+def test_run_page_turns_jobs_green_and_follows_the_log_without_a_reload(tmp_path: Path, admin: Api,
+                                                                       browser: Browser) -> None:
+    tenant, token, repository_id, commit = tenant_with_a_repository(admin, tmp_path, WORKFLOW)
     page_errors: list[str] = []
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
-    page.on("console", lambda message: _keep_errors(message, page_errors))
+    page = watched_page(browser, page_errors)
     try:
         sign_in(page, admin.url, token)
         page.evaluate("window.sameDocument = true")  # gone if anything reloads the page
@@ -125,6 +136,52 @@ def test_run_page_turns_jobs_green_and_follows_the_log_without_a_reload(tmp_path
 
     slow = tenant.run(run_id)["jobs"][0]
     assert seen_while_running < datetime.fromisoformat(slow["finished_at"]), "the line was seen only after the job"
+    assert page_errors == []
+
+
+TICKING = """
+jobs:
+  - name: ticks
+    run: for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo "tick $i"; sleep 1; done
+  - name: after
+    run: echo "after the restart"
+"""
+
+EVERY_TICK_ONCE = """() => {
+  const text = document.querySelector('.log')?.textContent || '';
+  return Array.from({length: 12}, (_, i) => text.split(`tick ${i + 1}\\n`).length - 1);
+}"""
+
+
+def test_the_run_page_resumes_where_it_was_when_the_gateway_restarts(tmp_path: Path, admin: Api,
+                                                                     cluster: LedgerCluster, browser: Browser) -> None:
+    tenant, token, repository_id, commit = tenant_with_a_repository(admin, tmp_path, TICKING)
+    run_id = tenant.push(repository_id, commit).json()["run_id"]
+    page_errors: list[str] = []
+    page = watched_page(browser, page_errors)
+    try:
+        ticks_job = tenant.wait_run(run_id, until=lambda run: len(run["jobs"]) == 2)["jobs"][0]["id"]
+        sign_in(page, admin.url, token)
+        # A shared link to the run with the ticks job's log pinned (not following the next job).
+        page.goto(f"{admin.url}/#/runs/{run_id}/jobs/{ticks_job}")
+        log = page.locator(".log")
+        expect(log).to_contain_text("tick 2", timeout=20_000)
+        connection = page.locator("#connection")
+        expect(connection).to_have_attribute("data-state", "live")
+
+        cluster.stop("gateway")  # SIGTERM: it ends its streams with a retry hint
+        expect(connection).to_have_attribute("data-state", "reconnecting")
+        cluster.start("gateway")  # same port; back when it answers /readyz
+
+        expect(page.locator('a.job[data-job-name="after"]')).to_have_attribute("data-status", "succeeded",
+                                                                               timeout=30_000)
+        expect(page.locator('a.job[data-job-name="ticks"]')).to_have_attribute("data-status", "succeeded")
+        expect(connection).to_have_attribute("data-state", "ended")  # the run's stream said `end`
+        expect(log).to_contain_text("job succeeded")  # the same log stream, resumed, to its end
+        assert page.evaluate(EVERY_TICK_ONCE) == [1] * 12, "a line was lost or shown twice"
+    finally:
+        keep_screenshot(page, "dashboard-resumed")
+        page.close()
     assert page_errors == []
 
 
