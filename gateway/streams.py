@@ -182,6 +182,10 @@ class Streams:
         position = offset  # bytes of the attempt's log taken in, whole characters or not
         async with self.logs.follow(job_id, attempt, offset, on_chunk=waker.wake) as chunks:
             while True:
+                # Whether the attempt is over and every chunk has arrived is asked before the
+                # chunks are taken: a chunk arriving while it is asked is then still sent.
+                job = await self._job(run_id, job_id)
+                over = _attempt_over(job, attempt) and await chunks.complete()
                 for chunk in chunks.take():
                     position += len(chunk)
                     text = decoder.decode(chunk)
@@ -191,8 +195,7 @@ class Streams:
                         sent_to = position - len(decoder.getstate()[0])
                         yield StreamMessage(event="log", id=f"{attempt}-{sent_to}",
                                             data=_json(LogText(text=text, attempt=attempt)))
-                job = await self._job(run_id, job_id)
-                if _attempt_over(job, attempt) and await chunks.complete():
+                if over:
                     tail = decoder.decode(b"", final=True)
                     if tail:
                         yield StreamMessage(event="log", id=f"{attempt}-{position}",
