@@ -10,7 +10,7 @@ import msgspec
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.datastructures import MutableScopeHeaders
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, Schema, SecurityScheme
 from litestar.routes import HTTPRoute
 from litestar.types import Message, Scope
 from litestar.typing import FieldDefinition
@@ -19,7 +19,6 @@ from gateway.models import Identifier
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
-    from litestar.openapi.spec import Schema
 
 IDENTIFIER_PATTERN: str = get_args(Identifier)[1].pattern
 
@@ -83,7 +82,24 @@ class ClosedStructSchemaPlugin(StructSchemaPlugin):
     def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema:
         schema = super().to_openapi_schema(field_definition, schema_creator)
         schema.additional_properties = False
+        _keep_item_patterns(schema, field_definition.type_)
         return schema
+
+
+def _keep_item_patterns(schema: Schema, struct_type: type) -> None:
+    """Litestar drops the `pattern` of a list's items (`list[Annotated[str, Meta(pattern=...)]]`),
+    so the schema promised that any string was accepted; copy it from msgspec's own schema."""
+    _, components = msgspec.json.schema_components([struct_type])
+    declared = components.get(struct_type.__name__, {}).get("properties", {})
+    for name, prop in (schema.properties or {}).items():
+        source = declared.get(name, {})
+        patterns = [v["items"]["pattern"] for v in source.get("anyOf", [source])
+                    if isinstance(v.get("items"), dict) and "pattern" in v["items"]]
+        if not patterns or not isinstance(prop, Schema):
+            continue
+        for target in [prop, *(prop.one_of or [])]:
+            if isinstance(target, Schema) and isinstance(target.items, Schema):
+                target.items.pattern = patterns[0]
 
 
 async def allow_every_method(message: Message, scope: Scope) -> None:

@@ -87,8 +87,14 @@ ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'")]
 
 
 def _add_missing_columns(cursor, dialect: str) -> None:
+    # Look before altering: ALTER TABLE takes an exclusive lock even when the column exists,
+    # and every service runs this at start while projectors hold locks on the same tables.
     for table, column, definition in ADDED_COLUMNS:
         if dialect == "postgresql":
-            cursor.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
-        elif column not in {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}:
+            present = cursor.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = ? AND column_name = ?", (table, column)).fetchone() is not None
+        else:
+            present = column in {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
+        if not present:
             cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
