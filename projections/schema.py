@@ -78,7 +78,7 @@ def create_read_model_tables(db: Database) -> None:
         # The tracking row exists from the start, so replicas always have a row to lock.
         cursor.execute("INSERT INTO lci_tracking (projection, position) VALUES ('runs', 0) "
                        "ON CONFLICT (projection) DO NOTHING")
-        _add_missing_columns(cursor, db.dialect)
+    _add_missing_columns(db)
 
 
 # Columns added after a table first shipped: tables made by an older version get them here
@@ -86,15 +86,20 @@ def create_read_model_tables(db: Database) -> None:
 ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'")]
 
 
-def _add_missing_columns(cursor, dialect: str) -> None:
+def _add_missing_columns(db: Database) -> None:
     # Look before altering: ALTER TABLE takes an exclusive lock even when the column exists,
-    # and every service runs this at start while projectors hold locks on the same tables.
+    # and every service runs this at start while projectors hold locks on the same tables
+    # (they deadlocked). Only a table that lacks the column is altered, once per deployment.
     for table, column, definition in ADDED_COLUMNS:
-        if dialect == "postgresql":
-            present = cursor.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-                "AND table_name = ? AND column_name = ?", (table, column)).fetchone() is not None
-        else:
-            present = column in {row[1] for row in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
-        if not present:
-            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        if _has_column(db, table, column):
+            continue
+        exists_clause = "IF NOT EXISTS " if db.dialect == "postgresql" else ""  # two at once: fine
+        with db.transaction(lock=True) as cursor:
+            cursor.execute(f"ALTER TABLE {table} ADD COLUMN {exists_clause}{column} {definition}")
+
+
+def _has_column(db: Database, table: str, column: str) -> bool:
+    if db.dialect == "postgresql":
+        return bool(db.query("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                             "AND table_name = ? AND column_name = ?", (table, column)))
+    return column in {row[1] for row in db.query(f"PRAGMA table_info({table})")}
