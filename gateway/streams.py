@@ -87,6 +87,16 @@ class Waker:
     def wake(self, *_: object) -> None:
         self.changed.set()
 
+    async def pause(self) -> StreamMessage | None:
+        """Until there is news: None when something changed, else what to send the client
+        (a keep-alive after an idle spell; the retry hint when the gateway stops)."""
+        match await self.wait():
+            case "stopping":
+                return STOPPING
+            case "idle":
+                return KEEP_ALIVE
+        return None
+
     async def wait(self) -> str:
         """"changed", "stopping" or "idle"; a change that came before the call counts."""
         if self.shutdown.is_set():
@@ -141,12 +151,11 @@ class Streams:
                     if ended:
                         yield ended
                         return
-                match await waker.wait():
-                    case "stopping":
-                        yield STOPPING
-                        return
-                    case "idle":
-                        yield KEEP_ALIVE
+                pause = await waker.pause()
+                if pause is not None:
+                    yield pause
+                if pause is STOPPING:
+                    return
         finally:
             with contextlib.suppress(Exception):
                 await unsubscribe()
@@ -201,12 +210,11 @@ class Streams:
                         yield StreamMessage(event="log", id=f"{attempt}-{position}",
                                             data=_json(LogText(text=tail, attempt=attempt)))
                     return
-                match await waker.wait():
-                    case "stopping":
-                        yield STOPPING
-                        return
-                    case "idle":
-                        yield KEEP_ALIVE
+                pause = await waker.pause()
+                if pause is not None:
+                    yield pause
+                if pause is STOPPING:
+                    return
 
     def _changes(self, run_id: UUID, version: int) -> list[tuple[StreamMessage, StreamMessage | None]]:
         """A message per change after `version` (made as the run advances: it is one object),
