@@ -66,11 +66,10 @@ class Timing(NamedTuple):
 
 
 class CommandResult(NamedTuple):
-    """A runner command's answer, the attempt it made ready (to dispatch at once), and the
-    job as the command left it when it changed something (for metrics)."""
+    """A runner command's answer, and the job as the command left it when it changed
+    something (for metrics)."""
 
     reply: CommandReply
-    ready: JobDispatch | None = None
     changed: Job | None = None
 
 
@@ -484,7 +483,7 @@ class LedgerApp(Application):
             return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
         job = run.job(job_id)
         deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
-        return CommandResult(CommandReply(ok=True, **deadlines), self.ready_dispatch(run), job if appended else None)
+        return CommandResult(CommandReply(ok=True, **deadlines), job if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---
 

@@ -39,3 +39,9 @@ def observe_finished(job: Job) -> None:
     timed out and is queued again for a retry has no finish of its own to observe.)"""
     if job.finished_at and job.started_at:
         JOB_DURATION.labels(job.status.value).observe((job.finished_at - job.started_at).total_seconds())
+ADMISSION_RELEASED = Counter("ledgerci_admission_released_total",
+                             "Queued attempts the admission leader released into free runner slots")
+ADMISSION_DECISION = Histogram(
+    "ledgerci_admission_decision_seconds", "Time the admission leader takes to choose the attempts of one release",
+    buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05),
+)

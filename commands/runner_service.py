@@ -18,7 +18,6 @@ from nats.js import JetStreamContext
 
 from commands.app import CommandResult, LedgerApp
 from commands.metrics import observe_claimed, observe_finished
-from commands.scheduler import publish_dispatch
 from commands.secrets import SecretBook
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
@@ -96,11 +95,4 @@ async def _answer(message: Msg, command: Callable[[], CommandResult], js: JetStr
         # Not a refusal: the runner keeps its attempt and retries the command.
         log.exception("runner command on %s failed", message.subject)
         result = CommandResult(CommandReply(ok=False, refused=False, error=f"command failed: {failed}"))
-    if result.ready is not None:
-        # Fast path: the next job is ready now; dispatch it before answering, so the runner
-        # finds it waiting. A failure here is covered by the dispatcher's backstop.
-        try:
-            await publish_dispatch(js, result.ready)
-        except Exception:
-            log.warning("fast dispatch of %s failed; the dispatcher will send it", result.ready.job_id)
     await message.respond(msgspec.json.encode(result.reply))

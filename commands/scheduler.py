@@ -1,70 +1,44 @@
-"""The scheduler: plans pushed runs and dispatches ready jobs. It keeps no state of its own.
+"""The scheduler: plans pushed runs, and (one replica at a time) admits ready jobs to runners.
 
-Two durable consumers of the EVENTS stream, each acking only after its command committed:
-- the planner reacts to `RunRequested`: it reads `.ledgerci.yml` at the commit (off the push
-  request's path) and records the plan, or why there is none;
-- the dispatcher reacts to `JobQueued`: it publishes the attempt to the runners' work queue
-  with `Nats-Msg-Id` = job:attempt, so a redelivered event never dispatches twice.
-
-The commands that make a job ready (planning, a job finishing) already know which attempt is
-ready, so they publish it at once (the fast path); the dispatcher's copy of the same message
-id is then dropped by the stream. It still matters when the fast path died before publishing.
+- The planner, a durable consumer of `RunRequested` acking only after its command committed,
+  reads `.ledgerci.yml` at the commit (off the push request's path) and records the plan, or
+  why there is none. Every replica takes a share of the pushes.
+- Admission (commands.admission) decides which queued job goes to which free runner slot:
+  weighted fair across tenants and within their quotas. Only the elected leader decides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from uuid import UUID
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from commands.app import LedgerApp
 from commands.consume import consume
 from commands.streams import ensure_streams
-from domain.messages import (
-    EVENTS_STREAM,
-    EventMessage,
-    JobDispatch,
-    dispatch_msg_id,
-    events_of_type,
-    jobs_subject,
-)
+from domain.messages import EVENTS_STREAM, EventMessage, events_of_type
 from domain.run import Run
 from gitcache import CommitNotFoundError, GitError, GitMirrors
 
 log = logging.getLogger(__name__)
 
 WORKFLOW_PATH = ".ledgerci.yml"
-# How long after a job became ready the dispatcher checks that it was really dispatched.
-BACKSTOP_DELAY_SECONDS = 1.0
-
-
-async def publish_dispatch(js: JetStreamContext, dispatch: JobDispatch) -> None:
-    """Offer an attempt to the runners. Safe to repeat: the stream drops a second copy."""
-    await js.publish(
-        jobs_subject(dispatch.pool),
-        msgspec.json.encode(dispatch),
-        headers={"Nats-Msg-Id": dispatch_msg_id(dispatch.job_id, dispatch.attempt)},
-    )
 
 
 class Planner:
-    def __init__(self, app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors) -> None:
+    def __init__(self, app: LedgerApp, mirrors: GitMirrors) -> None:
         self.app = app
-        self.js = js
         self.mirrors = mirrors
 
     async def handle(self, message: Msg) -> None:
         event = msgspec.json.decode(message.data, type=EventMessage)
-        run = await asyncio.to_thread(self.plan, UUID(event.aggregate_id), event.data)
-        # Fast path: the planner knows the first job is ready; the dispatcher's copy from the
-        # JobQueued event is the backstop if we die right here.
-        ready = self.app.ready_dispatch(run)
-        if ready is not None:
-            await publish_dispatch(self.js, ready)
+        await asyncio.to_thread(self.plan, UUID(event.aggregate_id), event.data)
 
     def plan(self, run_id: UUID, requested: dict) -> Run:
         try:
@@ -79,45 +53,16 @@ class Planner:
         return self.app.plan_run(run_id, workflow_file)
 
 
-class Dispatcher:
-    def __init__(self, app: LedgerApp, js: JetStreamContext, backstop_delay: float = BACKSTOP_DELAY_SECONDS) -> None:
-        self.app = app
-        self.js = js
-        self.backstop_delay = backstop_delay
-
-    async def handle(self, message: Msg) -> float | None:
-        event = msgspec.json.decode(message.data, type=EventMessage)
-        age = (self.app.clock() - event.at).total_seconds()
-        if age < self.backstop_delay:
-            # The fast path has almost surely dispatched it already; looking now would only
-            # compete with the job's start for CPU and the store. Look again a little later.
-            return self.backstop_delay - age
-        job_id, attempt = event.data["job_id"], event.data["attempt"]
-        dispatch = await asyncio.to_thread(
-            self.app.dispatch_for, UUID(event.aggregate_id), job_id, attempt
-        )
-        if dispatch is None:
-            return None  # no longer queued (started, cancelled): nothing to send
-        log.debug("dispatcher re-offers queued attempt %s:%d (deduplicated if already sent)", job_id, attempt)
-        await publish_dispatch(self.js, dispatch)
-        return None
-
-
-async def run_scheduler(
+async def run_planner(
     app: LedgerApp, js: JetStreamContext, mirrors: GitMirrors, stop: asyncio.Event, replicas: int = 1
 ) -> None:
-    planner = Planner(app, js, mirrors)
-    dispatcher = Dispatcher(app, js)
+    planner = Planner(app, mirrors)
 
     async def ensure() -> None:
         await ensure_streams(js, replicas)
 
-    async with asyncio.TaskGroup() as group:
-        group.create_task(
-            consume(js, stream=EVENTS_STREAM, durable="planner", filter_subject=events_of_type("RunRequested"),
-                    handle=planner.handle, stop=stop, ensure_streams=ensure)
-        )
-        group.create_task(
-            consume(js, stream=EVENTS_STREAM, durable="dispatcher", filter_subject=events_of_type("JobQueued"),
-                    handle=dispatcher.handle, stop=stop, ensure_streams=ensure)
-        )
+    # Releases before admission had a leader came from a "dispatcher" consumer; it is gone.
+    with contextlib.suppress(NotFoundError):
+        await js.delete_consumer(EVENTS_STREAM, "dispatcher")
+    await consume(js, stream=EVENTS_STREAM, durable="planner", filter_subject=events_of_type("RunRequested"),
+                  handle=planner.handle, stop=stop, ensure_streams=ensure)

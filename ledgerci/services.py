@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import timedelta
 from typing import cast
 from uuid import UUID
 
@@ -22,16 +21,19 @@ import uvicorn
 from docker.errors import DockerException
 from nats.aio.client import Client as NATS
 
+from commands.admission import run_admission
 from commands.app import LedgerApp, Timing
 from commands.dead_letter import serve_dead_letters
+from commands.leadership import Leadership, PostgresLeadership, SoleLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
-from commands.scheduler import run_scheduler
+from commands.scheduler import run_planner
 from commands.schema import create_event_store, grant_service_role
 from commands.secrets import SecretBook
 from commands.store import eventsourcing_env, is_postgres
 from commands.streams import ensure_streams
+from commands.wake import run_woken
 from domain.messages import EVENTS_SUBJECT_PREFIX, events_of_type
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
@@ -41,7 +43,7 @@ from ledgerci.log_archiver import LogArchiver
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
 from projections.log_archive import ATTEMPT_ENDING_EVENTS, LogArchive
-from projections.queries import DeadlineQueries, RunQueries
+from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.rebuild import switch_over
 from projections.rebuild import verify as verify_read_models
 from projections.runs import RunsProjection
@@ -57,8 +59,7 @@ log = logging.getLogger("ledgerci")
 
 # Any fixed number: migrations of every process take this PostgreSQL advisory lock.
 MIGRATION_LOCK_ID = 7_334_001
-EVENTS_CHANNEL = "ledgerci_events"
-RETRY_PAUSE_SECONDS = 0.5  # eventsourcing NOTIFYs the events table's name on insert
+EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's name on insert
 
 
 # ----- resources -----------------------------------------------------------------------------
@@ -132,29 +133,6 @@ async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
 
 # ----- wake-ups --------------------------------------------------------------------------------
 
-async def run_woken(
-    step: Callable[[], Awaitable[int]], wake: asyncio.Event, stop: asyncio.Event, idle_seconds: float
-) -> None:
-    """Call `step` until it has nothing to do, then sleep until woken (or the backstop timer).
-
-    A failing step (the store or NATS away) is logged and retried after a pause: the
-    service outlives the outage and resumes from durable state.
-    """
-    while not stop.is_set():
-        wake.clear()  # before the step, so a commit during it is not missed
-        try:
-            if await step():
-                continue
-        except Exception:
-            log.warning("%s failed; retrying", getattr(step, "__qualname__", "step"), exc_info=True)
-            await asyncio.sleep(RETRY_PAUSE_SECONDS)
-            continue
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waiters, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-
-
 async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
     """PostgreSQL: wake on the NOTIFY that every insert of events sends."""
     while not stop.is_set():
@@ -223,8 +201,7 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
 
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
                          nc: NATS) -> None:
-    reaper = Reaper(ledger, nc.jetstream(), DeadlineQueries(db).overdue,
-                    reoffer_after=timedelta(seconds=settings.reoffer_after_seconds))
+    reaper = Reaper(ledger, DeadlineQueries(db).overdue)
     never = asyncio.Event()  # the reaper keeps time; nothing wakes it early
     async with asyncio.TaskGroup() as group:
         group.create_task(serve_dead_letters(nc, stop))
@@ -242,11 +219,32 @@ def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[i
     return once
 
 
-async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
+async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                            nc: NATS) -> None:
     mirrors = GitMirrors(settings.data_dir / "mirrors")
     async with asyncio.TaskGroup() as group:
         group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger)))
-        group.create_task(run_scheduler(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
+        group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
+        group.create_task(admission_service(settings, stop, ledger, db, nc))
+
+
+async def admission_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                            nc: NATS) -> None:
+    """Weighted fair admission, led by one scheduler replica (commands.admission)."""
+    wake = asyncio.Event()
+    leadership: Leadership
+    async with asyncio.TaskGroup() as group:
+        if is_postgres(settings.database_url):
+            leadership = PostgresLeadership(settings.database_url)
+            listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
+        else:
+            leadership = SoleLeadership()
+            wake_on_local_saves(ledger, wake)
+            listener = None
+        await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
+                            reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds)
+        if listener:
+            listener.cancel()
 
 
 async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:
@@ -393,7 +391,7 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
         elif name == "projector":
             await projector_service(settings, stop, ledger, db, nc)
         elif name == "scheduler":
-            await scheduler_service(settings, stop, ledger, nc)
+            await scheduler_service(settings, stop, ledger, db, nc)
         elif name == "reaper":
             await reaper_service(settings, stop, ledger, db, nc)
         elif name == "gateway":
@@ -411,7 +409,7 @@ async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
         async with asyncio.TaskGroup() as group:
             group.create_task(relay_service(settings, stop, ledger, nc))
             group.create_task(projector_service(settings, stop, ledger, db, nc))
-            group.create_task(scheduler_service(settings, stop, ledger, nc))
+            group.create_task(scheduler_service(settings, stop, ledger, db, nc))
             group.create_task(reaper_service(settings, stop, ledger, db, nc))
             group.create_task(runner_service(settings, stop, runner_nc))
             group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))

@@ -140,7 +140,7 @@ class OverdueAttempt(msgspec.Struct, frozen=True):
     run_id: str
     job_id: str
     attempt: int
-    deadline: str  # lease | timeout | queue | reoffer
+    deadline: str  # lease | timeout | queue
 
 
 class DeadlineQueries:
@@ -149,16 +149,14 @@ class DeadlineQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def overdue(self, now: datetime, queued_before: datetime) -> list[OverdueAttempt]:
-        at, before = rfc3339(now), rfc3339(queued_before)
+    def overdue(self, now: datetime) -> list[OverdueAttempt]:
+        at = rfc3339(now)
         rows = self.db.query(
             "SELECT run_id, id, attempt, 'lease' FROM lci_jobs WHERE status = 'running' AND lease_expires_at <= ? "
             "UNION ALL SELECT run_id, id, attempt, 'timeout' FROM lci_jobs "
             "  WHERE status = 'running' AND timeout_at <= ? "
-            "UNION ALL SELECT run_id, id, attempt, 'queue' FROM lci_jobs WHERE status = 'queued' AND pick_up_by <= ? "
-            "UNION ALL SELECT run_id, id, attempt, 'reoffer' FROM lci_jobs "
-            "  WHERE status = 'queued' AND queued_at <= ? AND pick_up_by > ?",
-            (at, at, at, before, at),
+            "UNION ALL SELECT run_id, id, attempt, 'queue' FROM lci_jobs WHERE status = 'queued' AND pick_up_by <= ?",
+            (at, at, at),
         )
         return [OverdueAttempt(run_id=r[0], job_id=r[1], attempt=r[2], deadline=r[3]) for r in rows]
 
@@ -194,3 +192,43 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
     except (ValueError, UnicodeDecodeError):
         raise InvalidCursorError(f"invalid cursor {cursor!r}") from None
     return created_at, run_id
+
+
+class UnfinishedJob(msgspec.Struct, frozen=True):
+    run_id: str
+    job_id: str
+    tenant_id: str
+    pool: str
+    status: str  # pending | queued | running
+    attempt: int
+    queued_at: datetime | None
+    started_at: datetime | None
+
+
+class AdmissionQueries:
+    """The admission leader's starting point (commands.admission)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def unfinished_jobs(self) -> tuple[int, list[UnfinishedJob]]:
+        """Every job of an unfinished run that is pending, queued or running, and the store
+        position the read model reflects. One statement, so one snapshot: the leader follows
+        the store from exactly that position."""
+        rows = self.db.query(
+            "WITH tracked AS (SELECT position FROM lci_tracking WHERE projection = 'runs') "
+            "SELECT tracked.position, j.run_id, j.id, j.tenant_id, j.pool, j.status, j.attempt, j.queued_at, "
+            "j.started_at FROM tracked LEFT JOIN lci_jobs j ON j.status IN ('pending', 'queued', 'running')"
+        )
+        if not rows:
+            return 0, []
+        jobs = [
+            UnfinishedJob(run_id=r[1], job_id=r[2], tenant_id=r[3], pool=r[4], status=r[5], attempt=r[6],
+                          queued_at=_parse_time(r[7]), started_at=_parse_time(r[8]))
+            for r in rows if r[2] is not None
+        ]
+        return int(rows[0][0]), jobs
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

@@ -107,8 +107,9 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     clock.tick()
     finished = ledger.finish_job(FinishJob(run_id=str(run_id), job_id=lint, attempt=1, runner_id="runner-1",
                                            exit_code=0))
-    assert finished.reply.ok and finished.ready is not None
-    assert (finished.ready.job_id, finished.ready.attempt) == (test, 1)
+    assert finished.reply.ok
+    ready = ledger.ready_dispatch(ledger.get_run(run_id, ACME))
+    assert ready is not None and (ready.job_id, ready.attempt) == (test, 1)
     seen("finish job 0")
 
     # Job 2's first attempt: runner-1 claims it, beats once, then falls silent past its lease.
@@ -131,7 +132,7 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     stale = ledger.finish_job(FinishJob(run_id=str(run_id), job_id=test, attempt=1, runner_id="runner-1",
                                         exit_code=0))
     assert stale.reply.refused and not stale.reply.ok, stale.reply
-    assert stale.ready is None
+    assert stale.changed is None
     seen("stale finish by runner-1")
     beat(1, "runner-2")
 

@@ -1,0 +1,254 @@
+"""Weighted fair admission: one leader decides which queued attempt goes to which free slot.
+
+The leader (one scheduler replica, elected by `commands.leadership`) follows the event store,
+keeps the queues and counts of `commands.fair_share`, and publishes an attempt to the runners'
+work queue only when the attempt's pool has a free slot and its tenant comes first. JetStream
+carries only what was admitted; the event store, not NATS, is the source of every count, so a
+missed wake-up delays a decision and never corrupts one. commands/ADMISSION.md says why.
+
+- Takeover: the read model gives the unfinished jobs (queued, running, not yet queued) and the
+  store position it reflects, in one snapshot; the leader follows the store from there. What a
+  former leader released and no runner has started yet is exactly what the JOBS work queue
+  still holds: it is counted as released, so a failover never admits past a quota.
+- Capacity: the pool's live runners' slots (their presence announcements) minus the attempts
+  released or running there.
+- A release publishes with `Nats-Msg-Id` = job:attempt (exactly-once publish). A released
+  attempt that no runner started within `reoffer_after` is published again under the same id:
+  NATS keeps one copy, and after a nats-server lost its data the copy brings the job back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from commands.app import LedgerApp
+from commands.fair_share import Attempt, FairShare
+from commands.leadership import Leadership, LeadershipLostError
+from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
+from commands.presence import RunnerRoster, follow_presence
+from commands.wake import RETRY_PAUSE_SECONDS, run_woken
+from domain.messages import JOBS_STREAM, JOBS_SUBJECT_PREFIX, JobDispatch, dispatch_msg_id, jobs_subject
+from domain.registry import Tenant
+from domain.run import Run
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 500
+ATTEMPT_ENDING_EVENTS = (Run.JobSucceeded, Run.JobFailed, Run.JobCancelled, Run.JobSkipped, Run.JobAttemptAbandoned)
+RUN_ENDING_EVENTS = (Run.RunSucceeded, Run.RunFailed, Run.RunCancelled, Run.RunSkipped)
+
+
+class UnfinishedJob(Protocol):
+    """One job of an unfinished run, as the read model has it at takeover."""
+
+    run_id: str
+    job_id: str
+    tenant_id: str
+    pool: str
+    status: str  # pending, queued or running
+    attempt: int
+    queued_at: datetime | None
+    started_at: datetime | None
+
+
+# The read model's snapshot at takeover: (the store position it reflects, its unfinished jobs).
+TakeoverQuery = Callable[[], tuple[int, list[UnfinishedJob]]]
+
+
+async def publish_dispatch(js: JetStreamContext, dispatch: JobDispatch) -> None:
+    """Offer an attempt to the runners. Safe to repeat: the stream drops a second copy."""
+    await js.publish(
+        jobs_subject(dispatch.pool),
+        msgspec.json.encode(dispatch),
+        headers={"Nats-Msg-Id": dispatch_msg_id(dispatch.job_id, dispatch.attempt)},
+    )
+
+
+async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leadership: Leadership,
+                        wake: asyncio.Event, stop: asyncio.Event, *, reoffer_after: float,
+                        idle_seconds: float) -> None:
+    """Stand by until this replica leads, then lead until stopped or the lead is lost.
+
+    `wake` is set when the store has news (the caller listens for commits); a runner coming,
+    going or changing its slots sets it too."""
+    roster = RunnerRoster()
+    await follow_presence(nc, roster, on_change=wake.set)
+    while not stop.is_set():
+        if not await leadership.acquire(stop):
+            return
+        leader = AdmissionLeader(app, nc.jetstream(), roster, takeover, leadership, reoffer_after=reoffer_after)
+        try:
+            await leader.take_over()
+            await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,))
+        except LeadershipLostError as lost:
+            log.warning("admission: %s; standing by", lost)
+        except Exception:
+            log.warning("admission takeover failed; trying again", exc_info=True)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        finally:
+            leadership.release()
+
+
+class AdmissionLeader:
+    def __init__(self, app: LedgerApp, js: JetStreamContext, roster: RunnerRoster, takeover: TakeoverQuery,
+                 leadership: Leadership, *, reoffer_after: float) -> None:
+        self.app = app
+        self.js = js
+        self.roster = roster
+        self.takeover_query = takeover
+        self.leadership = leadership
+        self.reoffer_after = reoffer_after
+        self.share = FairShare()
+        self.position = 0
+
+    # ----- takeover ------------------------------------------------------------------------
+
+    async def take_over(self) -> None:
+        position, jobs = await asyncio.to_thread(self.takeover_query)
+        await asyncio.to_thread(self._load, jobs)
+        self.position = position
+        in_flight = await self._jobs_in_work_queue()
+        for job_id, attempt in in_flight:
+            self.share.released_elsewhere(job_id, attempt)
+        log.info("admission leader took over at position %d: %d queued, %d released by a former leader",
+                 position, self.share.queued_count(), len(in_flight))
+
+    def _load(self, jobs: list[UnfinishedJob]) -> None:
+        pools: dict[str, dict[str, str]] = {}
+        owners: dict[str, str] = {}
+        for job in jobs:
+            pools.setdefault(job.run_id, {})[job.job_id] = job.pool
+            owners[job.run_id] = job.tenant_id
+        for run_id, run_pools in pools.items():
+            self._know_tenant(owners[run_id])
+            self.share.route(run_id, owners[run_id], run_pools)
+        for job in sorted(jobs, key=lambda j: (j.queued_at is None, j.queued_at or datetime.min)):
+            if job.status == "queued":
+                self.share.queued(job.run_id, job.job_id, job.attempt)
+            elif job.status == "running":
+                self.share.queued(job.run_id, job.job_id, job.attempt)
+                self.share.started(job.job_id, job.attempt, job.started_at or self.app.clock())
+
+    async def _jobs_in_work_queue(self) -> list[tuple[str, int]]:
+        """(job, attempt) of every message the JOBS work queue holds: released, not yet acked."""
+        found: list[tuple[str, int]] = []
+        seq = 1
+        while True:
+            try:
+                message = await self.js.get_msg(JOBS_STREAM, seq=seq, subject=f"{JOBS_SUBJECT_PREFIX}.>", next=True)
+            except NotFoundError:
+                return found
+            try:
+                dispatch = msgspec.json.decode(message.data or b"", type=JobDispatch)
+            except msgspec.DecodeError:
+                dispatch = None
+            if dispatch is not None:
+                found.append((dispatch.job_id, dispatch.attempt))
+            seq = (message.seq or seq) + 1
+
+    # ----- following the store --------------------------------------------------------------
+
+    async def step(self) -> int:
+        """Catch up with the store; once caught up, fill the free slots. Returns work done."""
+        await asyncio.to_thread(self.leadership.keep_alive)
+        applied = await asyncio.to_thread(self._catch_up)
+        if applied >= BATCH_SIZE:
+            return applied  # more to read before deciding on a stale view
+        released = await self._release()
+        await self._reoffer()
+        return applied + released
+
+    def _catch_up(self) -> int:
+        events = list(self.app.events_after(self.position, BATCH_SIZE))
+        for position, event in events:
+            self._apply(event)
+            self.position = position
+        return len(events)
+
+    def _apply(self, event: object) -> None:
+        if isinstance(event, Run.RunRequested):
+            self._know_tenant(event.tenant_id)
+            self.share.route(str(event.originator_id), event.tenant_id, {})
+        elif isinstance(event, Run.RunPlanned):
+            run_id = str(event.originator_id)
+            route = self.share.routes.get(run_id)
+            if route is None:
+                self._route_from_store(UUID(run_id))
+            else:
+                self.share.route(run_id, route.tenant_id,
+                                 {job["id"]: job["spec"].get("pool", "default") for job in event.jobs})
+        elif isinstance(event, Run.JobQueued):
+            run_id = str(event.originator_id)
+            if run_id not in self.share.routes:
+                self._route_from_store(UUID(run_id))
+            self.share.queued(run_id, event.job_id, event.attempt)
+        elif isinstance(event, Run.JobStarted):
+            self.share.started(event.job_id, event.attempt, event.timestamp)
+        elif isinstance(event, ATTEMPT_ENDING_EVENTS):
+            self.share.ended(event.job_id, event.attempt, event.timestamp)
+        elif isinstance(event, RUN_ENDING_EVENTS):
+            self.share.forget_run(str(event.originator_id))
+        elif isinstance(event, Tenant.TenantUpdated) and {"weight", "max_concurrent_jobs"} & event.changes.keys():
+            tenant = self.app.repository.get(event.originator_id)
+            if self.share.knows_tenant(tenant.tenant_id):  # else it is read when its first run comes
+                self._know_tenant(tenant.tenant_id, reload=True)
+
+    def _route_from_store(self, run_id: UUID) -> None:
+        """A run whose start we did not follow (requested before the takeover's snapshot)."""
+        run = self.app.repository.get(run_id)
+        assert isinstance(run, Run)
+        self._know_tenant(run.tenant_id)
+        self.share.route(str(run.id), run.tenant_id, {str(job.id): job.spec.pool for job in run.jobs})
+
+    def _know_tenant(self, tenant_id: str, *, reload: bool = False) -> None:
+        if reload or not self.share.knows_tenant(tenant_id):
+            tenant = self.app.get_tenant(tenant_id)
+            self.share.set_tenant(tenant_id, weight=tenant.weight, max_concurrent_jobs=tenant.max_concurrent_jobs)
+
+    # ----- deciding --------------------------------------------------------------------------
+
+    async def _release(self) -> int:
+        chosen: list[Attempt] = []
+        with ADMISSION_DECISION.time():
+            for pool in self.share.pools_with_queued():
+                free = self.roster.slots(pool) - self.share.occupied_in(pool)
+                if free > 0:
+                    chosen += self.share.release(pool, free)
+        if chosen:
+            await self._offer(chosen)
+            ADMISSION_RELEASED.inc(len(chosen))
+        return len(chosen)
+
+    async def _reoffer(self) -> None:
+        due = self.share.due_for_reoffer(self.reoffer_after)
+        if due:
+            log.info("re-offering %d released attempts no runner has started", len(due))
+            await self._offer(due)
+
+    async def _offer(self, attempts: Iterable[Attempt]) -> None:
+        await asyncio.to_thread(self.leadership.confirm)  # a former leader must not release anything
+        dispatches = await asyncio.to_thread(self._dispatches, list(attempts))
+        results = await asyncio.gather(*(publish_dispatch(self.js, d) for d in dispatches), return_exceptions=True)
+        for dispatch, result in zip(dispatches, results, strict=True):
+            if isinstance(result, BaseException):
+                # Still counted as released: the re-offer sends it again once NATS answers.
+                log.warning("offering %s:%d failed: %s", dispatch.job_id, dispatch.attempt, result)
+
+    def _dispatches(self, attempts: list[Attempt]) -> list[JobDispatch]:
+        found = []
+        for item in attempts:
+            # None: no longer queued (cancelled, expired); the events saying so are on their way.
+            dispatch = self.app.dispatch_for(UUID(item.run_id), item.job_id, item.attempt)
+            if dispatch is not None:
+                found.append(dispatch)
+        return found

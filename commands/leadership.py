@@ -1,0 +1,105 @@
+"""Which scheduler replica is the admission leader: the one holding a PostgreSQL advisory lock.
+
+The lock lives as long as the leader's own connection: a leader that dies (SIGKILL, a lost
+host) drops the connection and with it the lock, and a standby, retrying every
+STANDBY_RETRY_SECONDS (a cold path), takes over. A leader that is paused (SIGSTOP) keeps its
+socket open, so its session also ends once idle for IDLE_SESSION_SECONDS; a leader pings
+well within that while it lives. Before every release the leader confirms its connection:
+one that broke means the lock may be someone else's, and the leader stops deciding.
+
+SQLite, the embedded default, runs every service in one process: its scheduler always leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Protocol
+
+import psycopg
+
+from domain.errors import DomainError
+
+# Any fixed number, distinct from the migration lock's.
+ADMISSION_LOCK_ID = 7_334_002
+STANDBY_RETRY_SECONDS = 1.0
+IDLE_SESSION_SECONDS = 30
+PING_EVERY_SECONDS = 10.0
+
+
+class LeadershipLostError(DomainError):
+    """The leader's lock connection broke: another replica may lead now."""
+
+
+class Leadership(Protocol):
+    async def acquire(self, stop: asyncio.Event) -> bool: ...  # False: stopped while waiting
+    def confirm(self) -> None: ...  # raises LeadershipLostError
+    def keep_alive(self) -> None: ...  # confirm, if not done lately
+    def release(self) -> None: ...
+
+
+class SoleLeadership:
+    """One process, one scheduler: it leads."""
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        return not stop.is_set()
+
+    def confirm(self) -> None:
+        pass
+
+    def keep_alive(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class PostgresLeadership:
+    def __init__(self, database_url: str, lock_id: int = ADMISSION_LOCK_ID) -> None:
+        self.database_url = database_url
+        self.lock_id = lock_id
+        self._conn: psycopg.Connection | None = None
+        self._confirmed_at = 0.0
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(psycopg.Error, OSError):
+                if await asyncio.to_thread(self._try_lock):
+                    return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STANDBY_RETRY_SECONDS)
+        return False
+
+    def _try_lock(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.database_url, autocommit=True, connect_timeout=5,
+                options=f"-c idle_session_timeout={IDLE_SESSION_SECONDS * 1000}",
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            )
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)).fetchone()
+        held = bool(row and row[0])
+        if held:
+            self._confirmed_at = time.monotonic()
+        return held
+
+    def confirm(self) -> None:
+        if self._conn is None:
+            raise LeadershipLostError("not the leader")
+        try:
+            self._conn.execute("SELECT 1")
+        except (psycopg.Error, OSError) as lost:
+            self.release()
+            raise LeadershipLostError(f"the leader's lock connection broke: {lost}") from None
+        self._confirmed_at = time.monotonic()
+
+    def keep_alive(self) -> None:
+        if time.monotonic() - self._confirmed_at > PING_EVERY_SECONDS:
+            self.confirm()
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                self._conn.close()  # the lock goes with the session
+            self._conn = None
