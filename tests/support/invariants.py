@@ -8,12 +8,15 @@ event store recorded (not against what any service says):
 - no result, heartbeat or finish accepted from an attempt that was not current;
 - no attempt declared lost while its lease was still valid (so no two attempts of one job
   ever held a lease at the same time);
+- no tenant ever had more attempts running than its `max_concurrent_jobs` at that moment
+  (counted in the store's global order: a start raises the count, the attempt's end lowers it);
 - the read models equal a rebuild from the history.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +29,7 @@ from projections.sql import open_database
 
 TERMINAL_JOB = {"JobSucceeded", "JobFailed", "JobSkipped", "JobCancelled"}
 TERMINAL_RUN = {"RunSucceeded", "RunFailed", "RunSkipped", "RunCancelled"}
+ATTEMPT_ENDS = TERMINAL_JOB | {"JobAttemptAbandoned"}
 
 
 def all_events(app: LedgerApp) -> list[tuple[int, Any]]:
@@ -38,6 +42,7 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
     for _, event in events:
         if isinstance(event, Run.Event) or type(event).__qualname__.startswith("Run."):
             runs[event.originator_id].append(event)
+    problems += quota_breaches(events)
     keys: dict[tuple[str, str, int], Any] = {}
     for run_id, stream in runs.items():
         problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
@@ -50,6 +55,41 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
             if run_id != run_id_for(*key):
                 problems.append(f"run {run_id} is not the derived id of {key}")
     return problems
+
+
+def running_over_time(events: list[tuple[int, Any]]) -> Iterator[tuple[Any, str, int, int | None]]:
+    """(event, tenant, attempts running after it, the tenant's quota then) for every start and
+    end of an attempt, in the store's global order. (A history without the tenant's own events
+    has no quota to check.)"""
+    quota: dict[str, int] = {}
+    tenant_of: dict[Any, str] = {}  # tenant aggregate or run -> tenant id
+    running: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    for _, event in events:
+        kind = type(event).__qualname__
+        if kind == "Tenant.TenantCreated":
+            tenant_of[event.originator_id] = event.tenant_id
+            quota[event.tenant_id] = event.max_concurrent_jobs
+        elif kind == "Tenant.TenantUpdated" and "max_concurrent_jobs" in event.changes:
+            quota[tenant_of[event.originator_id]] = int(event.changes["max_concurrent_jobs"])
+        elif kind == "Run.RunRequested":
+            tenant_of[event.originator_id] = event.tenant_id
+        elif kind in ("Run.JobStarted", *(f"Run.{end}" for end in ATTEMPT_ENDS)):
+            tenant_id = tenant_of[event.originator_id]
+            attempts = running[tenant_id]
+            before = len(attempts)
+            if kind == "Run.JobStarted":
+                attempts.add((event.job_id, event.attempt))
+            else:
+                attempts.discard((event.job_id, event.attempt))
+            if len(attempts) != before:
+                yield event, tenant_id, len(attempts), quota.get(tenant_id)
+
+
+def quota_breaches(events: list[tuple[int, Any]]) -> list[str]:
+    return [f"tenant {tenant_id}: {count} attempts running after {type(event).__name__} of job {event.job_id} "
+            f"attempt {event.attempt}, its max_concurrent_jobs was {quota}"
+            for event, tenant_id, count, quota in running_over_time(events)
+            if type(event).__name__ == "JobStarted" and quota is not None and count > quota]
 
 
 def _check_run(stream: list[Any], require_final: bool) -> list[str]:

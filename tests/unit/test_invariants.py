@@ -8,9 +8,10 @@ from uuid import uuid4
 import pytest
 
 from domain.ids import run_id_for
+from domain.registry import Tenant
 from domain.run import Run
 from domain.workflow import JobSpec
-from tests.support.invariants import check_history
+from tests.support.invariants import check_history, quota_breaches
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -69,3 +70,18 @@ def test_an_attempt_declared_lost_inside_its_lease_is_reported():
     events[-2] = early
     assert any("declared lost" in p for p in check_history([(i + 1, e) for i, e in enumerate(events)],
                                                            require_final=False))
+
+
+def test_more_attempts_running_than_the_tenants_quota_is_reported():
+    tenant = Tenant.create(tenant_id="t", name="T", weight=1, max_concurrent_jobs=1, max_queued_runs=9,
+                           pushes_per_minute=9, actor="admin", at=T0)
+    first, second = new_run(), new_run(run_id_for("r", "b" * 40))
+    for run in (first, second):
+        run.plan([JobSpec(name="a", run="true")], None, T0, "p")
+        run.start_job(run.jobs[0].id, 1, "r1", T0)
+    events = [*tenant.collect_events(), *first.collect_events(), *second.collect_events()]
+
+    problems = quota_breaches([(i + 1, e) for i, e in enumerate(events)])
+
+    assert len(problems) == 1 and "2 attempts running" in problems[0] and "max_concurrent_jobs was 1" in problems[0]
+    assert any("2 attempts running" in problem for problem in check_history(list(enumerate(events))))
