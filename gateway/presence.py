@@ -1,4 +1,5 @@
-"""Why a queued job waits, when it is not just its turn: no live runner of its pool.
+"""Why a queued job waits, when it is not just its turn: no live runner of its pool, or its
+tenant at its concurrent-job quota.
 
 Each gateway keeps its own view of the runners (commands.presence), complete within
 milliseconds of starting."""
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
+from commands.app import LedgerApp
 from commands.presence import RunnerRoster, follow_presence
-from projections.queries import JobView
+from projections.queries import JobView, RunQueries, RunView
 
 
 class RunnerPresenceView:
@@ -25,3 +27,15 @@ class RunnerPresenceView:
         for job in jobs:
             if job.status == "queued" and not self.alive(job.pool):
                 job.waiting = f'no runner of pool "{job.pool}" is alive'
+
+
+def explain_quota(run: RunView, queries: RunQueries, ledger: LedgerApp) -> None:
+    """A queued job not waiting for a runner may wait for its tenant's quota: say so."""
+    waiting = [job for job in run.jobs if job.status == "queued" and job.waiting is None]
+    if not waiting:
+        return
+    quota = ledger.get_tenant(run.tenant_id).max_concurrent_jobs
+    running = queries.running_jobs(run.tenant_id)
+    if running >= quota:
+        for job in waiting:
+            job.waiting = f'tenant "{run.tenant_id}" has {running} jobs running, its max_concurrent_jobs quota'

@@ -34,7 +34,7 @@ from gateway.models import (
     TokenResponse,
 )
 from gateway.openapi import AS_OF_SCHEMA, IDENTIFIER_PATTERN, errors
-from gateway.presence import RunnerPresenceView
+from gateway.presence import RunnerPresenceView, explain_quota
 from gateway.views import parse_as_of, run_view
 from projections.admission import PushAdmission
 from projections.queries import RunPage, RunQueries, RunView
@@ -189,6 +189,7 @@ class RunsController(Controller):
         if view is None:
             raise RunNotFoundError(f"run {run_id} not found")
         presence.explain_waiting(view.jobs)
+        await blocking(explain_quota, view, queries, ledger)
         return view
 
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK, responses=errors(404))

@@ -63,7 +63,7 @@ class Settings:
     reaper_interval_seconds: float
     """LEDGERCI_REAPER_INTERVAL_SECONDS: how often the reaper looks for passed deadlines."""
     reoffer_after_seconds: float
-    """LEDGERCI_REOFFER_AFTER_SECONDS: a job still queued this long is offered to runners again."""
+    """LEDGERCI_REOFFER_AFTER_SECONDS: a released job no runner started this long is published again."""
     max_deliver: int
     """LEDGERCI_MAX_DELIVER: deliveries of a dispatch before it goes to the dead-letter stream."""
     stream_replicas: int

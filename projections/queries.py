@@ -94,6 +94,11 @@ class RunQueries:
         run.jobs = [_job(j) for j in jobs]
         return run
 
+    def running_jobs(self, tenant_id: str) -> int:
+        """How many of the tenant's jobs run now (index lci_jobs_active)."""
+        return self.db.query("SELECT count(*) FROM lci_jobs WHERE status = 'running' AND tenant_id = ?",
+                             (tenant_id,))[0][0]
+
     def list_runs(
         self,
         tenant_id: str | None,
