@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from commands.app import LedgerApp
+from commands.app import LedgerApp, RunOrigin, job_dispatch
 from commands.fair_share import Attempt, FairShare
 from commands.leadership import Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
@@ -40,6 +40,7 @@ from commands.wake import RETRY_PAUSE_SECONDS, run_woken
 from domain.messages import JOBS_STREAM, JOBS_SUBJECT_PREFIX, JobDispatch, dispatch_msg_id, jobs_subject
 from domain.registry import Tenant
 from domain.run import Run
+from domain.workflow import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class AdmissionLeader:
         self.reoffer_after = reoffer_after
         self.share = FairShare()
         self.position = 0
+        # What a dispatch message says, for runs whose start was followed: no store read per release.
+        self.origins: dict[str, RunOrigin] = {}
+        self.specs: dict[str, dict[str, JobSpec]] = {}
 
     # ----- takeover ------------------------------------------------------------------------
 
@@ -160,7 +164,6 @@ class AdmissionLeader:
 
     async def step(self) -> int:
         """Catch up with the store; once caught up, fill the free slots. Returns work done."""
-        await asyncio.to_thread(self.leadership.keep_alive)
         applied = await asyncio.to_thread(self._catch_up)
         if applied >= BATCH_SIZE:
             return applied  # more to read before deciding on a stale view
@@ -169,6 +172,7 @@ class AdmissionLeader:
         return applied + released
 
     def _catch_up(self) -> int:
+        self.leadership.keep_alive()
         events = list(self.app.events_after(self.position, BATCH_SIZE))
         for position, event in events:
             self._apply(event)
@@ -177,16 +181,21 @@ class AdmissionLeader:
 
     def _apply(self, event: object) -> None:
         if isinstance(event, Run.RunRequested):
+            run_id = str(event.originator_id)
             self._know_tenant(event.tenant_id)
-            self.share.route(str(event.originator_id), event.tenant_id, {})
+            self.share.route(run_id, event.tenant_id, {})
+            self.origins[run_id] = RunOrigin(run_id, event.tenant_id, event.repository_id, event.clone_url,
+                                             event.commit, event.ref)
         elif isinstance(event, Run.RunPlanned):
             run_id = str(event.originator_id)
             route = self.share.routes.get(run_id)
+            specs = {job["id"]: msgspec.convert(job["spec"], JobSpec) for job in event.jobs}
             if route is None:
                 self._route_from_store(UUID(run_id))
             else:
-                self.share.route(run_id, route.tenant_id,
-                                 {job["id"]: job["spec"].get("pool", "default") for job in event.jobs})
+                self.share.route(run_id, route.tenant_id, {job_id: spec.pool for job_id, spec in specs.items()})
+            if run_id in self.origins:
+                self.specs[run_id] = specs
         elif isinstance(event, Run.JobQueued):
             run_id = str(event.originator_id)
             if run_id not in self.share.routes:
@@ -197,7 +206,10 @@ class AdmissionLeader:
         elif isinstance(event, ATTEMPT_ENDING_EVENTS):
             self.share.ended(event.job_id, event.attempt, event.timestamp)
         elif isinstance(event, RUN_ENDING_EVENTS):
-            self.share.forget_run(str(event.originator_id))
+            run_id = str(event.originator_id)
+            self.share.forget_run(run_id)
+            self.origins.pop(run_id, None)
+            self.specs.pop(run_id, None)
         elif isinstance(event, Tenant.TenantUpdated) and {"weight", "max_concurrent_jobs"} & event.changes.keys():
             tenant = self.app.repository.get(event.originator_id)
             if self.share.knows_tenant(tenant.tenant_id):  # else it is read when its first run comes
@@ -236,8 +248,9 @@ class AdmissionLeader:
             await self._offer(due)
 
     async def _offer(self, attempts: Iterable[Attempt]) -> None:
-        await asyncio.to_thread(self.leadership.confirm)  # a former leader must not release anything
-        dispatches = await asyncio.to_thread(self._dispatches, list(attempts))
+        # Build the messages while confirming the lead: a former leader must not release anything.
+        dispatches, _ = await asyncio.gather(asyncio.to_thread(self._dispatches, list(attempts)),
+                                             asyncio.to_thread(self.leadership.confirm))
         results = await asyncio.gather(*(publish_dispatch(self.js, d) for d in dispatches), return_exceptions=True)
         for dispatch, result in zip(dispatches, results, strict=True):
             if isinstance(result, BaseException):
@@ -247,7 +260,12 @@ class AdmissionLeader:
     def _dispatches(self, attempts: list[Attempt]) -> list[JobDispatch]:
         found = []
         for item in attempts:
-            # None: no longer queued (cancelled, expired); the events saying so are on their way.
+            spec = self.specs.get(item.run_id, {}).get(item.job_id)
+            if spec is not None:
+                found.append(job_dispatch(self.origins[item.run_id], item.job_id, item.attempt, spec))
+                continue
+            # A run planned before the takeover: read it. None: no longer queued (cancelled,
+            # expired), and the events saying so are on their way.
             dispatch = self.app.dispatch_for(UUID(item.run_id), item.job_id, item.attempt)
             if dispatch is not None:
                 found.append(dispatch)

@@ -73,6 +73,27 @@ class CommandResult(NamedTuple):
     changed: Job | None = None
 
 
+class RunOrigin(NamedTuple):
+    """What a run's `RunRequested` says about where its jobs come from."""
+
+    run_id: str
+    tenant_id: str
+    repository_id: str
+    clone_url: str
+    commit: str
+    ref: str | None
+
+
+def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) -> JobDispatch:
+    """The message that offers one attempt of a job to the runners."""
+    return JobDispatch(
+        run_id=origin.run_id, job_id=job_id, attempt=attempt, job_name=spec.name, tenant_id=origin.tenant_id,
+        repository_id=origin.repository_id, clone_url=origin.clone_url, commit=origin.commit, ref=origin.ref,
+        script=spec.run, env=dict(spec.env), image=spec.image, timeout_seconds=spec.timeout_seconds,
+        idempotency_key=f"{origin.run_id}:{job_id}", resources=spec.resources, pool=spec.pool,
+    )
+
+
 class PushResult(NamedTuple):
     run_id: UUID
     duplicate: bool
@@ -425,13 +446,8 @@ class LedgerApp(Application):
         job = run.current_job
         if job is None or job.status is not JobStatus.QUEUED:
             return None
-        return JobDispatch(
-            run_id=str(run.id), job_id=str(job.id), attempt=job.attempt, job_name=job.name,
-            tenant_id=run.tenant_id, repository_id=run.repository_id, clone_url=run.clone_url,
-            commit=run.commit, ref=run.ref, script=job.spec.run, env=dict(job.spec.env),
-            image=job.spec.image, timeout_seconds=job.spec.timeout_seconds,
-            idempotency_key=f"{run.id}:{job.id}", resources=job.spec.resources, pool=job.spec.pool,
-        )
+        origin = RunOrigin(str(run.id), run.tenant_id, run.repository_id, run.clone_url, run.commit, run.ref)
+        return job_dispatch(origin, str(job.id), job.attempt, job.spec)
 
     # ----- runner commands (fenced by attempt) ------------------------------------------------
 
