@@ -67,8 +67,8 @@ def main() -> None:
         ledger = LedgerApp(env=eventsourcing_env(bench.postgres.url))
         hops: dict[str, list[float]] = {k: [] for k in (
             "push → first job claimed (JobStarted)", "  push → planned (relay + planner, git read)",
-            "  planned → first job claimed (fast dispatch + runner fetch + claim)",
-            "job finished → next job claimed (handoff: commit, dispatch, fetch, claim)",
+            "  planned → first job claimed (admission + runner fetch + claim)",
+            "job finished → next job claimed (handoff: commit, admission, fetch, claim)",
             "job claimed → job finished (checkout + sh + report)",
         )}
         keys = list(hops)
