@@ -12,35 +12,26 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from commands.admission import AdmissionLeader
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
 from commands.leadership import SoleLeadership
 from commands.presence import RunnerRoster
-from commands.schema import create_event_store
-from commands.store import eventsourcing_env
 from commands.streams import ensure_streams
 from domain.messages import JOBS_STREAM, FinishJob, JobDispatch, RunnerPresence, StartJob
 from projections.queries import AdmissionQueries
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
+from tests.support.ledger import ADMIN, acme_ledger
 
 pytestmark = pytest.mark.integration
 
-ADMIN = Principal("admin", None)
 WORKFLOW = b"jobs:\n  - name: build\n    run: make\n"
 
 
 @pytest.fixture
 def ledger(postgres_url: str) -> Iterator[LedgerApp]:
-    app = LedgerApp(env=eventsourcing_env(postgres_url))
-    create_event_store(app, postgres_url)
-    app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=100,
-                      pushes_per_minute=60, actor="admin")
-    app.register_repository("web", tenant_id="acme", clone_url="file:///web", principal=ADMIN)
-    try:
+    with acme_ledger(postgres_url, max_concurrent_jobs=2) as app:
         yield app
-    finally:
-        app.close()
 
 
 @pytest.fixture

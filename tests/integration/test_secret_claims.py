@@ -11,18 +11,16 @@ from uuid import UUID
 
 import pytest
 
-from commands.app import LedgerApp, Principal
-from commands.schema import create_event_store
+from commands.app import LedgerApp
 from commands.secrets import SecretBook
-from commands.store import eventsourcing_env
 from domain.messages import FinishJob, StartJob
 from domain.secrets import Scope
 from runner.secrets import JobSecrets, open_secrets
 from sealing import Keyring, Recipient
+from tests.support.ledger import ADMIN, acme_ledger
 
 pytestmark = pytest.mark.integration
 
-ADMIN = Principal("admin", None)
 WORKFLOW = b"""jobs:
   - name: deploy
     run: ./deploy.sh
@@ -34,15 +32,8 @@ WORKFLOW = b"""jobs:
 
 @pytest.fixture
 def ledger(postgres_url: str) -> Iterator[LedgerApp]:
-    app = LedgerApp(env=eventsourcing_env(postgres_url))
-    create_event_store(app, postgres_url)
-    app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
-                      pushes_per_minute=60, actor="admin")
-    app.register_repository("web", tenant_id="acme", clone_url="file:///web", principal=ADMIN)
-    try:
+    with acme_ledger(postgres_url) as app:
         yield app
-    finally:
-        app.close()
 
 
 @pytest.fixture
