@@ -136,7 +136,8 @@ class AdmissionLeader:
         for run_id, run_pools in pools.items():
             self._know_tenant(owners[run_id])
             self.share.route(run_id, owners[run_id], run_pools)
-        for job in sorted(jobs, key=lambda j: (j.queued_at is None, j.queued_at or datetime.min)):
+        # Oldest first, as they were queued (a job not queued yet only gives its run's route).
+        for job in sorted(jobs, key=lambda j: j.queued_at.timestamp() if j.queued_at else 0.0):
             if job.status == "queued":
                 self.share.queued(job.run_id, job.job_id, job.attempt)
             elif job.status == "running":
