@@ -7,15 +7,18 @@ socket open, so its session also ends once idle for IDLE_SESSION_SECONDS; a lead
 well within that while it lives. Before every release the leader confirms its connection:
 one that broke means the lock may be someone else's, and the leader stops deciding.
 
-SQLite, the embedded default, runs every service in one process: its scheduler always leads.
+On SQLite (the embedded default, one host) the lock is an exclusive `flock` on a file beside
+the database: held while the process lives, released by the kernel when it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import time
-from typing import Protocol
+from pathlib import Path
+from typing import IO, Protocol
 
 import psycopg
 
@@ -40,7 +43,7 @@ class Leadership(Protocol):
 
 
 class SoleLeadership:
-    """One process, one scheduler: it leads."""
+    """One process, one scheduler: it leads (tests that drive a leader directly)."""
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         return not stop.is_set()
@@ -53,6 +56,36 @@ class SoleLeadership:
 
     def release(self) -> None:
         pass
+
+
+class FileLeadership(SoleLeadership):
+    """An exclusive lock on a file: for schedulers sharing one host's SQLite store. The lock
+    cannot be lost while the file stays open, so there is nothing to confirm."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        while not stop.is_set():
+            if self._try_lock():
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STANDBY_RETRY_SECONDS)
+        return False
+
+    def _try_lock(self) -> bool:
+        self._file = self._file or open(self.path, "ab")  # noqa: SIM115 - open while leading
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # and with it the lock
+            self._file = None
 
 
 class PostgresLeadership:

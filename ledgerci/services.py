@@ -24,14 +24,14 @@ from nats.aio.client import Client as NATS
 from commands.admission import run_admission
 from commands.app import LedgerApp, Timing
 from commands.dead_letter import serve_dead_letters
-from commands.leadership import Leadership, PostgresLeadership, SoleLeadership
+from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
 from commands.scheduler import run_planner
 from commands.schema import create_event_store, grant_service_role
 from commands.secrets import SecretBook
-from commands.store import eventsourcing_env, is_postgres
+from commands.store import eventsourcing_env, is_postgres, sqlite_path
 from commands.streams import ensure_streams
 from commands.wake import run_woken
 from domain.messages import EVENTS_SUBJECT_PREFIX, events_of_type
@@ -238,7 +238,7 @@ async def admission_service(settings: Settings, stop: asyncio.Event, ledger: Led
             leadership = PostgresLeadership(settings.database_url)
             listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
         else:
-            leadership = SoleLeadership()
+            leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
             wake_on_local_saves(ledger, wake)
             listener = None
         await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
