@@ -6,22 +6,29 @@ work queue only when the attempt's pool has a free slot and its tenant comes fir
 carries only what was admitted; the event store, not NATS, is the source of every count, so a
 missed wake-up delays a decision and never corrupts one. commands/ADMISSION.md says why.
 
-- Takeover: the read model gives the unfinished jobs (queued, running, not yet queued) and the
-  store position it reflects, in one snapshot; the leader follows the store from there. What a
-  former leader released and no runner has started yet is exactly what the JOBS work queue
-  still holds: it is counted as released, so a failover never admits past a quota.
+- Takeover: first fence the JOBS work queue (`commands.work_queue`), so a former leader can
+  publish nothing more. Then the read model gives the unfinished jobs (queued, running, not yet
+  queued) and the store position it reflects, in one snapshot, and the leader catches up with
+  the store from there to its head. Only then does it read the work queue: what a former
+  leader released and no runner has started yet is exactly what the queue still holds, and
+  every such attempt is known by now. It is counted as released, so a failover never admits
+  past a quota.
 - Capacity: the pool's live runners' slots (their presence announcements) minus the attempts
   released or running there.
 - A release publishes with `Nats-Msg-Id` = job:attempt (exactly-once publish). A released
-  attempt that no runner started within `reoffer_after` is published again under the same id:
-  NATS keeps one copy, and after a nats-server lost its data the copy brings the job back.
+  attempt that no runner started within `reoffer_after` is looked up in the queue: while its
+  message waits there, nothing is done; if the message is gone (dead-lettered, or lost with a
+  nats-server's data), the attempt is offered again under a new id.
+- A leader whose steps keep failing gives the lead up and takes over afresh (here or on
+  another replica), so a view gone wrong in memory cannot hold admission for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from typing import Protocol
 from uuid import UUID
@@ -29,15 +36,15 @@ from uuid import UUID
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from commands.app import LedgerApp, RunOrigin, job_dispatch
-from commands.fair_share import Attempt, FairShare
-from commands.leadership import Leadership, LeadershipLostError
+from commands.fair_share import Attempt, AttemptKey, FairShare
+from commands.leadership import PING_EVERY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
-from domain.messages import JOBS_STREAM, JOBS_SUBJECT_PREFIX, JobDispatch, dispatch_msg_id, jobs_subject
+from commands.work_queue import Offered, WorkQueue
+from domain.messages import JobDispatch
 from domain.registry import Tenant
 from domain.run import Run
 from domain.workflow import JobSpec
@@ -45,6 +52,8 @@ from domain.workflow import JobSpec
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+# Consecutive failed steps (each retried after a pause) before the leader gives the lead up.
+MAX_FAILED_STEPS = 5
 ATTEMPT_ENDING_EVENTS = (Run.JobSucceeded, Run.JobFailed, Run.JobCancelled, Run.JobSkipped, Run.JobAttemptAbandoned)
 RUN_ENDING_EVENTS = (Run.RunSucceeded, Run.RunFailed, Run.RunCancelled, Run.RunSkipped)
 
@@ -66,13 +75,8 @@ class UnfinishedJob(Protocol):
 TakeoverQuery = Callable[[], tuple[int, list[UnfinishedJob]]]
 
 
-async def publish_dispatch(js: JetStreamContext, dispatch: JobDispatch) -> None:
-    """Offer an attempt to the runners. Safe to repeat: the stream drops a second copy."""
-    await js.publish(
-        jobs_subject(dispatch.pool),
-        msgspec.json.encode(dispatch),
-        headers={"Nats-Msg-Id": dispatch_msg_id(dispatch.job_id, dispatch.attempt)},
-    )
+class StepsFailingError(LeadershipLostError):
+    """The leader's steps kept failing: it gives the lead up and takes over afresh."""
 
 
 async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leadership: Leadership,
@@ -92,7 +96,7 @@ async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leade
             await leader.take_over()
             await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,))
         except LeadershipLostError as lost:
-            log.warning("admission: %s; standing by", lost)
+            log.warning("admission: %s; giving the lead up", lost)
         except Exception:
             log.warning("admission takeover failed; trying again", exc_info=True)
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
@@ -104,13 +108,15 @@ class AdmissionLeader:
     def __init__(self, app: LedgerApp, js: JetStreamContext, roster: RunnerRoster, takeover: TakeoverQuery,
                  leadership: Leadership, *, reoffer_after: float) -> None:
         self.app = app
-        self.js = js
         self.roster = roster
         self.takeover_query = takeover
         self.leadership = leadership
         self.reoffer_after = reoffer_after
+        self.queue = WorkQueue(js)
         self.share = FairShare()
         self.position = 0
+        self.failed_steps = 0
+        self.offers: dict[AttemptKey, Offered] = {}  # the latest offer of each released attempt
         # What a dispatch message says, for runs whose start was followed: no store read per release.
         self.origins: dict[str, RunOrigin] = {}
         self.specs: dict[str, dict[str, JobSpec]] = {}
@@ -118,14 +124,35 @@ class AdmissionLeader:
     # ----- takeover ------------------------------------------------------------------------
 
     async def take_over(self) -> None:
-        position, jobs = await asyncio.to_thread(self.takeover_query)
-        await asyncio.to_thread(self._load, jobs)
-        self.position = position
-        in_flight = await self._jobs_in_work_queue()
-        for job_id, attempt in in_flight:
-            self.share.released_elsewhere(job_id, attempt)
-        log.info("admission leader took over at position %d: %d queued, %d released by a former leader",
-                 position, self.share.queued_count(), len(in_flight))
+        async with self._keeping_the_lead():
+            await self.queue.fence()  # from here on, a former leader publishes nothing
+            position, jobs = await asyncio.to_thread(self.takeover_query)
+            await asyncio.to_thread(self._load, jobs)
+            self.position = position
+            # The snapshot may lag the store: catch up first, so that every attempt a former
+            # leader released is known when its message is found in the queue.
+            while await asyncio.to_thread(self._catch_up) >= BATCH_SIZE:
+                pass
+            for offered in await self.queue.offered():
+                if self.share.released_elsewhere(offered.job_id, offered.attempt):
+                    self.offers[(offered.job_id, offered.attempt)] = offered
+        log.info("admission leader took over at position %d, caught up to %d: %d queued, %d released by a "
+                 "former leader", position, self.position, self.share.queued_count(), len(self.offers))
+
+    @contextlib.asynccontextmanager
+    async def _keeping_the_lead(self) -> AsyncIterator[None]:
+        """Ping the lock connection while a long takeover keeps it otherwise idle."""
+        async def ping() -> None:
+            with contextlib.suppress(LeadershipLostError):  # the next confirm says so
+                while True:
+                    await asyncio.sleep(PING_EVERY_SECONDS / 2)
+                    await asyncio.to_thread(self.leadership.keep_alive)
+
+        pinger = asyncio.create_task(ping())
+        try:
+            yield
+        finally:
+            pinger.cancel()
 
     def _load(self, jobs: list[UnfinishedJob]) -> None:
         pools: dict[str, dict[str, str]] = {}
@@ -144,27 +171,26 @@ class AdmissionLeader:
                 self.share.queued(job.run_id, job.job_id, job.attempt)
                 self.share.started(job.job_id, job.attempt, job.started_at or self.app.clock())
 
-    async def _jobs_in_work_queue(self) -> list[tuple[str, int]]:
-        """(job, attempt) of every message the JOBS work queue holds: released, not yet acked."""
-        found: list[tuple[str, int]] = []
-        seq = 1
-        while True:
-            try:
-                message = await self.js.get_msg(JOBS_STREAM, seq=seq, subject=f"{JOBS_SUBJECT_PREFIX}.>", next=True)
-            except NotFoundError:
-                return found
-            try:
-                dispatch = msgspec.json.decode(message.data or b"", type=JobDispatch)
-            except msgspec.DecodeError:
-                dispatch = None
-            if dispatch is not None:
-                found.append((dispatch.job_id, dispatch.attempt))
-            seq = (message.seq or seq) + 1
-
     # ----- following the store --------------------------------------------------------------
 
     async def step(self) -> int:
-        """Catch up with the store; once caught up, fill the free slots. Returns work done."""
+        """Catch up with the store; once caught up, fill the free slots. Returns work done.
+
+        Raises LeadershipLostError when the lead is lost, or given up after failing steps."""
+        try:
+            done = await self._step()
+        except LeadershipLostError:
+            raise
+        except Exception as failure:
+            self.failed_steps += 1
+            if self.failed_steps >= MAX_FAILED_STEPS:
+                raise StepsFailingError(f"{self.failed_steps} steps failed in a row, the last with: "
+                                        f"{failure!r}") from failure
+            raise
+        self.failed_steps = 0
+        return done
+
+    async def _step(self) -> int:
         applied = await asyncio.to_thread(self._catch_up)
         if applied >= BATCH_SIZE:
             return applied  # more to read before deciding on a stale view
@@ -204,8 +230,10 @@ class AdmissionLeader:
             self.share.queued(run_id, event.job_id, event.attempt)
         elif isinstance(event, Run.JobStarted):
             self.share.started(event.job_id, event.attempt, event.timestamp)
+            self.offers.pop((event.job_id, event.attempt), None)
         elif isinstance(event, ATTEMPT_ENDING_EVENTS):
             self.share.ended(event.job_id, event.attempt, event.timestamp)
+            self.offers.pop((event.job_id, event.attempt), None)
         elif isinstance(event, RUN_ENDING_EVENTS):
             run_id = str(event.originator_id)
             self.share.forget_run(run_id)
@@ -243,20 +271,33 @@ class AdmissionLeader:
         return len(chosen)
 
     async def _reoffer(self) -> None:
-        due = self.share.due_for_reoffer(self.reoffer_after)
-        if due:
-            log.info("re-offering %d released attempts no runner has started", len(due))
-            await self._offer(due)
+        """Offer again what was released a while ago, not started, and is no longer in the queue."""
+        gone = [item for item in self.share.due_for_reoffer(self.reoffer_after) if not await self._still_offered(item)]
+        if gone:
+            log.warning("offering again %d released attempts whose messages left the work queue unstarted",
+                        len(gone))
+            await self._offer(gone)
+
+    async def _still_offered(self, item: Attempt) -> bool:
+        offered = self.offers.get(item.key)
+        return offered is not None and await self.queue.holds(offered)
 
     async def _offer(self, attempts: Iterable[Attempt]) -> None:
-        # Build the messages while confirming the lead: a former leader must not release anything.
-        dispatches, _ = await asyncio.gather(asyncio.to_thread(self._dispatches, list(attempts)),
-                                             asyncio.to_thread(self.leadership.confirm))
-        results = await asyncio.gather(*(publish_dispatch(self.js, d) for d in dispatches), return_exceptions=True)
-        for dispatch, result in zip(dispatches, results, strict=True):
-            if isinstance(result, BaseException):
+        dispatches = await asyncio.to_thread(self._dispatches, list(attempts))
+        # Confirm the lead after the (possibly slow) store reads, right before publishing. The
+        # fenced work queue refuses a former leader's publish even if this check passes late.
+        await asyncio.to_thread(self.leadership.confirm)
+        # One after another: each publish expects the sequence the previous one left.
+        for dispatch in dispatches:
+            key = (dispatch.job_id, dispatch.attempt)
+            previous = self.offers.get(key)
+            try:
+                self.offers[key] = await self.queue.offer(dispatch, previous.offer + 1 if previous else 1)
+            except LeadershipLostError:
+                raise
+            except Exception as failure:
                 # Still counted as released: the re-offer sends it again once NATS answers.
-                log.warning("offering %s:%d failed: %s", dispatch.job_id, dispatch.attempt, result)
+                log.warning("offering %s:%d failed: %s", dispatch.job_id, dispatch.attempt, failure)
 
     def _dispatches(self, attempts: list[Attempt]) -> list[JobDispatch]:
         found = []

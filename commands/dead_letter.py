@@ -3,8 +3,9 @@
 A work-queue stream keeps such a message forever, undeliverable, which would hide it. The
 server announces it with an advisory; we copy the message to the DEAD stream (where an
 operator can see and replay it) and delete it from the queue. The job itself is not lost:
-its attempt is still queued in the event store, the reaper offers it again later, and its
-queue deadline fails it "not picked up" if nothing can run it.
+its attempt is still released in the event store's view: the admission leader, finding its
+message gone and the attempt unstarted after LEDGERCI_REOFFER_AFTER_SECONDS, offers it again
+under a new message id, and its queue deadline fails it "not picked up" if nothing can run it.
 """
 
 from __future__ import annotations

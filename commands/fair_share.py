@@ -96,6 +96,9 @@ class FairShare:
         self.tenants: dict[str, TenantShare] = {}
         self.routes: dict[str, RunRoute] = {}  # unfinished runs only
         self.attempts: dict[AttemptKey, Attempt] = {}  # queued, released or running
+        # Released and not started, in the order of their last offer: the re-offer looks at the
+        # front only, however many attempts wait.
+        self._released: dict[AttemptKey, Attempt] = {}
         self._occupied_in_pool: dict[str, int] = {}
         self._queued_by_pool: dict[str, set[str]] = {}  # pool -> tenants with queued attempts there
         self._order = itertools.count()
@@ -140,6 +143,7 @@ class FairShare:
         if item.state is State.QUEUED:
             # Started without our release (a former leader's, found late): it occupies a slot now.
             self._occupy(item)
+        self._released.pop(item.key, None)
         item.state = State.RUNNING
         item.started_at = at
 
@@ -151,6 +155,7 @@ class FairShare:
         if item.state is State.QUEUED:
             self._unqueue(item)
             return
+        self._released.pop(item.key, None)
         share = self.tenants[item.tenant_id]
         share.occupied -= 1
         self._occupied_in_pool[item.pool] -= 1
@@ -159,12 +164,15 @@ class FairShare:
         if item.started_at is not None:
             share.expected_seconds += EXPECTED_SMOOTHING * (took - share.expected_seconds)
 
-    def released_elsewhere(self, job_id: str, attempt: int) -> None:
-        """At takeover: an attempt still in the runners' queue was released by a former leader."""
+    def released_elsewhere(self, job_id: str, attempt: int) -> bool:
+        """At takeover, once caught up with the store: an attempt still in the runners' queue was
+        released by a former leader. False if it is not queued (started, or ended already)."""
         item = self.attempts.get((job_id, attempt))
-        if item is not None and item.state is State.QUEUED:
-            self._occupy(item)
-            item.state = State.RELEASED
+        if item is None or item.state is not State.QUEUED:
+            return False
+        self._occupy(item)
+        self._mark_released(item)
+        return True
 
     # ----- the decision ---------------------------------------------------------------------------
 
@@ -183,7 +191,7 @@ class FairShare:
                 break
             item = self.tenants[share_id].queues[pool][0]
             self._occupy(item)
-            item.state = State.RELEASED
+            self._mark_released(item)
             chosen.append(item)
         return chosen
 
@@ -200,11 +208,16 @@ class FairShare:
         return best_id
 
     def due_for_reoffer(self, older_than_seconds: float) -> list[Attempt]:
-        """Released attempts no runner has started for a while (at most the pools' slots)."""
-        cutoff = self.clock() - older_than_seconds
-        due = [item for item in self.attempts.values() if item.state is State.RELEASED and item.released_at < cutoff]
+        """Released attempts no runner has started for a while; each is due again only after
+        another `older_than_seconds`. Costs O(due), not O(released)."""
+        now = self.clock()
+        due: list[Attempt] = []
+        for item in self._released.values():
+            if item.released_at >= now - older_than_seconds:
+                break  # the rest were offered later still
+            due.append(item)
         for item in due:
-            item.released_at = self.clock()
+            self._mark_released(item)  # to the back, offered now
         return due
 
     def queued_count(self) -> int:
@@ -217,9 +230,14 @@ class FairShare:
         share = self.tenants[item.tenant_id]
         share.occupied += 1
         self._occupied_in_pool[item.pool] = self._occupied_in_pool.get(item.pool, 0) + 1
-        item.released_at = self.clock()
         item.charged = share.expected_seconds
         share.virtual += item.charged / share.weight
+
+    def _mark_released(self, item: Attempt) -> None:
+        item.state = State.RELEASED
+        item.released_at = self.clock()
+        self._released.pop(item.key, None)
+        self._released[item.key] = item
 
     def _unqueue(self, item: Attempt) -> None:
         share = self.tenants[item.tenant_id]

@@ -66,9 +66,10 @@ def control_subject(job_id: str, attempt: int) -> str:
     return f"{CONTROL_SUBJECT_PREFIX}.{job_id}.{attempt}"
 
 
-def dispatch_msg_id(job_id: str, attempt: int) -> str:
-    """JetStream drops a second dispatch of the same attempt (exactly-once publish)."""
-    return f"{job_id}:{attempt}"
+def dispatch_msg_id(job_id: str, attempt: int, offer: int = 1) -> str:
+    """JetStream drops a retried publish of the same offer (exactly-once publish); a later offer
+    of the attempt, made because the first left the queue unstarted, has an id of its own."""
+    return f"{job_id}:{attempt}" if offer == 1 else f"{job_id}:{attempt}:{offer}"
 
 
 class Message(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):

@@ -1,6 +1,8 @@
 """The admission leader against the real store, read model and JetStream: a new leader counts
-what a former one released (the messages still in the JOBS work queue) against the quota, and
-a re-offer publishes under the same message id, so the stream keeps one copy."""
+what a former one released (the messages still in the JOBS work queue) against the quota, even
+from a read model that lags the store; a former leader, once fenced out, publishes nothing; a
+released attempt is offered again only once its message has left the queue unstarted; a
+leader whose steps keep failing gives the lead up."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from commands.admission import AdmissionLeader
+from commands.admission import MAX_FAILED_STEPS, AdmissionLeader, StepsFailingError
 from commands.app import LedgerApp
 from commands.leadership import SoleLeadership
 from commands.presence import RunnerRoster
 from commands.streams import ensure_streams
+from commands.work_queue import FencedOutError
 from domain.messages import JOBS_STREAM, FinishJob, JobDispatch, RunnerPresence, StartJob
 from projections.queries import AdmissionQueries
 from projections.runs import RunsProjection
@@ -72,11 +75,7 @@ async def in_work_queue(js) -> int:
 
 
 async def test_a_new_leader_counts_what_the_former_one_released_against_the_quota(ledger, db, js) -> None:
-    runs = []
-    for n in range(4):
-        run_id = ledger.push("web", f"{n:040x}", "refs/heads/main", ADMIN).run_id
-        ledger.plan_run(run_id, WORKFLOW)
-        runs.append(run_id)
+    runs = push_runs(ledger, 4)
     project(ledger, db)
 
     first = leader(ledger, db, js, slots=8)
@@ -102,17 +101,78 @@ async def test_a_new_leader_counts_what_the_former_one_released_against_the_quot
     assert set(await work_queue(js)) == {job_ids[1], job_ids[2]}
 
 
-async def test_a_reoffer_publishes_under_the_same_id_and_the_stream_keeps_one_copy(ledger, db, js) -> None:
-    run_id = ledger.push("web", "f" * 40, "refs/heads/main", ADMIN).run_id
-    ledger.plan_run(run_id, WORKFLOW)
+async def test_a_new_leader_counts_what_was_released_even_from_a_read_model_that_lags(ledger, db, js) -> None:
+    project(ledger, db)  # the read model stops here: the runs below are newer than its snapshot
+    push_runs(ledger, 4)
+
+    first = leader(ledger, db, js, slots=8)
+    await first.take_over()
+    await first.step()
+    assert await in_work_queue(js) == 2
+
+    second = leader(ledger, db, js, slots=8)
+    await second.take_over()  # catches up with the store before reading the work queue
+    assert second.share.tenants["acme"].occupied == 2
+    await second.step()
+    assert await in_work_queue(js) == 2
+
+
+async def test_a_fenced_out_former_leader_publishes_nothing(ledger, db, js) -> None:
+    push_runs(ledger, 4)
+    project(ledger, db)
+    former = leader(ledger, db, js, slots=8)
+    await former.take_over()
+    # Paused here, say; another replica takes the lead meanwhile and fences the work queue.
+    successor = leader(ledger, db, js, slots=8)
+    await successor.take_over()
+
+    with pytest.raises(FencedOutError):
+        await former.step()  # it would release two attempts on its stale view
+    assert await in_work_queue(js) == 0
+    await successor.step()
+    assert await in_work_queue(js) == 2
+
+
+async def test_a_released_attempt_is_offered_again_only_once_its_message_left_the_queue(ledger, db, js) -> None:
+    job_id = job_of(ledger, push_runs(ledger, 1)[0])
     project(ledger, db)
     admission = leader(ledger, db, js, slots=1, reoffer_after=0.0)
     await admission.take_over()
-
     await admission.step()
-    await admission.step()  # released a moment ago and not started: offered again
+    first = await work_queue(js)
 
-    assert await in_work_queue(js) == 1
+    await admission.step()  # due for a re-offer, but its message still waits: nothing to do
+    assert await work_queue(js) == first
+
+    await js.delete_msg(JOBS_STREAM, first[job_id])  # as the dead-letter path does
+    await admission.step()
+    again = await js.get_msg(JOBS_STREAM, seq=(await work_queue(js))[job_id])
+    assert again.headers["Nats-Msg-Id"] == f"{job_id}:1:2"  # a new id: the stream's dedup would drop the old
+
+
+async def test_a_leader_whose_steps_keep_failing_gives_the_lead_up(ledger, db, js, monkeypatch) -> None:
+    project(ledger, db)
+    admission = leader(ledger, db, js, slots=1)
+    await admission.take_over()
+
+    def store_away(position: int, limit: int):
+        raise ConnectionError("the store is away")
+
+    monkeypatch.setattr(ledger, "events_after", store_away)
+    for _ in range(MAX_FAILED_STEPS - 1):
+        with pytest.raises(ConnectionError):
+            await admission.step()
+    with pytest.raises(StepsFailingError):
+        await admission.step()
+
+
+def push_runs(ledger: LedgerApp, count: int) -> list:
+    runs = []
+    for n in range(count):
+        run_id = ledger.push("web", f"{n:040x}", "refs/heads/main", ADMIN).run_id
+        ledger.plan_run(run_id, WORKFLOW)
+        runs.append(run_id)
+    return runs
 
 
 def job_of(ledger: LedgerApp, run_id) -> str:

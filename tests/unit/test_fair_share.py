@@ -138,7 +138,8 @@ def test_an_attempt_a_former_leader_released_counts_against_the_quota() -> None:
     share.route("r", "t", {"j1": "default", "j2": "default", "j3": "default"})
     for job_id in ("j1", "j2", "j3"):
         share.queued("r", job_id, 1)
-    share.released_elsewhere("j1", 1)
+    assert share.released_elsewhere("j1", 1)
+    assert not share.released_elsewhere("gone", 1)  # a message for an attempt that ended already
 
     chosen = share.release("default", 10)
 
@@ -190,3 +191,21 @@ def test_each_pool_fills_only_its_own_slots() -> None:
     assert [item.job_id for item in share.release("gpu", 1)] == ["gpu"]
     assert share.occupied_in("gpu") == 1 and share.occupied_in("default") == 0
     assert share.release("gpu", 1) == []
+
+
+def test_a_released_attempt_is_due_again_only_after_the_reoffer_delay_and_then_goes_to_the_back() -> None:
+    now = [0.0]
+    share = FairShare(clock=lambda: now[0])
+    share.set_tenant("t", weight=1, max_concurrent_jobs=10)
+    share.route("r", "t", {f"j{n}": "default" for n in range(3)})
+    for n in range(3):
+        share.queued("r", f"j{n}", 1)
+        share.release("default", 1)
+        now[0] += 1.0  # released at 0, 1 and 2
+    share.started("j1", 1, EPOCH)  # started: never due
+
+    now[0] = 10.5
+    assert [item.job_id for item in share.due_for_reoffer(10.0)] == ["j0"]
+    assert share.due_for_reoffer(10.0) == []
+    now[0] = 20.6
+    assert [item.job_id for item in share.due_for_reoffer(10.0)] == ["j2", "j0"]  # j0 was offered last
