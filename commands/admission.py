@@ -38,8 +38,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from commands.app import LedgerApp, RunOrigin, job_dispatch
-from commands.fair_share import Attempt, AttemptKey, FairShare
-from commands.leadership import PING_EVERY_SECONDS, Leadership, LeadershipLostError
+from commands.fair_share import Attempt, AttemptKey, FairShare, State
+from commands.leadership import PING_EVERY_SECONDS, STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
@@ -79,9 +79,13 @@ class StepsFailingError(LeadershipLostError):
     """The leader's steps kept failing: it gives the lead up and takes over afresh."""
 
 
+class NothingPublishedError(Exception):
+    """Every offer of a step failed (NATS away from this replica): the step failed."""
+
+
 async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leadership: Leadership,
                         wake: asyncio.Event, stop: asyncio.Event, *, reoffer_after: float,
-                        idle_seconds: float) -> None:
+                        idle_seconds: float, stream_replicas: int = 1) -> None:
     """Stand by until this replica leads, then lead until stopped or the lead is lost.
 
     `wake` is set when the store has news (the caller listens for commits); a runner coming,
@@ -91,28 +95,34 @@ async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leade
     while not stop.is_set():
         if not await leadership.acquire(stop):
             return
-        leader = AdmissionLeader(app, nc.jetstream(), roster, takeover, leadership, reoffer_after=reoffer_after)
+        leader = AdmissionLeader(app, nc.jetstream(), roster, takeover, leadership, reoffer_after=reoffer_after,
+                                 stream_replicas=stream_replicas)
         try:
             await leader.take_over()
             await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,))
         except LeadershipLostError as lost:
             log.warning("admission: %s; giving the lead up", lost)
+            pause = STANDBY_RETRY_SECONDS  # another replica's turn first, and no tight loop
         except Exception:
             log.warning("admission takeover failed; trying again", exc_info=True)
-            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            pause = RETRY_PAUSE_SECONDS
+        else:
+            pause = 0.0
         finally:
             leadership.release()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
 
 
 class AdmissionLeader:
     def __init__(self, app: LedgerApp, js: JetStreamContext, roster: RunnerRoster, takeover: TakeoverQuery,
-                 leadership: Leadership, *, reoffer_after: float) -> None:
+                 leadership: Leadership, *, reoffer_after: float, stream_replicas: int = 1) -> None:
         self.app = app
         self.roster = roster
         self.takeover_query = takeover
         self.leadership = leadership
         self.reoffer_after = reoffer_after
-        self.queue = WorkQueue(js)
+        self.queue = WorkQueue(js, replicas=stream_replicas)
         self.share = FairShare()
         self.position = 0
         self.failed_steps = 0
@@ -274,6 +284,10 @@ class AdmissionLeader:
         """Offer again what was released a while ago, not started, and is no longer in the queue."""
         gone = [item for item in self.share.due_for_reoffer(self.reoffer_after) if not await self._still_offered(item)]
         if gone:
+            # Its message may have left because it started and ended just now: look again.
+            await asyncio.to_thread(self._catch_up)
+            gone = [item for item in gone if self.share.attempts.get(item.key) is item and item.state is State.RELEASED]
+        if gone:
             log.warning("offering again %d released attempts whose messages left the work queue unstarted",
                         len(gone))
             await self._offer(gone)
@@ -288,6 +302,7 @@ class AdmissionLeader:
         # fenced work queue refuses a former leader's publish even if this check passes late.
         await asyncio.to_thread(self.leadership.confirm)
         # One after another: each publish expects the sequence the previous one left.
+        failed = 0
         for dispatch in dispatches:
             key = (dispatch.job_id, dispatch.attempt)
             previous = self.offers.get(key)
@@ -298,6 +313,9 @@ class AdmissionLeader:
             except Exception as failure:
                 # Still counted as released: the re-offer sends it again once NATS answers.
                 log.warning("offering %s:%d failed: %s", dispatch.job_id, dispatch.attempt, failure)
+                failed += 1
+        if dispatches and failed == len(dispatches):
+            raise NothingPublishedError(f"none of {failed} offers could be published")
 
     def _dispatches(self, attempts: list[Attempt]) -> list[JobDispatch]:
         found = []

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import threading
 import time
 from pathlib import Path
 from typing import IO, Protocol
@@ -94,6 +95,8 @@ class PostgresLeadership:
         self.lock_id = lock_id
         self._conn: psycopg.Connection | None = None
         self._confirmed_at = 0.0
+        # The leader's steps and its takeover's pinger use the connection from worker threads.
+        self._lock = threading.Lock()
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         while not stop.is_set():
@@ -105,33 +108,39 @@ class PostgresLeadership:
         return False
 
     def _try_lock(self) -> bool:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(
-                self.database_url, autocommit=True, connect_timeout=5,
-                options=f"-c idle_session_timeout={IDLE_SESSION_SECONDS * 1000}",
-                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
-            )
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)).fetchone()
-        held = bool(row and row[0])
-        if held:
-            self._confirmed_at = time.monotonic()
-        return held
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(
+                    self.database_url, autocommit=True, connect_timeout=5,
+                    options=f"-c idle_session_timeout={IDLE_SESSION_SECONDS * 1000}",
+                    keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                )
+            row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)).fetchone()
+            held = bool(row and row[0])
+            if held:
+                self._confirmed_at = time.monotonic()
+            return held
 
     def confirm(self) -> None:
-        if self._conn is None:
-            raise LeadershipLostError("not the leader")
-        try:
-            self._conn.execute("SELECT 1")
-        except (psycopg.Error, OSError) as lost:
-            self.release()
-            raise LeadershipLostError(f"the leader's lock connection broke: {lost}") from None
-        self._confirmed_at = time.monotonic()
+        with self._lock:
+            if self._conn is None:
+                raise LeadershipLostError("not the leader")
+            try:
+                self._conn.execute("SELECT 1")
+            except (psycopg.Error, OSError) as lost:
+                self._close()
+                raise LeadershipLostError(f"the leader's lock connection broke: {lost}") from None
+            self._confirmed_at = time.monotonic()
 
     def keep_alive(self) -> None:
         if time.monotonic() - self._confirmed_at > PING_EVERY_SECONDS:
             self.confirm()
 
     def release(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error, OSError):
                 self._conn.close()  # the lock goes with the session

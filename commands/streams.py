@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from domain.messages import (
     DEAD_STREAM,
@@ -19,7 +25,13 @@ from domain.messages import (
 
 # The dedup window must outlast any relay restart: duplicates older than this are still
 # dropped by consumers' tracking, but the stream itself only remembers ids this long.
+log = logging.getLogger(__name__)
+
 DUPLICATE_WINDOW_SECONDS = 600.0
+# A cluster still electing its leaders, or a slow host, answers stream requests late or with
+# "unavailable": a service starting then waits this long for the streams rather than dying.
+STREAMS_PATIENCE_SECONDS = 60.0
+STREAMS_RETRY_SECONDS = 0.5
 LIVE_LOG_RETENTION_SECONDS = 7 * 24 * 3600.0
 
 
@@ -66,9 +78,23 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
+    deadline = time.monotonic() + STREAMS_PATIENCE_SECONDS
     for config in stream_configs(replicas):
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            # Exists with other settings (an older version of ours): bring it up to date.
-            await js.update_stream(config)
+        while True:
+            try:
+                await _ensure_stream(js, config)
+                break
+            except (NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as slow:
+                if time.monotonic() > deadline:
+                    raise
+                # Safe to repeat: adding a stream that exists with the same settings is a no-op.
+                log.warning("JetStream did not create stream %s yet (%r); trying again", config.name, slow)
+                await asyncio.sleep(STREAMS_RETRY_SECONDS)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        # Exists with other settings (an older version of ours): bring it up to date.
+        await js.update_stream(config)

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from commands.leadership import LeadershipLostError
+from commands.streams import ensure_streams
 from domain.messages import JOBS_STREAM, JOBS_SUBJECT_PREFIX, JobDispatch, dispatch_msg_id, jobs_subject
 
 # Pool names start with a letter or digit (domain/workflow.py), so no runner listens here.
@@ -47,14 +48,21 @@ class Offered:
 
 
 class WorkQueue:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
         self.js = js
+        self.replicas = replicas
         self.last_seq: int | None = None  # None until fenced: nothing may be published
 
     async def fence(self) -> None:
         """Move the stream's last sequence past what any former leader knew."""
         for _ in range(FENCE_ATTEMPTS):
-            last = (await self.js.stream_info(JOBS_STREAM)).state.last_seq
+            try:
+                last = (await self.js.stream_info(JOBS_STREAM)).state.last_seq
+            except NotFoundError:
+                # The stream is gone (a nats-server lost its data): nobody else would bring it
+                # back until a restart. Its former messages are re-offered from the store.
+                await ensure_streams(self.js, self.replicas)
+                continue
             try:
                 ack = await self.js.publish(FENCE_SUBJECT, b"", headers={"Nats-Expected-Last-Sequence": str(last)})
             except APIError as error:
@@ -88,7 +96,18 @@ class WorkQueue:
             seq += 1
 
     async def offer(self, dispatch: JobDispatch, offer: int) -> Offered:
-        """Publish one offer of an attempt; raises FencedOutError if the queue moved under us."""
+        """Publish an offer of an attempt; raises FencedOutError if the queue moved under us.
+
+        The stream answers "duplicate" for an id it saw in the last 10 minutes. If that earlier
+        message has left the queue unstarted (a former leader's offer, dead-lettered since), the
+        attempt is offered again under the next id, so it is not silently left without one."""
+        while True:
+            offered, duplicate = await self._publish(dispatch, offer)
+            if not duplicate or await self.holds(offered):
+                return offered
+            offer += 1
+
+    async def _publish(self, dispatch: JobDispatch, offer: int) -> tuple[Offered, bool]:
         if self.last_seq is None:
             raise FencedOutError("the work queue was not fenced")
         msg_id = dispatch_msg_id(dispatch.job_id, dispatch.attempt, offer)
@@ -105,7 +124,7 @@ class WorkQueue:
             raise
         if not ack.duplicate:
             self.last_seq = ack.seq
-        return Offered(dispatch.job_id, dispatch.attempt, ack.seq, msg_id, offer)
+        return Offered(dispatch.job_id, dispatch.attempt, ack.seq, msg_id, offer), bool(ack.duplicate)
 
     async def holds(self, offered: Offered) -> bool:
         """Is this offer still waiting in the queue (not acked, deleted or lost)?"""

@@ -242,7 +242,8 @@ async def admission_service(settings: Settings, stop: asyncio.Event, ledger: Led
             wake_on_local_saves(ledger, wake)
             listener = None
         await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
-                            reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds)
+                            reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds,
+                            stream_replicas=settings.stream_replicas)
         if listener:
             listener.cancel()
 

@@ -6,6 +6,7 @@ leader whose steps keep failing gives the lead up."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import msgspec
@@ -13,7 +14,7 @@ import nats
 import pytest
 from nats.js.errors import NotFoundError
 
-from commands.admission import MAX_FAILED_STEPS, AdmissionLeader, StepsFailingError
+from commands.admission import MAX_FAILED_STEPS, AdmissionLeader, NothingPublishedError, StepsFailingError
 from commands.app import LedgerApp
 from commands.leadership import SoleLeadership
 from commands.presence import RunnerRoster
@@ -54,7 +55,8 @@ async def js(fresh_nats_server) -> AsyncIterator:
         await ensure_streams(nc.jetstream())
         yield nc.jetstream()
     finally:
-        await nc.close()
+        with contextlib.suppress(OSError):  # a test may have killed the server under it
+            await nc.close()
 
 
 def project(ledger: LedgerApp, db: Database) -> None:
@@ -189,3 +191,43 @@ async def work_queue(js) -> dict[str, int]:
             return found
         found[msgspec.json.decode(message.data, type=JobDispatch).job_id] = message.seq
         seq = message.seq + 1
+
+
+async def test_a_new_leader_offers_again_what_left_the_queue_within_the_dedup_window(ledger, db, js) -> None:
+    job_id = job_of(ledger, push_runs(ledger, 1)[0])
+    project(ledger, db)
+    former = leader(ledger, db, js, slots=1)
+    await former.take_over()
+    await former.step()
+    await js.delete_msg(JOBS_STREAM, (await work_queue(js))[job_id])  # dead-lettered, say
+
+    successor = leader(ledger, db, js, slots=1)
+    await successor.take_over()  # the queue holds nothing: the attempt counts as queued
+    await successor.step()  # job:1 is a duplicate in the stream's eyes, and its message is gone
+
+    again = await js.get_msg(JOBS_STREAM, seq=(await work_queue(js))[job_id])
+    assert again.headers["Nats-Msg-Id"] == f"{job_id}:1:2"
+
+
+async def test_a_leader_brings_back_a_work_queue_that_vanished(ledger, db, js) -> None:
+    push_runs(ledger, 1)
+    project(ledger, db)
+    await js.delete_stream(JOBS_STREAM)  # as after a nats-server lost its data
+
+    admission = leader(ledger, db, js, slots=1)
+    await admission.take_over()
+    await admission.step()
+
+    assert await in_work_queue(js) == 1
+
+
+async def test_a_step_whose_every_offer_fails_is_a_failed_step(ledger, db, js, fresh_nats_server) -> None:
+    push_runs(ledger, 1)
+    project(ledger, db)
+    admission = leader(ledger, db, js, slots=1)
+    await admission.take_over()
+
+    fresh_nats_server.kill()
+    with pytest.raises(NothingPublishedError):  # counted towards giving the lead up
+        await admission.step()
+    assert admission.failed_steps == 1
