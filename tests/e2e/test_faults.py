@@ -102,7 +102,10 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     # A zombie is gone too: it no longer runs, it waits to be reaped by its parent.
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except FileNotFoundError:
+        return True  # reaped between the two looks
 
 
 def slow_first_attempt(pid_file: Path, retries: int, timeout: str = "60m") -> str:
