@@ -29,6 +29,7 @@ from tests.support.api import FINAL, Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
 from tests.support.invariants import check_invariants
+from tests.support.processes import pid_alive
 
 pytestmark = pytest.mark.e2e
 
@@ -96,18 +97,6 @@ def pid_in(path: Path) -> int:
     return wait_for(lambda: path.exists() and path.read_text().strip() and int(path.read_text()), 30, f"{path}")
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie is gone too: it no longer runs, it waits to be reaped by its parent.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
-    except FileNotFoundError:
-        return True  # reaped between the two looks
-
-
 def slow_first_attempt(pid_file: Path, retries: int, timeout: str = "60m") -> str:
     return (
         "jobs:\n  - name: slow\n"
@@ -135,10 +124,10 @@ def test_stale_runner_is_fenced_and_its_process_killed(tmp_path: Path, cluster: 
     assert run["status"] == "succeeded"
     job = run["jobs"][0]
     assert job["attempt"] == 2 and job["runner_id"] != holder
-    assert not gone(pid), "attempt 1's process should still be running while its runner is stopped"
+    assert pid_alive(pid), "attempt 1's process should still be running while its runner is stopped"
 
     cluster.resume(process_name)  # SIGCONT: its heartbeat is refused, it kills the job
-    wait_for(lambda: gone(pid), 10, "attempt 1's process to be killed")
+    wait_for(lambda: not pid_alive(pid), 10, "attempt 1's process to be killed")
     history = admin.events(run_id)
     assert [e["type"] for e in history].count("JobSucceeded") == 1
     abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
@@ -162,7 +151,7 @@ def test_stopped_runner_hands_its_job_back_after_the_grace_period(tmp_path: Path
     cluster.start("runner#2")
     took = cluster.stop("runner#3")
     assert took < 1 + 3.0, f"the runner took {took:.1f}s to stop with a 1s grace period"
-    assert gone(pid)
+    assert not pid_alive(pid)
     run = admin.wait_run(run_id, timeout=30)
     job = run["jobs"][0]
     assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 2, "runner-2")
@@ -200,7 +189,7 @@ def test_killed_runner_job_is_retried_or_fails_runner_lost(tmp_path: Path, clust
     holder = admin.run(run_id)["jobs"][0]["runner_id"]
     killed_at = time.monotonic()
     cluster.kill("runner" if holder == "runner" else holder.replace("-", "#"))
-    wait_for(lambda: gone(pid), 5, "the killed runner's job process to die with it")
+    wait_for(lambda: not pid_alive(pid), 5, "the killed runner's job process to die with it")
 
     run = admin.wait_run(run_id, timeout=30)
     ended_after = time.monotonic() - killed_at
@@ -223,7 +212,7 @@ def test_timeout_kills_the_process_and_fails_the_job(tmp_path: Path, cluster: Le
     pid = pid_in(pid_file)
     run = admin.wait_run(run_id, timeout=20)
     assert (run["status"], run["jobs"][0]["status"], run["jobs"][0]["error"]) == ("failed", "failed", "timed out")
-    assert gone(pid)
+    assert not pid_alive(pid)
     assert "timed out" in admin.log(run["jobs"][0]["id"])
     assert_invariants(cluster)
 
@@ -238,7 +227,7 @@ def test_cancel_stops_the_running_job_within_seconds(tmp_path: Path, cluster: Le
     cancelled_at = time.monotonic()
     response = admin.http.post(f"/api/v1/runs/{run_id}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
-    wait_for(lambda: gone(pid), 2.0, "the cancelled job's process to be killed")
+    wait_for(lambda: not pid_alive(pid), 2.0, "the cancelled job's process to be killed")
     assert time.monotonic() - cancelled_at < 2.0
     run = admin.wait_run(run_id)
     assert run["status"] == "cancelled"

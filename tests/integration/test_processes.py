@@ -21,18 +21,10 @@ from tests.support.processes import (
     find_nats_server_binary,
     free_port,
     nats_server_version,
+    pid_alive,
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return state == "Z"
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -52,7 +44,7 @@ def test_committed_row_survives_postgres_crash(fresh_postgres_server: PostgresSe
 
     server.kill()
 
-    assert _process_gone(postmaster)
+    assert not pid_alive(postmaster)
     assert not server.is_running()
     assert (server.data_dir / "postmaster.pid").exists()  # stale, as after a real crash
     with pytest.raises(psycopg.OperationalError):
@@ -117,7 +109,7 @@ async def test_jetstream_dedupes_and_keeps_acked_message_across_kill(
     pid = server.pid
     assert pid is not None
     server.kill()
-    assert _process_gone(pid)
+    assert not pid_alive(pid)
     assert not server.is_running()
 
     server.start()
@@ -160,7 +152,7 @@ async def test_paused_nats_server_answers_nothing_until_resumed(
     pid = server.pid
     assert pid is not None
     server.stop()
-    assert _process_gone(pid)
+    assert not pid_alive(pid)
 
 
 async def test_session_nats_server_has_jetstream(nats_server: NatsServer) -> None:

@@ -171,7 +171,7 @@ def _tail(path: Path, chars: int = _LOG_TAIL_CHARS) -> str:
         return f"<cannot read {path}: {exc}>"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie (zombies hold no ports or memory)."""
     fields = _proc_stat_fields(Path(f"/proc/{pid}"))
     if fields is not None:
@@ -210,10 +210,10 @@ def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
     remaining = list(pids)
     deadline = time.monotonic() + timeout
     while remaining and time.monotonic() < deadline:
-        remaining = [pid for pid in remaining if _pid_alive(pid)]
+        remaining = [pid for pid in remaining if pid_alive(pid)]
         if remaining:
             time.sleep(_POLL_INTERVAL)
-    return [pid for pid in remaining if _pid_alive(pid)]
+    return [pid for pid in remaining if pid_alive(pid)]
 
 
 class _Registry:
@@ -700,7 +700,7 @@ class PostgresServer(_Process):
         that leads its own process group (backends are in the postmaster's group)."""
         if self._proc is None:
             return None
-        children = [pid for pid in _pids_where(1, self._proc.pid) if _pid_alive(pid)]
+        children = [pid for pid in _pids_where(1, self._proc.pid) if pid_alive(pid)]
         from_file = self.postmaster_pid()
         if from_file in children:
             return from_file
