@@ -38,13 +38,13 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from commands.app import LedgerApp, RunOrigin, job_dispatch
-from commands.fair_share import Attempt, AttemptKey, FairShare, State
+from commands.fair_share import Attempt, FairShare
 from commands.leadership import PING_EVERY_SECONDS, STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
 from commands.work_queue import Offered, WorkQueue
-from domain.messages import JobDispatch
+from domain.messages import JobDispatch, dispatch_msg_id
 from domain.registry import Tenant
 from domain.run import Run
 from domain.workflow import JobSpec
@@ -97,6 +97,7 @@ async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leade
             return
         leader = AdmissionLeader(app, nc.jetstream(), roster, takeover, leadership, reoffer_after=reoffer_after,
                                  stream_replicas=stream_replicas)
+        pause = 0.0
         try:
             await leader.take_over()
             await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,))
@@ -106,8 +107,6 @@ async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leade
         except Exception:
             log.warning("admission takeover failed; trying again", exc_info=True)
             pause = RETRY_PAUSE_SECONDS
-        else:
-            pause = 0.0
         finally:
             leadership.release()
         with contextlib.suppress(TimeoutError):
@@ -126,7 +125,6 @@ class AdmissionLeader:
         self.share = FairShare()
         self.position = 0
         self.failed_steps = 0
-        self.offers: dict[AttemptKey, Offered] = {}  # the latest offer of each released attempt
         # What a dispatch message says, for runs whose start was followed: no store read per release.
         self.origins: dict[str, RunOrigin] = {}
         self.specs: dict[str, dict[str, JobSpec]] = {}
@@ -143,11 +141,12 @@ class AdmissionLeader:
             # leader released is known when its message is found in the queue.
             while await asyncio.to_thread(self._catch_up) >= BATCH_SIZE:
                 pass
-            for offered in await self.queue.offered():
-                if self.share.released_elsewhere(offered.job_id, offered.attempt):
-                    self.offers[(offered.job_id, offered.attempt)] = offered
+            found = [offered for offered in await self.queue.offered()
+                     if self.share.released_elsewhere(offered.job_id, offered.attempt)]
+            for offered in found:
+                self._record(self.share.attempts[(offered.job_id, offered.attempt)], offered)
         log.info("admission leader took over at position %d, caught up to %d: %d queued, %d released by a "
-                 "former leader", position, self.position, self.share.queued_count(), len(self.offers))
+                 "former leader", position, self.position, self.share.queued_count(), len(found))
 
     @contextlib.asynccontextmanager
     async def _keeping_the_lead(self) -> AsyncIterator[None]:
@@ -240,10 +239,8 @@ class AdmissionLeader:
             self.share.queued(run_id, event.job_id, event.attempt)
         elif isinstance(event, Run.JobStarted):
             self.share.started(event.job_id, event.attempt, event.timestamp)
-            self.offers.pop((event.job_id, event.attempt), None)
         elif isinstance(event, ATTEMPT_ENDING_EVENTS):
             self.share.ended(event.job_id, event.attempt, event.timestamp)
-            self.offers.pop((event.job_id, event.attempt), None)
         elif isinstance(event, RUN_ENDING_EVENTS):
             run_id = str(event.originator_id)
             self.share.forget_run(run_id)
@@ -286,15 +283,19 @@ class AdmissionLeader:
         if gone:
             # Its message may have left because it started and ended just now: look again.
             await asyncio.to_thread(self._catch_up)
-            gone = [item for item in gone if self.share.attempts.get(item.key) is item and item.state is State.RELEASED]
+            gone = [item for item in gone if self.share.is_released(item)]
         if gone:
             log.warning("offering again %d released attempts whose messages left the work queue unstarted",
                         len(gone))
             await self._offer(gone)
 
     async def _still_offered(self, item: Attempt) -> bool:
-        offered = self.offers.get(item.key)
-        return offered is not None and await self.queue.holds(offered)
+        return item.offer > 0 and await self.queue.holds(item.offer_seq,
+                                                         dispatch_msg_id(item.job_id, item.attempt, item.offer))
+
+    @staticmethod
+    def _record(item: Attempt, offered: Offered) -> None:
+        item.offer, item.offer_seq = offered.offer, offered.seq
 
     async def _offer(self, attempts: Iterable[Attempt]) -> None:
         dispatches = await asyncio.to_thread(self._dispatches, list(attempts))
@@ -303,11 +304,9 @@ class AdmissionLeader:
         await asyncio.to_thread(self.leadership.confirm)
         # One after another: each publish expects the sequence the previous one left.
         failed = 0
-        for dispatch in dispatches:
-            key = (dispatch.job_id, dispatch.attempt)
-            previous = self.offers.get(key)
+        for item, dispatch in dispatches:
             try:
-                self.offers[key] = await self.queue.offer(dispatch, previous.offer + 1 if previous else 1)
+                self._record(item, await self.queue.offer(dispatch, item.offer + 1))
             except LeadershipLostError:
                 raise
             except Exception as failure:
@@ -317,16 +316,16 @@ class AdmissionLeader:
         if dispatches and failed == len(dispatches):
             raise NothingPublishedError(f"none of {failed} offers could be published")
 
-    def _dispatches(self, attempts: list[Attempt]) -> list[JobDispatch]:
+    def _dispatches(self, attempts: list[Attempt]) -> list[tuple[Attempt, JobDispatch]]:
         found = []
         for item in attempts:
             spec = self.specs.get(item.run_id, {}).get(item.job_id)
             if spec is not None:
-                found.append(job_dispatch(self.origins[item.run_id], item.job_id, item.attempt, spec))
+                found.append((item, job_dispatch(self.origins[item.run_id], item.job_id, item.attempt, spec)))
                 continue
             # A run planned before the takeover: read it. None: no longer queued (cancelled,
             # expired), and the events saying so are on their way.
             dispatch = self.app.dispatch_for(UUID(item.run_id), item.job_id, item.attempt)
             if dispatch is not None:
-                found.append(dispatch)
+                found.append((item, dispatch))
         return found

@@ -58,6 +58,10 @@ class Attempt:
     released_at: float = 0.0  # monotonic, when last offered (for the re-offer)
     started_at: datetime | None = None
     charged: float = 0.0  # seconds charged to the tenant at release
+    # The leader's latest offer of it: its number (1, 2, ...; 0 = none known) and its sequence
+    # in the runners' work queue, to tell whether the message still waits there.
+    offer: int = 0
+    offer_seq: int = 0
 
     @property
     def key(self) -> AttemptKey:
@@ -206,6 +210,10 @@ class FairShare:
             if best is None or rank < best:
                 best, best_id = rank, tenant_id
         return best_id
+
+    def is_released(self, item: Attempt) -> bool:
+        """Still released and not started (not ended, not replaced by a newer view)."""
+        return self._released.get(item.key) is item
 
     def due_for_reoffer(self, older_than_seconds: float) -> list[Attempt]:
         """Released attempts no runner has started for a while; each is due again only after

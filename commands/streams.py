@@ -23,10 +23,10 @@ from domain.messages import (
     LOGS_SUBJECT_PREFIX,
 )
 
-# The dedup window must outlast any relay restart: duplicates older than this are still
-# dropped by consumers' tracking, but the stream itself only remembers ids this long.
 log = logging.getLogger(__name__)
 
+# The dedup window must outlast any relay restart: duplicates older than this are still
+# dropped by consumers' tracking, but the stream itself only remembers ids this long.
 DUPLICATE_WINDOW_SECONDS = 600.0
 # A cluster still electing its leaders, or a slow host, answers stream requests late or with
 # "unavailable": a service starting then waits this long for the streams rather than dying.

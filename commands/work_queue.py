@@ -43,8 +43,11 @@ class Offered:
     job_id: str
     attempt: int
     seq: int
-    msg_id: str
     offer: int  # 1 for the first offer of the attempt, 2 for the next, ...
+
+    @property
+    def msg_id(self) -> str:
+        return dispatch_msg_id(self.job_id, self.attempt, self.offer)
 
 
 class WorkQueue:
@@ -91,8 +94,7 @@ class WorkQueue:
             if dispatch is not None:
                 headers = message.headers or {}
                 offer = headers.get(OFFER_HEADER, "1")
-                found.append(Offered(dispatch.job_id, dispatch.attempt, seq, headers.get("Nats-Msg-Id", ""),
-                                     int(offer) if offer.isdigit() else 1))
+                found.append(Offered(dispatch.job_id, dispatch.attempt, seq, int(offer) if offer.isdigit() else 1))
             seq += 1
 
     async def offer(self, dispatch: JobDispatch, offer: int) -> Offered:
@@ -103,14 +105,14 @@ class WorkQueue:
         attempt is offered again under the next id, so it is not silently left without one."""
         while True:
             offered, duplicate = await self._publish(dispatch, offer)
-            if not duplicate or await self.holds(offered):
+            if not duplicate or await self.holds(offered.seq, offered.msg_id):
                 return offered
             offer += 1
 
     async def _publish(self, dispatch: JobDispatch, offer: int) -> tuple[Offered, bool]:
         if self.last_seq is None:
             raise FencedOutError("the work queue was not fenced")
-        msg_id = dispatch_msg_id(dispatch.job_id, dispatch.attempt, offer)
+        msg_id = dispatch_msg_id(dispatch.job_id, dispatch.attempt, offer)  # as Offered.msg_id
         try:
             ack = await self.js.publish(
                 jobs_subject(dispatch.pool),
@@ -124,13 +126,13 @@ class WorkQueue:
             raise
         if not ack.duplicate:
             self.last_seq = ack.seq
-        return Offered(dispatch.job_id, dispatch.attempt, ack.seq, msg_id, offer), bool(ack.duplicate)
+        return Offered(dispatch.job_id, dispatch.attempt, ack.seq, offer), bool(ack.duplicate)
 
-    async def holds(self, offered: Offered) -> bool:
-        """Is this offer still waiting in the queue (not acked, deleted or lost)?"""
+    async def holds(self, seq: int, msg_id: str) -> bool:
+        """Does the message of this offer still wait in the queue (not acked, deleted or lost)?"""
         try:
-            message = await self.js.get_msg(JOBS_STREAM, seq=offered.seq)
+            message = await self.js.get_msg(JOBS_STREAM, seq=seq)
         except NotFoundError:
             return False
         # After a nats-server lost its data, the same sequence may hold another message.
-        return (message.headers or {}).get("Nats-Msg-Id") == offered.msg_id
+        return (message.headers or {}).get("Nats-Msg-Id") == msg_id

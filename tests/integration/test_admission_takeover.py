@@ -9,18 +9,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
-import msgspec
 import nats
 import pytest
-from nats.js.errors import NotFoundError
 
 from commands.admission import MAX_FAILED_STEPS, AdmissionLeader, NothingPublishedError, StepsFailingError
 from commands.app import LedgerApp
 from commands.leadership import SoleLeadership
 from commands.presence import RunnerRoster
 from commands.streams import ensure_streams
-from commands.work_queue import FencedOutError
-from domain.messages import JOBS_STREAM, FinishJob, JobDispatch, RunnerPresence, StartJob
+from commands.work_queue import FencedOutError, WorkQueue
+from domain.messages import JOBS_STREAM, FinishJob, RunnerPresence, StartJob
 from projections.queries import AdmissionQueries
 from projections.runs import RunsProjection
 from projections.schema import create_read_model_tables
@@ -183,14 +181,7 @@ def job_of(ledger: LedgerApp, run_id) -> str:
 
 async def work_queue(js) -> dict[str, int]:
     """job id -> stream sequence of each message in the JOBS work queue."""
-    found, seq = {}, 1
-    while True:
-        try:
-            message = await js.get_msg(JOBS_STREAM, seq=seq, subject="ledgerci.jobs.>", next=True)
-        except NotFoundError:
-            return found
-        found[msgspec.json.decode(message.data, type=JobDispatch).job_id] = message.seq
-        seq = message.seq + 1
+    return {offered.job_id: offered.seq for offered in await WorkQueue(js).offered()}
 
 
 async def test_a_new_leader_offers_again_what_left_the_queue_within_the_dedup_window(ledger, db, js) -> None:
