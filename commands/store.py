@@ -33,7 +33,9 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str
         path = sqlite_path(database_url)
         path.parent.mkdir(parents=True, exist_ok=True)
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            # eventsourcing's SQLite store, its writers in turn under one lock per file
+            # (commands.sqlite_store: why the plain one answered 503 under load).
+            "PERSISTENCE_MODULE": "commands.sqlite_store:OneWriterSQLiteFactory",
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "10",
         }

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import cast
 from uuid import UUID
@@ -31,6 +32,7 @@ from commands.runner_service import serve_runner_commands
 from commands.scheduler import run_planner
 from commands.schema import create_event_store, grant_service_role
 from commands.secrets import SecretBook
+from commands.sqlite_store import writer_lock
 from commands.store import eventsourcing_env, is_postgres, sqlite_path
 from commands.streams import ensure_streams
 from commands.wake import run_woken
@@ -59,7 +61,8 @@ log = logging.getLogger("ledgerci")
 
 # Any fixed number: migrations of every process take this PostgreSQL advisory lock.
 MIGRATION_LOCK_ID = 7_334_001
-EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's name on insert
+EVENTS_CHANNEL = "ledgerci_events"
+EMBEDDED_WORKER_THREADS = 32  # eventsourcing NOTIFYs the events table's name on insert
 
 
 # ----- resources -----------------------------------------------------------------------------
@@ -110,7 +113,10 @@ async def store(settings: Settings, *, migrate_schema: bool | None = None) -> As
     """The event store and the read-model database; tables made first if asked (or if
     LEDGERCI_AUTO_MIGRATE is on)."""
     ledger = await asyncio.to_thread(open_ledger, settings)
-    db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size)
+    # On SQLite the read models write to the event store's file: they take its writer lock.
+    shared_lock = None if is_postgres(settings.database_url) else writer_lock(sqlite_path(settings.database_url))
+    db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size,
+                                 writer_lock=shared_lock)
     try:
         if settings.auto_migrate if migrate_schema is None else migrate_schema:
             await asyncio.to_thread(migrate, settings, ledger, db)
@@ -403,6 +409,11 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
 
 async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
     """Every service in one process (`ledgerci dev`): one store, one NATS connection each."""
+    # The services share this process's worker threads. Python's default (cores + 4: six
+    # here) let a burst of pushes waiting for the store hold every thread, and the runners'
+    # commands then timed out behind them.
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=EMBEDDED_WORKER_THREADS, thread_name_prefix="ledgerci"))
     async with AsyncExitStack() as stack:
         ledger, db = await stack.enter_async_context(store(settings))
         nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev"))

@@ -74,7 +74,10 @@ class PostgresDatabase:
 class SqliteDatabase:
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer_lock: threading.Lock | None = None) -> None:
+        """`writer_lock`: the lock every writer of this file in the process takes (the event
+        store's too, commands.sqlite_store), so that two writers never meet inside SQLite,
+        whose busy handler sleeps instead of waking the waiter."""
         path.parent.mkdir(parents=True, exist_ok=True)
         # One connection shared by worker threads, serialised by a lock: SQLite has one
         # writer anyway, and readers here are short.
@@ -82,10 +85,13 @@ class SqliteDatabase:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._lock = threading.Lock()
+        self._writer_lock = writer_lock or threading.Lock()
 
     @contextmanager
     def transaction(self, *, lock: bool = False) -> Iterator[Cursor]:
-        with self._lock:
+        # The writer lock first, then the connection: a reader holding the connection never
+        # waits for a writer, so the two locks are never taken in the other order.
+        with self._writer_lock, self._lock:
             cursor = self._conn.cursor()
             cursor.execute("BEGIN IMMEDIATE" if lock else "BEGIN")
             try:
@@ -103,9 +109,10 @@ class SqliteDatabase:
         self._conn.close()
 
 
-def open_database(database_url: str, *, pool_size: int = 4) -> Database:
+def open_database(database_url: str, *, pool_size: int = 4, writer_lock: threading.Lock | None = None) -> Database:
+    """`writer_lock`: SQLite only, see SqliteDatabase."""
     if database_url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(database_url, pool_size=pool_size)
     if database_url.startswith("sqlite:///"):
-        return SqliteDatabase(Path(database_url.removeprefix("sqlite:///")))
+        return SqliteDatabase(Path(database_url.removeprefix("sqlite:///")), writer_lock)
     raise ValueError(f"unsupported database URL {database_url!r}")
