@@ -27,7 +27,7 @@ async def consume(
     filter_subject: str,
     handle: Callable[[Msg], Awaitable[float | None]],
     stop: asyncio.Event,
-    batch: int = 4,
+    batch: int = 16,
     ack_wait_seconds: float = 10.0,
     ensure_streams: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
@@ -83,19 +83,25 @@ async def _drain(subscription, durable: str, handle: Callable[[Msg], Awaitable[f
             messages = await subscription.fetch(batch, timeout=LONG_POLL_SECONDS)
         except TimeoutError:
             continue  # nothing arrived during the long poll
-        for message in messages:
-            # Short ack_wait, kept alive while we work: a message held by a process that
-            # died is redelivered within seconds, however long handling may take.
-            keep_alive = asyncio.create_task(_keep_in_progress(message, ack_wait_seconds))
-            try:
-                again_after = await handle(message)
-            except Exception:
-                log.exception("%s: handling %s failed; it will be redelivered", durable, message.subject)
-                await message.nak(delay=RETRY_DELAY_SECONDS)
-                continue
-            finally:
-                keep_alive.cancel()
-            if again_after is not None:
-                await message.nak(delay=again_after)
-                continue
-            await message.ack_sync()  # the double ack: only after the command committed
+        # The messages of a batch are independent (the planner's: one per run), so they are
+        # handled side by side; each is acked once its own command committed.
+        await asyncio.gather(*(_handle_one(message, durable, handle, ack_wait_seconds) for message in messages))
+
+
+async def _handle_one(message: Msg, durable: str, handle: Callable[[Msg], Awaitable[float | None]],
+                      ack_wait_seconds: float) -> None:
+    # Short ack_wait, kept alive while we work: a message held by a process that died is
+    # redelivered within seconds, however long handling may take.
+    keep_alive = asyncio.create_task(_keep_in_progress(message, ack_wait_seconds))
+    try:
+        again_after = await handle(message)
+    except Exception:
+        log.exception("%s: handling %s failed; it will be redelivered", durable, message.subject)
+        await message.nak(delay=RETRY_DELAY_SECONDS)
+        return
+    finally:
+        keep_alive.cancel()
+    if again_after is not None:
+        await message.nak(delay=again_after)
+        return
+    await message.ack_sync()  # the double ack: only after the command committed

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gitcache.blobs import BatchReader
+
 # Only protocols a CI system needs; `ext::` and friends would run commands from a URL.
 _GIT_ENV = {
     "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
@@ -36,6 +38,7 @@ class GitMirrors:
         self.fetch_timeout = fetch_timeout_seconds
         self._locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._readers: dict[Path, BatchReader] = {}
 
     def mirror_path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -44,17 +47,34 @@ class GitMirrors:
     def read_file(self, key: str, clone_url: str, commit: str, path: str) -> bytes | None:
         """The file at `path` in `commit` (None if the commit has no such file).
 
-        One git process in the common case (mirror already has the commit); the mirror is
-        cloned or fetched only when it does not.
+        In the common case (the mirror already has the commit) a question to the mirror's
+        long-lived `git cat-file --batch`, no process started; the mirror is cloned or fetched
+        only when it does not have the file.
         """
         mirror = self.mirror_path(key)
         if mirror.exists():
-            found = _run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=mirror, timeout=30)
-            if found.returncode == 0:
-                return found.stdout
+            reader = self._reader(mirror)
+            found = reader.read(commit, path)
+            if found is not None or reader.has_commit(commit):
+                return found  # a commit without the file: nothing to fetch
         mirror = self.ensure_commit(key, clone_url, commit)
-        found = _run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=mirror, timeout=30)
-        return found.stdout if found.returncode == 0 else None
+        reader = self._reader(mirror)
+        reader.restart()  # a fetch may have brought packs the running one has not seen
+        return reader.read(commit, path)
+
+    def close(self) -> None:
+        """Stop the batch readers (they also end by themselves when this process does)."""
+        with self._locks_guard:
+            readers, self._readers = list(self._readers.values()), {}
+        for reader in readers:
+            reader.close()
+
+    def _reader(self, mirror: Path) -> BatchReader:
+        with self._locks_guard:
+            reader = self._readers.get(mirror)
+            if reader is None:
+                reader = self._readers[mirror] = BatchReader(mirror, _GIT_ENV)
+            return reader
 
     def checkout(self, key: str, clone_url: str, commit: str, dest: Path) -> None:
         """A fresh working tree of `commit` in `dest`: a real git repository (HEAD detached at

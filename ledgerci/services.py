@@ -228,10 +228,13 @@ def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[i
 async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
                             nc: NATS) -> None:
     mirrors = GitMirrors(settings.data_dir / "mirrors")
-    async with asyncio.TaskGroup() as group:
-        group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger)))
-        group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
-        group.create_task(admission_service(settings, stop, ledger, db, nc))
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger)))
+            group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
+            group.create_task(admission_service(settings, stop, ledger, db, nc))
+    finally:
+        mirrors.close()
 
 
 async def admission_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,

@@ -7,14 +7,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.api import Api
 from tests.support.git_repo import GitRepo
+from tests.support.invariants import check_invariants
 from tests.support.processes import free_port
 
 pytestmark = pytest.mark.e2e
@@ -41,12 +45,12 @@ class Dev:
         return json.loads(self.cli(*args, "--json", token=token).stdout)
 
 
-def start_dev(data_dir: Path, *extra: str) -> Dev:
-    port = free_port()
-    log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115
+def start_dev(data_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int | None = None) -> Dev:
+    port = port or free_port()
+    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "ledgerci.cli", "dev", "--data-dir", str(data_dir), "--port", str(port), *extra],
-        env={**os.environ, "LEDGERCI_ADMIN_TOKEN": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "LEDGERCI_ADMIN_TOKEN": TOKEN, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         # Outside the source tree, as a user runs it: only what is installed can be imported.
         cwd=data_dir.parent,
     )
@@ -162,3 +166,80 @@ def test_demo_pushes_a_sample_repository_that_succeeds(tmp_path: Path):
         assert [j["name"] for j in run["jobs"]] == ["build", "test", "report"]
     finally:
         stop_dev(dev)
+
+
+def test_concurrent_pushes_to_the_embedded_default_run_once_across_a_sigkill(tmp_path: Path):
+    """The embedded default's write path (one writer lock per SQLite file, writes queued,
+    commands.sqlite_store) under 8 concurrent clients, each commit pushed by two of them: every
+    answer is 2xx while the process lives, the two answers of a commit name one run, and after
+    the whole process tree is SIGKILLed mid-load and started again on the same data, every
+    accepted push runs, each job's outcome once (the invariant checker over the history)."""
+    data_dir = tmp_path / "data"
+    env = {"LEDGERCI_RUNNER_SLOTS": "4", "LEDGERCI_LEASE_SECONDS": "3"}
+    dev = start_dev(data_dir, env=env)
+    http = httpx.Client(base_url=dev.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    http.post("/api/v1/tenants", json={"id": "load"}).raise_for_status()
+    http.patch("/api/v1/tenants/load", json={"pushes_per_minute": 100_000, "max_queued_runs": 100_000,
+                                             "max_concurrent_jobs": 100}).raise_for_status()
+    repo = GitRepo(tmp_path / "repo")
+    job = "    retries: 3\n    run: 'true'\n"
+    workflow = f"jobs:\n  - name: build\n{job}  - name: test\n{job}"
+    commits = repo.many_commits({".ledgerci.yml": workflow}, 120)
+    http.post("/api/v1/repositories", json={"id": "load", "tenant_id": "load",
+                                             "clone_url": repo.clone_url}).raise_for_status()
+
+    half_answered = threading.Event()
+
+    def push_all(base_url: str, batch: list[str]) -> tuple[list[int], dict[str, set[str]]]:
+        codes: list[int] = []
+        run_ids: dict[str, set[str]] = {}
+
+        def push(commit: str) -> None:
+            with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as own:
+                try:
+                    answer = own.post("/api/v1/push", json={"repository_id": "load", "commit": commit})
+                except httpx.TransportError:
+                    codes.append(0)  # the process was killed under this push: its client retries
+                    return
+                codes.append(answer.status_code)
+                if len(codes) >= len(batch) // 2:
+                    half_answered.set()
+                if answer.status_code in (200, 202):
+                    run_ids.setdefault(commit, set()).add(answer.json()["run_id"])
+
+        # Each commit twice, by different clients at nearly the same moment.
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(push, [commit for commit in batch for _ in range(2)]))
+        return codes, run_ids
+
+    first_codes, first_runs = push_all(dev.url, commits[:60])
+    assert set(first_codes) <= {200, 202}, first_codes
+    assert sorted(first_codes).count(202) == 60  # one new run per commit, the other push its duplicate
+
+    # Kill the whole tree while the second half is being pushed and jobs are running.
+    half_answered.clear()
+    with ThreadPoolExecutor(1) as background:
+        second = background.submit(push_all, dev.url, commits[60:])
+        assert half_answered.wait(60)
+        dev.process.send_signal(signal.SIGKILL)
+        dev.process.wait()
+        second_codes, second_runs = second.result()
+    assert set(second_codes) <= {0, 200, 202}, second_codes
+
+    dev = start_dev(data_dir, env=env, port=int(dev.url.rsplit(":", 1)[1]))
+    try:
+        # The clients retry what they did not get an answer for; a push that did land answers its run.
+        retry_codes, retry_runs = push_all(dev.url, commits[60:])
+        assert set(retry_codes) <= {200, 202}, retry_codes
+        every: dict[str, set[str]] = {}
+        for found in (first_runs, second_runs, retry_runs):
+            for commit, ids in found.items():
+                every.setdefault(commit, set()).update(ids)
+        assert sorted(every) == sorted(commits) and all(len(ids) == 1 for ids in every.values())
+        api = Api(dev.url, TOKEN)
+        for ids in every.values():
+            run = api.wait_run(next(iter(ids)), timeout=120)
+            assert run["status"] == "succeeded", run
+    finally:
+        stop_dev(dev)
+    assert check_invariants(f"sqlite:///{data_dir / 'ledgerci.db'}") == []
