@@ -17,7 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from bench.harness import bench_cluster
+import httpx
+import psycopg
+
+from bench.harness import Bench, bench_cluster
 from tests.support.api import FINAL
 
 WORKFLOW = "jobs:\n  - name: noop\n    run: 'true'\n"
@@ -27,7 +30,8 @@ def measure(runs: int, runners: int) -> tuple[float, float]:
     names = ("relay", "projector", "scheduler", "reaper", "gateway",
              *("runner" if n == 0 else f"runner#{n + 1}" for n in range(runners)))
     with bench_cluster(names, {}) as bench:
-        commits = [bench.repo.commit({".ledgerci.yml": WORKFLOW, "n": str(n)}) for n in range(runs)]
+        commits = bench.repo.many_commits({".ledgerci.yml": WORKFLOW}, runs)
+        counted_before = round_trips(bench)
         with ThreadPoolExecutor(8) as pool:
             run_ids = list(pool.map(lambda c: bench.api.push(bench.repository_id, c).json()["run_id"], commits))
         deadline = time.monotonic() + 600
@@ -42,6 +46,8 @@ def measure(runs: int, runners: int) -> tuple[float, float]:
                 elif event["type"] == "JobSucceeded":
                     finished.append(datetime.fromisoformat(event["at"]))
         assert len(finished) == runs, f"{len(finished)} of {runs} jobs succeeded"
+        counted = {name: (count - counted_before[name]) / runs for name, count in round_trips(bench).items()}
+        print("  per job: " + ", ".join(f"{name} {count:.1f}" for name, count in counted.items()))
         elapsed = (max(finished) - min(started)).total_seconds()
         cpu = {name: cpu_seconds(process.pid) for name, process in bench.cluster.processes.items()}
         postmaster = bench.postgres.pid or 0
@@ -50,6 +56,16 @@ def measure(runs: int, runners: int) -> tuple[float, float]:
         print("  CPU ms per job: " + ", ".join(f"{name} {seconds * 1000 / runs:.1f}"
                                              for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])))
         return runs / elapsed, elapsed
+
+
+def round_trips(bench: Bench) -> dict[str, float]:
+    """Counters of the servers' own: PostgreSQL commits (every service's, this benchmark's
+    reads are not commits) and the messages in and out of nats-server."""
+    with psycopg.connect(bench.postgres.url, autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    varz = httpx.get(f"{bench.nats_server.monitor_url}/varz", timeout=5).json()
+    return {"PostgreSQL transactions": float(row[0] if row else 0), "NATS messages in": float(varz["in_msgs"]),
+            "NATS messages out": float(varz["out_msgs"])}
 
 
 def cpu_seconds(pid: int) -> float:

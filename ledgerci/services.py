@@ -42,6 +42,7 @@ from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.health import Probes, nats_connected, serving
 from ledgerci.log_archiver import LogArchiver
+from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
 from projections.log_archive import ATTEMPT_ENDING_EVENTS, LogArchive
@@ -411,7 +412,8 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
 
 
 async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
-    """Every service in one process (`ledgerci dev`): one store, one NATS connection each."""
+    """Every service but the runner in one process (`ledgerci dev`), on one store and one NATS
+    connection; the runner in a child process."""
     # The services share this process's worker threads. Python's default (cores + 4: six
     # here) let a burst of pushes waiting for the store hold every thread, and the runners'
     # commands then timed out behind them.
@@ -420,11 +422,11 @@ async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
     async with AsyncExitStack() as stack:
         ledger, db = await stack.enter_async_context(store(settings))
         nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev"))
-        runner_nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev-runner"))
         async with asyncio.TaskGroup() as group:
             group.create_task(relay_service(settings, stop, ledger, nc))
             group.create_task(projector_service(settings, stop, ledger, db, nc))
             group.create_task(scheduler_service(settings, stop, ledger, db, nc))
             group.create_task(reaper_service(settings, stop, ledger, db, nc))
-            group.create_task(runner_service(settings, stop, runner_nc))
+            # The runner is a process of its own (ledgerci.runner_process): the second core.
+            group.create_task(run_runner_process(settings, stop))
             group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))
