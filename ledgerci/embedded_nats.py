@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import socket
@@ -10,6 +9,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ledgerci.children import dies_with_parent
 
 START_TIMEOUT_SECONDS = 15.0
 
@@ -28,12 +29,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM if `ledgerci dev` dies, even by SIGKILL.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class EmbeddedNats:
@@ -57,7 +52,8 @@ class EmbeddedNats:
         log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            # SIGTERM if `ledgerci dev` dies, even by SIGKILL: the server stops cleanly.
+            preexec_fn=dies_with_parent(signal.SIGTERM),
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

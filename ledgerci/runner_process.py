@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import sys
 
+from ledgerci.children import dies_with_parent
 from ledgerci.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 RESTART_DELAY_SECONDS = 1.0
 # What the runner needs of `ledgerci dev`'s settings; the rest it reads from the environment.
 _WITHHELD = ("LEDGERCI_DATABASE_URL", "LEDGERCI_SECRET_KEY", "LEDGERCI_ADMIN_TOKEN", "LEDGERCI_AUDIT_KEY")
-
-
-def _die_with_parent() -> None:
-    # Linux: if `ledgerci dev` dies, even by SIGKILL, its runner dies at once too, as a machine
-    # that lost power would (its jobs die with it: they have the same death signal).
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def runner_environment(settings: Settings) -> dict[str, str]:
@@ -55,7 +48,9 @@ async def run_runner_process(settings: Settings, stop: asyncio.Event) -> None:
     while not stop.is_set():
         child = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ledgerci.cli", "runner", env=runner_environment(settings),
-            preexec_fn=_die_with_parent,
+            # If `ledgerci dev` dies, even by SIGKILL, its runner dies at once too, as a machine
+            # that lost power would (its jobs die with it: they have the same death signal).
+            preexec_fn=dies_with_parent(signal.SIGKILL),
             # Its own session: Ctrl-C reaches `ledgerci dev`, which stops the runner in order.
             start_new_session=True,
         )
