@@ -21,6 +21,7 @@ from commands.app import LedgerApp, Principal
 from domain.errors import DomainError, RunNotFoundError
 from gateway.auth import Authenticator
 from gateway.blocking import blocking
+from gateway.logs import attempt_to_read
 from gateway.openapi import errors
 from gateway.streams import StreamMessage, Streams, parse_run_version
 from projections.queries import RunQueries
@@ -77,12 +78,21 @@ class LiveController(Controller):
 
     @get("/jobs/{job_id:str}/log/stream", operation_id="streamJobLog", media_type="text/event-stream",
          responses=errors(404))
-    async def stream_log(self, request: Request, job_id: str, queries: RunQueries, streams: Streams) -> ServerSentEvent:
+    async def stream_log(self, request: Request, job_id: str, queries: RunQueries, streams: Streams,
+                         attempt: int | None = None) -> ServerSentEvent:
         """SSE: the job's log from the start, then live (`log` events), a new `attempt` when a
         retry starts, and `end` with how the job finished. Ids are `<attempt>-<byte offset>`:
-        reconnect with `Last-Event-ID` to resume at the next byte."""
+        reconnect with `Last-Event-ID` to resume at the next byte.
+
+        `attempt` (1 to the job's current attempt) follows that attempt alone, to its end; an
+        earlier attempt's `end` has the status `abandoned` and, as `error`, why."""
         run_id, job = await authorized_job(queries, request.state.principal, job_id)
-        return _sse(streams.follow_log(run_id, job, request.headers.get("last-event-id")))
+        if attempt is not None:  # checked before the stream starts, so out of range is a 404
+            located = await blocking(queries.locate_job, job, request.state.principal.tenant_id)
+            if located is None:
+                raise RunNotFoundError(f"job {job_id} not found")
+            attempt_to_read(located, attempt)
+        return _sse(streams.follow_log(run_id, job, request.headers.get("last-event-id"), attempt=attempt))
 
 
 # ----- WebSocket ----------------------------------------------------------------------------------

@@ -13,11 +13,25 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from domain.errors import RunNotFoundError
 from domain.messages import LOGS_STREAM, logs_subject
 from projections.log_archive import LogArchive
+from projections.queries import JobLocation
 
 READ_TIMEOUT_SECONDS = 5.0
 ARCHIVE_MESSAGE_BYTES = 64 * 1024  # an archived log goes out in pieces, like a live one
+
+
+def attempt_to_read(job: JobLocation, asked: int | None) -> int:
+    """The attempt a log request is about: the current one, or `?attempt=N` for any of 1 to
+    the current one (earlier attempts' logs are kept). Any other number names nothing: 404."""
+    if asked is None:
+        return job.attempt
+    if not 1 <= asked <= job.attempt:
+        has = (f"attempts 1 to {job.attempt}" if job.attempt > 1
+               else "attempt 1 only" if job.attempt else "no attempt yet")
+        raise RunNotFoundError(f"job {job.job_id} has no attempt {asked} (it has {has})")
+    return asked
 
 
 class LogReader:

@@ -6,7 +6,7 @@ from typing import Annotated
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
@@ -19,7 +19,7 @@ from domain.status import RunStatus
 from gateway.auth import require_admin
 from gateway.blocking import blocking
 from gateway.control import Control
-from gateway.logs import LogReader
+from gateway.logs import LogReader, attempt_to_read
 from gateway.models import (
     CancelResponse,
     EventList,
@@ -221,8 +221,7 @@ class RunsController(Controller):
             events = [e for e in events if e.type == type]
         return EventList(run_id=str(run.id), events=events)
 
-    @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type="text/plain; charset=utf-8",
-         responses=errors(404))
+    @get("/jobs/{job_id:str}/log", operation_id="getJobLog", media_type=MediaType.TEXT, responses=errors(404))
     async def job_log(
         self,
         request: Request,
@@ -230,16 +229,23 @@ class RunsController(Controller):
         queries: RunQueries,
         logs: LogReader,
         offset: Annotated[int, Parameter(ge=0)] = 0,
+        attempt: int | None = None,
     ) -> Response[bytes]:
-        """The job's log so far, as text; `offset` (bytes) returns only what follows it."""
+        """The job's log so far, as text; `offset` (bytes) returns only what follows it.
+        `attempt` (1 to the job's current attempt) reads an earlier attempt's log instead of
+        the current one's. `X-Log-Size` is the whole log's size in bytes, `X-Job-Attempt` the
+        attempt read, `X-Run-Id` the job's run."""
         job = await blocking(queries.locate_job, _uuid(job_id), principal_of(request).tenant_id)
         if job is None:
             raise RunNotFoundError(f"job {job_id} not found")
-        text = await logs.read(job.job_id, job.attempt)
+        read = attempt_to_read(job, attempt)
+        text = await logs.read(job.job_id, read)
+        # Litestar adds "; charset=utf-8" to a text/ media type itself: naming it here said it twice.
         return Response(
             text[offset:],
-            media_type="text/plain; charset=utf-8",
-            headers={"X-Log-Size": str(len(text)), "X-Job-Status": job.status},
+            media_type=MediaType.TEXT,
+            headers={"X-Log-Size": str(len(text)), "X-Job-Status": job.status, "X-Job-Attempt": str(read),
+                     "X-Run-Id": job.run_id},
         )
 
 

@@ -160,12 +160,18 @@ class Streams:
             with contextlib.suppress(Exception):
                 await unsubscribe()
 
-    async def follow_log(self, run_id: UUID, job_id: str, resume_from: str | None) -> AsyncIterator[StreamMessage]:
+    async def follow_log(self, run_id: UUID, job_id: str, resume_from: str | None,
+                         attempt: int | None = None) -> AsyncIterator[StreamMessage]:
         """The job's current attempt's log from the start (or from `resume_from`), then live,
-        then an `end` message saying how the job finished."""
+        then an `end` message saying how the job finished. With `attempt`, that attempt's log
+        alone, ending when the attempt does."""
         waker = Waker(self.shutdown, self.keep_alive)
         unsubscribe = await self._on_run_changes(run_id, waker)
         try:
+            if attempt is not None:
+                async for message in self._follow_one_attempt(run_id, job_id, attempt, resume_from, waker):
+                    yield message
+                return
             job = await self._job(run_id, job_id)
             attempt, offset = _parse_log_id(resume_from) or (max(job.attempt, 1), 0)
             while True:
@@ -183,6 +189,26 @@ class Streams:
         finally:
             with contextlib.suppress(Exception):
                 await unsubscribe()
+
+    async def _follow_one_attempt(self, run_id: UUID, job_id: str, attempt: int, resume_from: str | None,
+                                  waker: Waker) -> AsyncIterator[StreamMessage]:
+        resumed = _parse_log_id(resume_from)
+        offset = resumed[1] if resumed and resumed[0] == attempt else 0  # an id of another attempt: from the start
+        async for message in self._follow_attempt(run_id, job_id, attempt, offset, waker):
+            yield message
+            if message is STOPPING:
+                return
+        job = await self._job(run_id, job_id)
+        if job.attempt == attempt:
+            yield StreamMessage(event="end", data=_json(JobEnded(
+                status=job.status.value, exit_code=job.exit_code, error=job.error)))
+            return
+        # An earlier attempt always ended without a result of its own (a result ends the job):
+        # its runner was lost or stopped, or it timed out. The run's history says which.
+        history = await asyncio.to_thread(self.ledger.history, run_id)
+        reason = next((event.data.get("reason") for event in history if event.type == "JobAttemptAbandoned"
+                       and event.data.get("job_id") == job_id and event.data.get("attempt") == attempt), None)
+        yield StreamMessage(event="end", data=_json(JobEnded(status="abandoned", exit_code=None, error=reason)))
 
     async def _follow_attempt(self, run_id: UUID, job_id: str, attempt: int, offset: int,
                               waker: Waker) -> AsyncIterator[StreamMessage]:
