@@ -8,8 +8,18 @@ const ESCAPE = /\x1b(?:\[([0-9;:?]*)[ -\/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)
 const UNFINISHED = /\x1b(?:\[[0-9;:?]*[ -\/]*|\][^\x07\x1b]*\x1b?)?$/;
 const MAX_PENDING = 256;
 
-function blankStyle() {
+export function blankStyle() {
   return { fg: null, bg: null, bold: false, dim: false, italic: false, underline: false };
+}
+
+export function sameStyle(a, b) {
+  return a.fg === b.fg && a.bg === b.bg && a.bold === b.bold && a.dim === b.dim && a.italic === b.italic
+    && a.underline === b.underline;
+}
+
+/** The text without its escape sequences: what a reader sees, and what search looks through. */
+export function plainText(text) {
+  return text.replace(ESCAPE, "");
 }
 
 /** Colour 0-15 for a 256-colour index below 16; a CSS colour for the rest of the palette. */
@@ -29,9 +39,15 @@ export class AnsiRenderer {
     this.reset();
   }
 
-  reset() {
-    this.style = blankStyle();
+  /** Starts afresh, in `style` (a line in the middle of a log starts in the style before it). */
+  reset(style = blankStyle()) {
+    this.style = { ...style };
     this.pending = "";
+  }
+
+  /** Only what `text` does to the style, without building nodes: for lines nobody looks at yet. */
+  advance(text) {
+    for (const match of text.matchAll(ESCAPE)) if (match[2] === "m") this.#apply(match[1]);
   }
 
   /** The nodes for `text`, styled by the SGR codes in it and before it. */

@@ -29,25 +29,38 @@ export function refused(status) {
   if (status === 401) window.dispatchEvent(new CustomEvent(UNAUTHORIZED));
 }
 
-export async function request(method, path, { params, token = session.token } = {}) {
+/** The answer to a call, once it is a success; a failure throws an ApiError. */
+export async function send(method, path, { params, token = session.token, signal } = {}) {
   const url = new URL(path, window.location.origin);
   for (const [name, value] of Object.entries(params || {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(name, value);
   }
-  const response = await fetch(url, { method, headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+  const headers = { Authorization: `Bearer ${token}` };
+  const response = await fetch(url, { method, headers, cache: "no-store", signal });
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
     if (token === session.token) refused(response.status); // not while a new token is being tried
     throw new ApiError(response.status, body.detail);
   }
-  return response.json();
+  return response;
 }
+
+export async function request(method, path, options) {
+  return (await send(method, path, options)).json();
+}
+
+const job = (jobId) => `/api/v1/jobs/${encodeURIComponent(jobId)}`;
+// `attempt` null: the job's current attempt.
+const attemptQuery = (attempt) => (attempt === null || attempt === undefined ? "" : `?attempt=${attempt}`);
 
 export const api = {
   runs: (params, token) => request("GET", "/api/v1/runs", { params, token }),
+  run: (runId) => request("GET", `/api/v1/runs/${encodeURIComponent(runId)}`),
   events: (runId) => request("GET", `/api/v1/runs/${encodeURIComponent(runId)}/events`),
   cancel: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/cancel`),
   rerun: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/rerun`),
+  /** The log as plain text (a Response: its headers say the attempt, the run and the size). */
+  log: (jobId, attempt, signal) => send("GET", `${job(jobId)}/log`, { params: { attempt }, signal }),
   runStream: (runId) => `/api/v1/runs/${encodeURIComponent(runId)}/stream`,
-  logStream: (jobId) => `/api/v1/jobs/${encodeURIComponent(jobId)}/log/stream`,
+  logStream: (jobId, attempt) => `${job(jobId)}/log/stream${attemptQuery(attempt)}`,
 };

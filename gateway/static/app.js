@@ -3,7 +3,8 @@
 
 import { UNAUTHORIZED, api, session } from "./api.js";
 import { h, tick } from "./dom.js";
-import { mountRun, mountJob } from "./run.js";
+import { mountJob } from "./jobpage.js";
+import { mountRun } from "./run.js";
 import { mountRuns } from "./runs.js";
 
 const main = document.getElementById("main");
@@ -30,15 +31,21 @@ function setConnection(state) {
   connection.textContent = state === "live" ? "live" : state === "reconnecting" ? "reconnecting" : "";
 }
 
-/** `#/runs/<id>`, `#/runs/<id>/jobs/<id>`, `#/jobs/<id>`, or the list (`#/?repository=…&status=…`). */
+/**
+ * `#/runs/<id>`, `#/runs/<id>/jobs/<id>`, `#/jobs/<id>`, or the list (`#/?repository=…&status=…`).
+ * A job's link may name a line (`…/L123`) and an attempt (`?attempt=1`; none: the current one).
+ */
 function parseRoute(hash) {
   const [path, query = ""] = hash.replace(/^#/, "").split("?");
+  const params = new URLSearchParams(query);
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  const line = parts.length > 2 && /^L[1-9]\d*$/.test(parts[parts.length - 1]) ? Number(parts.pop().slice(1)) : null;
+  const attempt = /^[1-9]\d*$/.test(params.get("attempt") || "") ? Number(params.get("attempt")) : null;
   if (parts[0] === "runs" && parts[1] && (parts.length === 2 || (parts[2] === "jobs" && parts[3]))) {
-    return { name: "run", runId: parts[1], jobId: parts[3] || null };
+    return { name: "run", runId: parts[1], jobId: parts[3] || null, attempt, line };
   }
-  if (parts[0] === "jobs" && parts[1]) return { name: "job", jobId: parts[1] };
-  return { name: "runs", params: new URLSearchParams(query) };
+  if (parts[0] === "jobs" && parts[1]) return { name: "job", jobId: parts[1], attempt, line };
+  return { name: "runs", params };
 }
 
 const MOUNTS = {

@@ -77,3 +77,15 @@ export function tick(root = document) {
 export const shortSha = (commit) => (commit || "").slice(0, 7);
 export const shortRef = (ref) => (ref || "").replace(/^refs\/(heads|tags)\//, "");
 export const FINAL = new Set(["succeeded", "failed", "cancelled", "skipped"]);
+
+export function jobLabel(job) {
+  return job.attempt > 1 ? `${job.name} (attempt ${job.attempt})` : job.name;
+}
+
+/** The commit's subject line and author, when the run has them (older runs do not). */
+export function commitSubject(run, tag = "p") {
+  if (!run.commit_subject && !run.commit_author) return null;
+  return h(tag, { class: "commit-subject" },
+    run.commit_subject ? h("span", { class: "subject", title: run.commit_subject }, run.commit_subject) : null,
+    run.commit_author ? h("span", { class: "author muted" }, run.commit_author) : null);
+}

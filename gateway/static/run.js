@@ -1,45 +1,53 @@
 // A run's page: its jobs change state as the run's stream reports each change (no re-fetching),
 // durations tick, and the log pane follows a job live. Without a job in the link it follows
-// the job that is running (then the last one that ran); `#/runs/<run>/jobs/<job>` pins one.
+// the job that is running (then the last one that ran, or the failure of a failed run);
+// `#/runs/<run>/jobs/<job>` pins one, `…/L12?attempt=1` a line of one of its attempts.
 
 import { api, refused, session } from "./api.js";
-import { FINAL, ago, badge, duration, fill, h, setStatus, shortRef, shortSha } from "./dom.js";
-import { LogView, followLog } from "./log.js";
+import { FINAL, ago, badge, commitSubject, duration, fill, h, jobLabel, setStatus, shortRef, shortSha } from "./dom.js";
+import { JobLog } from "./joblog.js";
 import { followStream } from "./sse.js";
 
 const ACTIVITY_SHOWN = 200;
 // A running job's heartbeats (one every few seconds) would bury what happened; `ledgerci events` has them.
 const QUIET_EVENTS = new Set(["JobLeaseExtended"]);
 
-/** The job to show when none is pinned: the running one, else the last that started, else the first. */
-function jobToFollow(jobs) {
+/**
+ * The job to show when none is pinned: the running one, else the last that started, else the
+ * first. A failed run is opened for its failure: its first failed job, not a clean-up after it.
+ */
+function jobToFollow(run) {
+  const jobs = run.jobs;
   const running = jobs.find((job) => job.status === "running");
   if (running) return running;
+  const failed = run.status === "failed" && jobs.find((job) => job.status === "failed");
+  if (failed) return failed;
   const started = jobs.filter((job) => job.started_at);
   return started.length ? started[started.length - 1] : jobs[0];
 }
 
-function jobLabel(job) {
-  return job.attempt > 1 ? `${job.name} (attempt ${job.attempt})` : job.name;
+/** `#/runs/<run>/jobs/<job>`, with `attempt` (null: the current one) and `line` when given. */
+function jobHref(runId, jobId, attempt = null, line = null) {
+  return `#/runs/${runId}/jobs/${jobId}${line ? `/L${line}` : ""}${attempt ? `?attempt=${attempt}` : ""}`;
 }
 
-export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
+export function mountRun(main, { runId, jobId, attempt, line }, { setCrumbs, setConnection }) {
   let run = null;
   let pinned = jobId;
+  let wanted = { attempt, line }; // the attempt and line the link asks for; the line, once
   let shownJob = null;
-  let logStream = null;
   const events = new Map(); // version -> event: the history, then each streamed change, once
 
   const head = h("section", { class: "run-head" }, h("p", { class: "muted" }, "Connecting…"));
   const jobList = h("ol", { class: "jobs", "aria-label": "jobs" });
   const logTitle = h("div", { class: "log-title" });
-  const logView = new LogView();
+  const jobLog = new JobLog({ lineLink: (job, shown, number) => jobHref(runId, job, shown, number) });
   const activity = h("ol", { class: "activity" });
   main.replaceChildren(h("div", { class: "run-page" },
     head,
     h("div", { class: "run-body" },
       h("aside", {}, h("h2", {}, "Jobs"), jobList),
-      h("section", { class: "log-pane" }, logTitle, logView.element)),
+      h("section", { class: "log-pane" }, logTitle, jobLog.element)),
     h("details", { class: "activity-frame" }, h("summary", {}, "Activity (the run's events)"), activity)));
 
   function renderHead() {
@@ -53,12 +61,14 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
         h("h1", {}, h("a", { href: `#/?repository=${encodeURIComponent(run.repository_id)}` }, run.repository_id),
           " ", h("span", { class: "mono" }, shortSha(run.commit))),
         action),
+      commitSubject(run),
       h("dl", { class: "facts" },
         h("dt", {}, "Ref"), h("dd", {}, shortRef(run.ref)),
         h("dt", {}, "Commit"), h("dd", { class: "mono" }, run.commit),
         h("dt", {}, "Created"), h("dd", {}, ago(run.created_at)),
         h("dt", {}, "Duration"), h("dd", {}, duration(run.created_at, run.finished_at))),
-      run.error ? h("p", { class: "problem" }, run.error) : null);
+      // Why a run was skipped (a branch filter, no workflow) is news, not a failure.
+      run.error ? h("p", { class: run.status === "skipped" ? "notice" : "problem" }, run.error) : null);
   }
 
   // Rows are kept per job and changed in place, so a change does not rebuild what the reader
@@ -99,23 +109,36 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
 
   function renderLogTitle() {
     const job = run.jobs.find((j) => j.id === shownJob);
-    if (!job) return;
+    if (!job) {
+      if (FINAL.has(run.status)) fill(logTitle, h("strong", {}, "No jobs"));
+      return;
+    }
+    const skipped = job.status === "skipped";
     fill(logTitle,
       h("strong", {}, jobLabel(job)), badge(job.status), duration(job.started_at, job.finished_at),
-      job.error ? h("span", { class: "problem-inline" }, job.error) : null,
+      job.error ? h("span", { class: skipped ? "muted" : "problem-inline" }, job.error) : null,
       job.exit_code !== null && !job.error ? h("span", { class: "muted" }, `exit code ${job.exit_code}`) : null,
       h("span", { class: "spacer" }),
+      jobLog.attemptPicker(job, (attempt) => jobHref(run.id, job.id, attempt)),
+      jobLog.rawButton(job),
       pinned ? h("a", { href: `#/runs/${run.id}`, title: "show whichever job is running" }, "Follow the run") : null,
       h("a", { href: `#/jobs/${job.id}`, title: "a link to this log alone" }, "Log only"));
   }
 
   function showLog() {
-    const job = pinned ? run.jobs.find((j) => j.id === pinned) : jobToFollow(run.jobs);
-    if (!job || job.id === shownJob) return;
-    logStream?.close();
-    logView.clear();
+    const job = pinned ? run.jobs.find((j) => j.id === pinned) : jobToFollow(run);
+    if (!job) {
+      // A run that ended without jobs has no output to wait for: say why instead.
+      if (FINAL.has(run.status)) {
+        jobLog.view.setEmptyText(run.error ? `This run has no jobs: ${run.error}` : "This run has no jobs.");
+        jobLog.view.tools.hidden = true; // nothing to search
+      }
+      return;
+    }
+    if (job.id === shownJob && wanted === null) return;
     shownJob = job.id;
-    logStream = followLog(job.id, logView, { known: true });
+    jobLog.show(job.id, { attempt: wanted?.attempt ?? null, line: wanted?.line ?? null, known: true });
+    wanted = null;
   }
 
   function render() {
@@ -186,27 +209,13 @@ export function mountRun(main, { runId, jobId }, { setCrumbs, setConnection }) {
     update(next) {
       if (next.name !== "run" || next.runId !== runId) return false;
       pinned = next.jobId;
+      wanted = { attempt: next.attempt, line: next.line };
       if (run) render();
       return true;
     },
     dispose() {
       runStream.close();
-      logStream?.close();
+      jobLog.close();
     },
   };
-}
-
-/** A job's log alone (`#/jobs/<id>`): for sharing a log; its status comes from the log's end. */
-export function mountJob(main, { jobId }, { setCrumbs, setConnection }) {
-  const logView = new LogView();
-  const state = h("span", {}, h("span", { class: "badge" }, "following"));
-  main.replaceChildren(h("div", { class: "job-page" },
-    h("div", { class: "log-title" }, h("strong", {}, `Job ${jobId.slice(0, 8)}`), state),
-    logView.element));
-  setCrumbs([["Runs", "#/"], [`job ${jobId.slice(0, 8)}`, null]]);
-  const stream = followLog(jobId, logView, {
-    onState: setConnection,
-    onEnd: (end) => state.replaceChildren(badge(end.status)),
-  });
-  return { dispose: () => stream.close() };
 }

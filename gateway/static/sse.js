@@ -82,10 +82,12 @@ const NOT_YET_MS = 250;
  * Follows `path` until an `end` event, close(), or a refusal. onMessage gets each message;
  * onState gets "connecting" | "live" | "reconnecting" | "ended" | "closed" and, for "refused",
  * the StreamRefused error. `notFoundRetries`: how many 404s to wait out before believing them.
+ * `lastEventId`: where the caller already is (it read the rest some other way).
  */
-export function followStream(path, { token, onMessage, onState = () => {}, notFoundRetries = 0 }) {
+export function followStream(path, { token, onMessage, onState = () => {}, notFoundRetries = 0, lastEventId = "" }) {
   const controller = new AbortController();
   const parser = new EventStreamParser();
+  parser.lastEventId = lastEventId;
   const sleep = (ms) => new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);
     controller.signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });

@@ -185,6 +185,137 @@ def test_the_run_page_resumes_where_it_was_when_the_gateway_restarts(tmp_path: P
     assert page_errors == []
 
 
+# A failing build that logs just under 16 MiB (the default cap), a green word on every line,
+# then a clean-up that runs anyway and succeeds: the run page must open the build, not the clean-up.
+BIG_LINE = "line {0:07d} \x1b[32mok\x1b[0m compiling module {0:07d} of the build\n"
+BIG_LINES = 16 * 1024 * 1024 // len(BIG_LINE.format(1))
+BIG_LOG = f"""
+jobs:
+  - name: build
+    run: |
+      awk 'BEGIN {{ for (i = 1; i <= {BIG_LINES}; i++)
+        printf "line %07d \\033[32mok\\033[0m compiling module %07d of the build\\n", i, i }}'
+      exit 3
+  - name: cleanup
+    when: always
+    run: echo "cleaned up"
+"""
+
+
+def test_a_16_mib_log_opens_at_its_tail_and_can_be_searched_linked_and_downloaded(
+        tmp_path: Path, admin: Api, browser: Browser) -> None:
+    tenant, token, repository_id, commit = tenant_with_a_repository(admin, tmp_path, BIG_LOG)
+    run_id = tenant.push(repository_id, commit).json()["run_id"]
+    run = tenant.wait_run(run_id, timeout=120)
+    assert [(job["name"], job["status"]) for job in run["jobs"]] == [("build", "failed"), ("cleanup", "succeeded")]
+    build = run["jobs"][0]["id"]
+    raw = tenant.http.get(f"/api/v1/jobs/{build}/log").content
+    assert len(raw) == BIG_LINES * len(BIG_LINE.format(1)) and raw.endswith(BIG_LINE.format(BIG_LINES).encode())
+
+    page_errors: list[str] = []
+    page = watched_page(browser, page_errors)
+    try:
+        sign_in(page, admin.url, token)
+        page.goto(f"{admin.url}/#/runs/{run_id}")
+        # The failed run opens its failed job, not the clean-up that ran last.
+        expect(page.locator('a.job[data-job-name="build"]')).to_have_attribute("aria-current", "true")
+        expect(page.locator(".log-title strong")).to_have_text("build")
+
+        # The tail is in view, in colour, with the job's end below it.
+        log = page.locator(".log")
+        last = log.locator(f'.log-row[data-line="{BIG_LINES}"]')
+        expect(last).to_be_visible(timeout=30_000)
+        expect(last.locator(".ansi-fg-2")).to_have_text("ok")
+        expect(log.locator(".log-note-error")).to_have_text("job failed · exit code 3")
+        keep_screenshot(page, "dashboard-big-log-tail")
+
+        # The page answers: a click in the search box, and the search goes through all of the log.
+        page.click(".log-search")
+        page.keyboard.type("line 0123456 ")
+        page.keyboard.press("Enter")
+        expect(page.locator(".log-search-count")).to_have_text("1 of 1")
+        match = log.locator('.log-row.log-current-match[data-line="123456"]')
+        expect(match).to_be_visible()
+        expect(match.locator("mark")).to_have_text("line 0123456 ")
+
+        # A line number is a link to its line; the link opens there, also in a page of its own.
+        match.locator("a.log-number").click()
+        expect(page).to_have_url(re.compile(f"#/runs/{run_id}/jobs/{build}/L123456\\?attempt=1$"))
+        expect(log.locator('.log-row.log-target[data-line="123456"]')).to_be_visible()
+        keep_screenshot(page, "dashboard-big-log-search")
+
+        # The raw log downloads whole, byte for byte what the API has.
+        with page.expect_download() as download:
+            page.click(".raw-log")
+        assert download.value.suggested_filename == "build-attempt-1.log"
+        assert Path(download.value.path()).read_bytes() == raw
+    finally:
+        page.close()
+
+    shared = watched_page(browser, page_errors)
+    try:
+        sign_in(shared, admin.url, token)
+        shared.goto("about:blank")  # the link opens a page afresh, as when it is shared
+        shared.goto(f"{admin.url}/#/jobs/{build}/L200000?attempt=1")
+        target = shared.locator('.log-row.log-target[data-line="200000"]')
+        expect(target).to_be_visible(timeout=30_000)
+        expect(target).to_contain_text("line 0200000 ok compiling module 0200000")
+        # The log alone names its job, run and repository, with a link back to the run.
+        title = shared.locator(".log-title")
+        expect(title.locator("strong")).to_have_text("build")
+        expect(title.locator(f'a[href="#/runs/{run_id}/jobs/{build}"]')).to_be_visible()
+        expect(title).to_contain_text(repository_id)
+        keep_screenshot(shared, "dashboard-big-log-line")
+    finally:
+        shared.close()
+    assert page_errors == []
+
+
+# Attempt 1 prints a line and hangs until its 2-second timeout; the retry prints another and succeeds.
+RETRIED = """
+jobs:
+  - name: flaky
+    retries: 1
+    timeout: 2s
+    run: |
+      if [ "$LEDGERCI_ATTEMPT" = 1 ]; then echo "attempt one"; exec sleep 60; fi
+      echo "attempt two"
+"""
+
+
+def test_an_earlier_attempt_can_be_read_and_a_run_without_jobs_says_so(tmp_path: Path, admin: Api,
+                                                                       browser: Browser) -> None:
+    tenant, token, repository_id, commit = tenant_with_a_repository(admin, tmp_path, RETRIED)
+    run_id = tenant.push(repository_id, commit).json()["run_id"]
+    job = tenant.wait_run(run_id, timeout=60)["jobs"][0]
+    assert job["attempt"] == 2
+    broken = GitRepo(tmp_path / "repo").commit({".ledgerci.yml": "jobs: nope\n"})
+    broken_run = tenant.push(repository_id, broken).json()["run_id"]
+    assert tenant.wait_run(broken_run)["jobs"] == []
+
+    page_errors: list[str] = []
+    page = watched_page(browser, page_errors)
+    try:
+        sign_in(page, admin.url, token)
+        page.goto(f"{admin.url}/#/runs/{run_id}")
+        log = page.locator(".log")
+        expect(log).to_contain_text("attempt two")
+        expect(log).not_to_contain_text("attempt one")
+        page.select_option("select.attempt-picker", "1")
+        expect(page).to_have_url(re.compile(f"#/runs/{run_id}/jobs/{job['id']}\\?attempt=1$"))
+        expect(log).to_contain_text("attempt one")
+        expect(log.locator(".log-note-info")).to_have_text("attempt 1 abandoned · timed out")  # not in red
+        expect(log).not_to_contain_text("attempt two")
+        keep_screenshot(page, "dashboard-earlier-attempt")
+
+        page.goto(f"{admin.url}/#/runs/{broken_run}")
+        expect(page.locator(".log")).to_have_attribute("data-empty", re.compile("^This run has no jobs: "))
+        keep_screenshot(page, "dashboard-no-jobs")
+    finally:
+        page.close()
+    assert page_errors == []
+
+
 def test_the_page_is_public_its_data_is_not_and_it_stays_out_of_the_schema(admin: Api) -> None:
     anonymous = admin.as_token(None)
     page = anonymous.get("/")
@@ -333,6 +464,23 @@ def test_ansi_colours_render_as_styled_text_never_as_markup(modules_page) -> Non
     assert rendered["images"] == 0
     assert rendered["spans"] == [["ansi-fg-2", "green", ""], ["ansi-fg-12 ansi-bold", "bold bright blue", ""],
                                  ["ansi-fg-12", " still blue", ""], ["", "red256", "rgb(255, 0, 0)"]]
+
+
+def test_a_log_taller_than_the_browser_allows_still_reaches_its_end_and_any_line(modules_page) -> None:
+    page, _ = modules_page
+    page.evaluate("""async () => {
+      const { LogView } = await import("/log.js");
+      window.view = new LogView();
+      view.output.style.height = "300px";
+      document.getElementById("root").append(view.element);
+      view.append(Array.from({ length: 2_000_000 }, (_, i) => `row ${i + 1}`).join("\\n") + "\\n", 1);
+    }""")
+    # Two million rows of 19 px is 38 million px, past Chromium's limit for one element.
+    log = page.locator(".log")
+    expect(log.locator('.log-row[data-line="2000000"]')).to_be_visible()
+    page.evaluate("view.goToLine(1, 1234567)")
+    expect(log.locator('.log-row.log-target[data-line="1234567"]')).to_be_visible()
+    expect(log.locator('.log-row[data-line="1234567"]')).to_have_text("row 1234567\n")
 
 
 def test_log_auto_scroll_stops_when_scrolled_up_and_resumes_at_the_bottom(modules_page) -> None:
