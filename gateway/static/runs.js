@@ -6,7 +6,7 @@
 // holding streams would leave none for anything else. The run page is the live one.
 
 import { api } from "./api.js";
-import { FINAL, ago, badge, duration, h, shortRef, shortSha } from "./dom.js";
+import { FINAL, ago, badge, commitSubject, duration, h, shortRef, shortSha } from "./dom.js";
 
 const REFRESH_MS = 5000;
 const PAGE = 50;
@@ -41,7 +41,7 @@ function table(runs) {
     h("tbody", {}, runs.map((run) => h("tr", { "data-run": run.id, class: "clickable" },
       h("td", {}, badge(run.status)),
       h("td", {}, h("a", { href: `#/runs/${run.id}` }, run.repository_id)),
-      h("td", { class: "mono" }, shortSha(run.commit)),
+      h("td", { class: "commit" }, h("span", { class: "mono" }, shortSha(run.commit)), commitSubject(run, "span")),
       h("td", {}, shortRef(run.ref)),
       h("td", {}, ago(run.created_at)),
       h("td", {}, duration(run.created_at, FINAL.has(run.status) ? run.finished_at || run.created_at : null)),
