@@ -141,8 +141,9 @@ export class LogView {
     this.lines.clear();
     this.target = -1;
     this.wanted = null;
-    this.search.rows = [];
-    this.search.searchedRows = 0;
+    // What the box says is kept: Enter searches the new log for it.
+    this.search = { query: "", pattern: null, rows: [], current: -1, searchedRows: 0 };
+    this.searchCount.textContent = "";
     this.sticky = true;
     this.follow.hidden = true;
     this.#changed();
