@@ -67,3 +67,11 @@ class InvalidSecretError(DomainError):
 
 class SecretsUnavailableError(DomainError):
     """Secrets cannot be used here: no LEDGERCI_SECRET_KEY, or a stored one no key decrypts."""
+
+
+class InvalidCloneUrlError(DomainError):
+    """A repository's clone URL that git could not use from the services' machines."""
+
+
+class InvalidFilterError(DomainError):
+    """A query's filter names something that cannot exist (an unknown event type)."""

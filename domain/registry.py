@@ -190,6 +190,7 @@ class Repository(SecretHolder):
         self.tenant_id = tenant_id
         self.clone_url = clone_url
         self.secrets: dict[str, StoredSecret] = {}
+        self.deleted = False
 
     @classmethod
     def register(
@@ -204,3 +205,20 @@ class Repository(SecretHolder):
             clone_url=clone_url,
             actor=actor,
         )
+
+    def delete(self, at: datetime, actor: str) -> bool:
+        """Stop taking pushes for the repository; its runs stay, as history. Idempotent.
+
+        The id is never registered again: run ids derive from (repository id, commit), so a
+        new repository of the same id would be answered with the old one's runs."""
+        if self.deleted:
+            return False
+        self.trigger_event(self.RepositoryDeleted, timestamp=at, actor=actor)
+        return True
+
+    class RepositoryDeleted(Aggregate.Event):
+        actor: str
+
+        def apply(self, repository: Repository) -> None:
+            repository.deleted = True
+            repository.secrets.clear()  # nothing may read them any more

@@ -67,6 +67,11 @@ class Job:
 
 
 class Run(Aggregate):
+    # Set by CommitRead; class attributes (not annotations, which eventsourcing would take for
+    # fields of RunRequested) so a run replayed or snapshotted before they existed reads None.
+    commit_subject = None
+    commit_author = None
+
     class RunRequested(Aggregate.Created):
         repository_id: str
         tenant_id: str
@@ -190,6 +195,14 @@ class Run(Aggregate):
             lease_seconds=lease_seconds, queue_timeout_seconds=queue_timeout_seconds,
         )
         self._advance(at, actor)
+        return True
+
+    def describe_commit(self, subject: str, author: str, at: datetime, actor: str) -> bool:
+        """What the planner read of the commit (its subject and author), for the runs list.
+        Recorded once, in the same decision as the plan (or the skip, or the failure)."""
+        if self.planned or self.status.is_final or self.commit_subject is not None:
+            return False
+        self.trigger_event(self.CommitRead, timestamp=at, subject=subject, author=author, actor=actor)
         return True
 
     def skip(self, reason: str, at: datetime, actor: str) -> bool:
@@ -414,6 +427,15 @@ class Run(Aggregate):
                 for i, j in enumerate(self.jobs)
             ]
 
+    class CommitRead(Aggregate.Event):
+        subject: str
+        author: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.commit_subject = self.subject
+            run.commit_author = self.author
+
     class RunSkipped(Aggregate.Event):
         reason: str
         actor: str
@@ -571,3 +593,11 @@ def _end(job: Job, status: JobStatus, exit_code: int | None, error: str | None, 
     job.error = error
     job.finished_at = at
     job.lease_expires_at = None  # an ended attempt holds no lease
+
+
+# The names a run's history may hold (`GET /runs/{id}/events?type=` accepts only these); `Created`
+# and `Event` are the base classes eventsourcing gives every aggregate, never recorded themselves.
+RUN_EVENT_TYPES = frozenset(
+    name for name, member in vars(Run).items()
+    if isinstance(member, type) and issubclass(member, Aggregate.Event) and name not in ("Created", "Event")
+)

@@ -207,7 +207,9 @@ def test_job_waiting_past_the_queue_limit_fails_not_picked_up():
     assert (a.status, a.error, run.status) == (JobStatus.FAILED, "not picked up", RunStatus.FAILED)
 
 
-def test_cancel_ends_every_unfinished_job_and_the_run():
+def test_cancel_ends_every_unfinished_job_and_the_run_when_always_ones_too():
+    # A cancel stops the run now, as in GitLab and Woodpecker: `when: always` means whatever the
+    # earlier jobs did, not after the user said stop (docs/workflow.md).
     run = planned(job("a"), job("b"), job("c", when="always"))
     a = started(run)
     assert run.cancel(T0, "tenant:x") is True
@@ -376,3 +378,15 @@ def test_an_attempt_handed_back_by_a_stopping_runner_runs_again_without_using_a_
     assert run.mark_lost(a_id, 3, T0 + timedelta(hours=4), "reaper") is True
     assert (job_a.status, job_a.error) == (JobStatus.FAILED, "runner lost")
     assert replay(run).jobs[0].handed_back == 1
+
+
+def test_the_commit_is_described_once_and_only_before_the_plan():
+    run = new_run()
+    assert run.describe_commit("Fix the build", "Ada <ada@example.com>", T0, "planner") is True
+    assert run.describe_commit("Something else", "Bob <bob@example.com>", T0, "planner") is False
+    run.plan([job("a")], "wf", T0, "planner")
+    assert (run.commit_subject, run.commit_author) == ("Fix the build", "Ada <ada@example.com>")
+    assert replay(run).commit_subject == "Fix the build"
+    late = planned(job("a"))
+    assert late.describe_commit("Too late", "Ada <ada@example.com>", T0, "planner") is False
+    assert late.commit_subject is None  # a run planned before commits were read: nothing, not an error
