@@ -4,6 +4,7 @@ A leaf library (it imports nothing of ours): the planner reads `.ledgerci.yml` t
 the runner checks commits out through it, so both share one implementation.
 """
 
+from gitcache.commits import CommitSummary
 from gitcache.mirror import CommitNotFoundError, GitError, GitMirrors
 
-__all__ = ["CommitNotFoundError", "GitError", "GitMirrors"]
+__all__ = ["CommitNotFoundError", "CommitSummary", "GitError", "GitMirrors"]

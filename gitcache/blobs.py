@@ -32,6 +32,11 @@ class BatchReader:
         kind, content = self._object(f"{commit}:{path}")
         return content if kind == b"blob" else None
 
+    def commit_object(self, commit: str) -> bytes | None:
+        """The raw commit object (headers, a blank line, the message), or None."""
+        kind, content = self._object(f"{commit}^{{commit}}")
+        return content if kind == b"commit" else None
+
     def has_commit(self, commit: str) -> bool:
         kind, _ = self._object(f"{commit}^{{commit}}")
         return kind == b"commit"

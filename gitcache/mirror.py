@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gitcache.blobs import BatchReader
+from gitcache.commits import CommitSummary, summarize_commit
 
 # Only protocols a CI system needs; `ext::` and friends would run commands from a URL.
 _GIT_ENV = {
@@ -61,6 +62,12 @@ class GitMirrors:
         reader = self._reader(mirror)
         reader.restart()  # a fetch may have brought packs the running one has not seen
         return reader.read(commit, path)
+
+    def commit_summary(self, key: str, commit: str) -> CommitSummary | None:
+        """The subject and author of a commit the mirror has (after `read_file` found it), else None."""
+        mirror = self.mirror_path(key)
+        content = self._reader(mirror).commit_object(commit) if mirror.exists() else None
+        return summarize_commit(content) if content is not None else None
 
     def close(self) -> None:
         """Stop the batch readers (they also end by themselves when this process does)."""
