@@ -30,6 +30,7 @@ from commands.chain import Broken, ChainedMapper, StreamChecker
 from commands.envelope import to_event_message
 from commands.snapshots import SNAPSHOT_INTERVALS, SnapshottingRepository, SnapshotTranscoder
 from commands.store import APP_NAME
+from domain.clone_url import check_clone_url
 from domain.errors import (
     AlreadyExistsError,
     DomainError,
@@ -293,6 +294,11 @@ class LedgerApp(Application):
         if not principal.can_see(tenant_id):
             raise TenantNotFoundError(f"tenant {tenant_id!r} not found")
         self.get_tenant(tenant_id)
+        check_clone_url(clone_url)
+        former = self._load(repository_aggregate_id(repository_id), Repository)
+        if former is not None and former.deleted:
+            raise AlreadyExistsError(f"repository {repository_id!r} was deleted and its id is not reused "
+                                     "(its runs keep it); choose another id")
         repository = Repository.register(
             repository_id=repository_id, tenant_id=tenant_id, clone_url=clone_url,
             actor=principal.name, at=self.clock(),
@@ -300,10 +306,19 @@ class LedgerApp(Application):
         self._create(repository, f"repository {repository_id!r}")
         return repository
 
-    def get_repository(self, repository_id: str, principal: Principal) -> Repository:
+    def get_repository(self, repository_id: str, principal: Principal, *, deleted: bool = False) -> Repository:
+        """The repository, if the principal may see it; a deleted one only when `deleted` (its runs)."""
         repository = self._load(repository_aggregate_id(repository_id), Repository)
-        if repository is None or not principal.can_see(repository.tenant_id):
+        if repository is None or (repository.deleted and not deleted) or not principal.can_see(repository.tenant_id):
             raise RepositoryNotFoundError(f"repository {repository_id!r} not found")
+        return repository
+
+    def delete_repository(self, repository_id: str, principal: Principal) -> Repository:
+        """No more pushes or secrets for the repository; its runs stay readable."""
+        repository = self.get_repository(repository_id, principal)
+        repository.delete(self.clock(), principal.name)
+        with contextlib.suppress(IntegrityError):  # deleted by someone else at once: the effect holds
+            self.save(repository)
         return repository
 
     # ----- runs ------------------------------------------------------------------------------
@@ -366,18 +381,21 @@ class LedgerApp(Application):
                 return new_run.id
         raise ConcurrencyError(f"run {run_id}: too many concurrent re-runs")
 
-    def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None]:
-        """Cancel the run; returns it and the job that was running (to be stopped now)."""
+    def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None, bool]:
+        """Cancel the run; returns it, the job that was running (to be stopped now), and whether
+        this call cancelled it (False: it had ended already)."""
         run = self.get_run(run_id, principal)
         running: Job | None = None
+        cancelled = False
 
         def decide(current: Run) -> bool:
-            nonlocal running
+            nonlocal running, cancelled
             job = current.current_job
             running = job if job is not None and job.status is JobStatus.RUNNING else None
-            return current.cancel(self.clock(), principal.name)
+            cancelled = current.cancel(self.clock(), principal.name)
+            return cancelled
 
-        return self._decide(run.id, decide), running
+        return self._decide(run.id, decide), running, cancelled
 
     def get_run(self, run_id: UUID | str, principal: Principal) -> Run:
         try:
@@ -392,11 +410,17 @@ class LedgerApp(Application):
         run = self._load(run_id, Run)
         return run.version if run is not None else 0
 
-    def plan_run(self, run_id: UUID, workflow_file: bytes | None, *, actor: str = "planner") -> Run:
-        """Decide what the push runs, from the workflow file read at its commit."""
+    def plan_run(self, run_id: UUID, workflow_file: bytes | None, *, actor: str = "planner",
+                 commit: tuple[str, str] | None = None) -> Run:
+        """Decide what the push runs, from the workflow file read at its commit; `commit`
+        (subject, author) is recorded first, in the same save."""
 
         def decide(run: Run) -> bool:
             at = self.clock()
+            if run.planned or run.status.is_final:
+                return False
+            if commit is not None:
+                run.describe_commit(*commit, at, actor)
             if workflow_file is None:
                 return run.skip(f"no .ledgerci.yml at commit {run.commit}", at, actor)
             try:
@@ -529,10 +553,10 @@ class LedgerApp(Application):
             if not known:
                 raise RunNotFoundError(f"run {run_id} did not exist at {at.isoformat()}")
             version = known[-1] if version is None else min(version, known[-1])
-        if version is None or version >= run.version:
+        if version is not None and not 1 <= version <= run.version:
+            raise RunNotFoundError(f"run {run_id} has no version {version} (its versions are 1 to {run.version})")
+        if version is None or version == run.version:
             return run
-        if version < 1:
-            raise RunNotFoundError(f"run {run_id} has no version {version}")
         return self.repository.get(run.id, version=version)
 
     def verify_chain(self, aggregate_id: UUID | None = None, page_size: int = 5000) -> tuple[int, list[Broken]]:

@@ -50,7 +50,8 @@ class Planner:
         except GitError as failed:
             # Unreachable repository: the run fails and says why; a later push retries.
             return self.app.fail_run_before_start(run_id, f"could not read the repository: {failed}")
-        return self.app.plan_run(run_id, workflow_file)
+        summary = self.mirrors.commit_summary(requested["repository_id"], requested["commit"])
+        return self.app.plan_run(run_id, workflow_file, commit=(summary.subject, summary.author) if summary else None)
 
 
 async def run_planner(

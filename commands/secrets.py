@@ -16,7 +16,7 @@ import msgspec
 from eventsourcing.persistence import IntegrityError
 
 from commands.app import MAX_DECISION_ATTEMPTS, CommandResult, ConcurrencyError, LedgerApp, Principal
-from domain.errors import SecretsUnavailableError, TenantNotFoundError
+from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
 from domain.registry import SecretHolder, StoredSecret
 from domain.run import Job, Run
@@ -124,7 +124,10 @@ class SecretBook:
             raise SecretsUnavailableError("this runner sent no key to seal secrets to; it predates secrets")
         keyring = self._keyring()
         tenant = self.app.get_tenant(run.tenant_id)
-        repository = self.app.get_repository(run.repository_id, _SERVICE)
+        try:
+            repository = self.app.get_repository(run.repository_id, _SERVICE)
+        except RepositoryNotFoundError:  # deleted while the run went on: its secrets went with it
+            raise SecretsUnavailableError(f"repository {run.repository_id} was deleted, its secrets too") from None
         chosen, missing = for_job(
             job.spec.secrets,
             tenant={name: (Scope.TENANT, run.tenant_id, s) for name, s in tenant.secrets.items()},
