@@ -7,8 +7,8 @@ from datetime import datetime
 
 import msgspec
 
-from projections.runs import rfc3339
 from projections.sql import Database
+from projections.timestamps import rfc3339
 
 
 class JobView(msgspec.Struct, kw_only=True):
@@ -26,7 +26,9 @@ class JobView(msgspec.Struct, kw_only=True):
     waiting: str | None = None  # why a queued job is not running yet, beyond waiting its turn
 
 
-class RunView(msgspec.Struct, kw_only=True):
+class RunView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Closed (additionalProperties: false in the schema), so a run `as_of` a version (a RunView
+    # with more fields, gateway/views.py) is told apart from the run now.
     id: str
     repository_id: str
     tenant_id: str
@@ -36,6 +38,8 @@ class RunView(msgspec.Struct, kw_only=True):
     created_at: str
     finished_at: str | None
     error: str | None
+    commit_subject: str | None = None  # read by the planner; None until then (or if it could not)
+    commit_author: str | None = None  # "Name <email>"
     jobs: list[JobView] = []
 
 
@@ -54,7 +58,8 @@ class JobLocation(msgspec.Struct, kw_only=True):
     status: str
 
 
-_RUN_COLUMNS = "id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error"
+_RUN_COLUMNS = ("id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error, "
+                "commit_subject, commit_author")
 _JOB_COLUMNS = (
     "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error, pool"
 )
@@ -64,6 +69,7 @@ def _run(row: tuple) -> RunView:
     return RunView(
         id=row[0], repository_id=row[1], tenant_id=row[2], commit=row[3], ref=row[4],
         status=row[5], created_at=row[6], finished_at=row[7], error=row[8],
+        commit_subject=row[9], commit_author=row[10],
     )
 
 

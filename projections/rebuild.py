@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from projections import registry
 from projections.runs import RunsProjection
 from projections.schema import READ_MODEL_TABLES, create_read_model_tables
 from projections.sql import Database, PostgresDatabase, open_database
@@ -31,9 +32,11 @@ PAGE = 2000
 EventsAfter = Callable[[int, int], list[tuple[int, Any]]]  # (position, limit) -> (position, event) pairs
 
 COMPARED = {
-    "lci_runs": "id, tenant_id, repository_id, commit_sha, ref, rerun, status, error, created_at, finished_at",
+    "lci_runs": "id, tenant_id, repository_id, commit_sha, ref, rerun, status, error, created_at, finished_at, "
+                "commit_subject, commit_author",
     "lci_jobs": "id, run_id, tenant_id, idx, name, status, attempt, runner_id, exit_code, error, "
                 "queued_at, started_at, finished_at, pick_up_by, lease_expires_at, timeout_at",
+    **registry.COMPARED,
 }
 
 

@@ -8,20 +8,17 @@ below the tracked one is skipped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
 
 from domain.run import Run
 from domain.status import JobStatus, RunStatus
 from domain.workflow import DEFAULT_POOL
+from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
+from projections.timestamps import rfc3339
 
 PROJECTION_NAME = "runs"
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Rebuilt(NamedTuple):
@@ -81,8 +78,8 @@ class RunsProjection:
         """
         with self.db.transaction(lock=True) as cursor:
             self._lock_position(cursor)
-            cursor.execute("DELETE FROM lci_jobs")
-            cursor.execute("DELETE FROM lci_runs")
+            for table in ("lci_jobs", "lci_runs", *REGISTRY_TABLES):
+                cursor.execute(f"DELETE FROM {table}")
             tracked = events = 0
             for page in pages:
                 page = list(page)
@@ -117,7 +114,8 @@ class RunsProjection:
 
     @singledispatchmethod
     def handle(self, event: Any, cursor: Cursor, position: int) -> None:
-        """Events this read model does not show (tenants, tokens, repositories)."""
+        """Events of other aggregates: the lists of tenants and repositories, or nothing."""
+        apply_registry_event(event, cursor)
 
     @handle.register
     def _(self, event: Run.RunRequested, cursor: Cursor, position: int) -> None:
@@ -139,6 +137,11 @@ class RunsProjection:
                 (job["id"], index, job["spec"]["name"], JobStatus.PENDING.value,
                  job["spec"].get("pool", DEFAULT_POOL), run_id),
             )
+
+    @handle.register
+    def _(self, event: Run.CommitRead, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_runs SET commit_subject = ?, commit_author = ? WHERE id = ?",
+                       (event.subject, event.author, str(event.originator_id)))
 
     @handle.register
     def _(self, event: Run.RunSkipped, cursor: Cursor, position: int) -> None:

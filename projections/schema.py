@@ -1,8 +1,9 @@
 """Read-model tables. Thrown away and rebuilt from the event history at will."""
 
+from projections import registry
 from projections.sql import Database
 
-READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs")
+READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", *registry.REGISTRY_TABLES)
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS lci_tracking (
@@ -68,6 +69,7 @@ TABLES = [
         id INTEGER PRIMARY KEY,
         position BIGINT NOT NULL
     )""",
+    *registry.TABLES,
 ]
 
 
@@ -83,7 +85,8 @@ def create_read_model_tables(db: Database) -> None:
 
 # Columns added after a table first shipped: tables made by an older version get them here
 # (the default is right for every row an older version wrote).
-ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'")]
+ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'"),
+                 ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT")]
 
 
 def _add_missing_columns(db: Database) -> None:
