@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 from litestar import Litestar, Response, Router, get
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.secrets import SecretBook
+from gateway.audit import AuditController
 from gateway.auth import Authenticator, make_guard
 from gateway.control import Control
 from gateway.dashboard import dashboard_routes
@@ -23,12 +26,14 @@ from gateway.metrics import CONTENT_TYPE, SystemMetrics
 from gateway.models import Health
 from gateway.openapi import BEARER_REQUIRED, SECURITY_COMPONENTS, ClosedStructSchemaPlugin, allow_every_method
 from gateway.presence import RunnerPresenceView
+from gateway.repositories import RepositoriesController
 from gateway.routes import AdminController, Defaults, PushController, RunsController
 from gateway.secrets import SecretsController
 from gateway.streams import Streams
 from projections.admission import PushAdmission
 from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
+from projections.registry import RegistryQueries
 
 # Larger bodies are refused with 413 before they are read; the largest real one is a few KiB.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
@@ -55,6 +60,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
     authenticator = Authenticator(deps.ledger, deps.admin_token)
     streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
     presence = RunnerPresenceView()
+    registry = RegistryQueries(deps.queries.db)
 
     async def watch_runners() -> None:
         await presence.watch(deps.nc)
@@ -93,8 +99,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
             healthz, readyz, prometheus_metrics, live_socket(authenticator),
             *dashboard_routes(),  # the page and its assets: public, outside the schema
             # These need a token (the guard below checks every route not marked public); the schema says so.
-            Router("/", route_handlers=[PushController, AdminController, RunsController, LiveController,
-                                        SecretsController],
+            Router("/", route_handlers=[PushController, AdminController, RepositoriesController, RunsController,
+                                        LiveController, SecretsController, AuditController],
                    security=BEARER_REQUIRED),
         ],
         guards=[make_guard(authenticator)],
@@ -108,12 +114,17 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "secret_book": Provide(lambda: secret_book, sync_to_thread=False),
             "streams": Provide(lambda: streams, sync_to_thread=False),
             "presence": Provide(lambda: presence, sync_to_thread=False),
+            "registry": Provide(lambda: registry, sync_to_thread=False),
         },
         on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process configured logging already (text or JSON, LEDGERCI_LOG_FORMAT)
-        openapi_config=OpenAPIConfig(title="ledgerci", version="0.1.0", path="/schema",
-                                     components=SECURITY_COMPONENTS),
+        # The schema as JSON at /schema and /schema/openapi.json (YAML at /schema/openapi.yaml), never
+        # a documentation page: Litestar's default loads scripts and fonts from CDNs.
+        openapi_config=OpenAPIConfig(title="ledgerci", version=version("ledgerci"), path="/schema",
+                                     components=SECURITY_COMPONENTS,
+                                     render_plugins=[JsonRenderPlugin(path=["/", "/openapi.json"]),
+                                                     YamlRenderPlugin()]),
         plugins=[ClosedStructSchemaPlugin()],
         request_max_body_size=MAX_REQUEST_BODY_BYTES,
         before_send=[allow_every_method],

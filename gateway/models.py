@@ -37,6 +37,7 @@ class PushResponse(msgspec.Struct, kw_only=True):
 class CancelResponse(msgspec.Struct, kw_only=True):
     run_id: str
     status: str
+    cancelled: bool  # false: the run had ended already, and nothing changed
 
 
 class RerunResponse(msgspec.Struct, kw_only=True):
@@ -96,6 +97,21 @@ class RepositoryResponse(msgspec.Struct, kw_only=True):
     id: str
     tenant_id: str
     clone_url: str
+    created_at: str
+
+
+class RepositoryList(msgspec.Struct, kw_only=True):
+    repositories: list[RepositoryResponse]  # by id; deleted ones are not listed
+
+
+class TenantSummary(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    created_at: str
+
+
+class TenantList(msgspec.Struct, kw_only=True):
+    tenants: list[TenantSummary]  # by id
 
 
 SecretName = Annotated[str, Meta(pattern=NAME_PATTERN, description="an environment variable's name, 1-128 characters")]
@@ -131,3 +147,19 @@ class EventList(msgspec.Struct, kw_only=True):
 class Health(msgspec.Struct, kw_only=True):
     status: str
     checks: dict[str, str] = {}
+
+
+class BrokenLink(msgspec.Struct, kw_only=True):
+    """The first event of a stream whose chain link does not match what its content says."""
+
+    aggregate_id: str
+    version: int
+    type: str
+    reason: str
+
+
+class AuditReport(msgspec.Struct, kw_only=True):
+    checked: int  # events whose link was recomputed
+    intact: bool  # no stream broken
+    broken: list[BrokenLink]
+    seconds: float

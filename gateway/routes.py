@@ -12,9 +12,10 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from commands.app import LedgerApp, Principal
-from domain.errors import RunNotFoundError
+from domain.errors import InvalidFilterError, RunNotFoundError, TokenNotFoundError
 from domain.ids import token_aggregate_id
 from domain.registry import Tenant
+from domain.run import RUN_EVENT_TYPES
 from domain.status import RunStatus
 from gateway.auth import require_admin
 from gateway.blocking import blocking
@@ -25,19 +26,20 @@ from gateway.models import (
     EventList,
     PushRequest,
     PushResponse,
-    RepositoryRequest,
-    RepositoryResponse,
     RerunResponse,
+    TenantList,
     TenantRequest,
     TenantResponse,
+    TenantSummary,
     TenantUpdate,
     TokenResponse,
 )
 from gateway.openapi import AS_OF_SCHEMA, IDENTIFIER_PATTERN, errors
 from gateway.presence import RunnerPresenceView, explain_quota
-from gateway.views import parse_as_of, run_view
+from gateway.views import RunAsOf, parse_as_of, run_as_of_view
 from projections.admission import PushAdmission
 from projections.queries import RunPage, RunQueries, RunView
+from projections.registry import RegistryQueries
 
 
 def principal_of(request: Request) -> Principal:
@@ -108,6 +110,12 @@ class AdminController(Controller):
                                     actor=principal_of(request).name)
         return tenant_response(tenant)
 
+    @get("/tenants", operation_id="listTenants", guards=[require_admin], responses=errors(403))
+    async def list_tenants(self, registry: RegistryQueries) -> TenantList:
+        """Every tenant, by id (admin only); `GET /tenants/{id}` has its weight and quotas."""
+        rows = await blocking(registry.tenants)
+        return TenantList(tenants=[TenantSummary(id=r.id, name=r.name, created_at=r.created_at) for r in rows])
+
     @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin], responses=errors(403, 404))
     async def get_tenant(self, tenant_id: str, ledger: LedgerApp) -> TenantResponse:
         """A tenant's weight and quotas (admin only)."""
@@ -123,11 +131,16 @@ class AdminController(Controller):
         tenant = await blocking(ledger.update_tenant, tenant_id, changes, actor=principal_of(request).name)
         return tenant_response(tenant)
 
-    @delete("/tenants/{tenant_id:str}/tokens/{token_id:uuid}", operation_id="revokeTenantToken",
+    @delete("/tenants/{tenant_id:str}/tokens/{token_id:str}", operation_id="revokeTenantToken",
             guards=[require_admin], responses=errors(403, 404))
-    async def revoke_token(self, request: Request, tenant_id: str, token_id: UUID, ledger: LedgerApp) -> None:
+    async def revoke_token(self, request: Request, tenant_id: str, token_id: str, ledger: LedgerApp) -> None:
         """Revoke a tenant's token (by the `token_id` given when it was issued); it stops working at once."""
-        await blocking(ledger.revoke_token, tenant_id, token_id, actor=principal_of(request).name)
+        try:
+            token_uuid = UUID(token_id)
+        except ValueError:  # Litestar's own `uuid` path type would answer a bare "Not Found"
+            raise TokenNotFoundError(f"tenant {tenant_id!r} has no token {token_id!r}: a token id is a UUID, "
+                                     "as printed when the token was issued") from None
+        await blocking(ledger.revoke_token, tenant_id, token_uuid, actor=principal_of(request).name)
 
     @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
           status_code=HTTP_201_CREATED, responses=errors(403, 404))
@@ -136,36 +149,26 @@ class AdminController(Controller):
         token = await blocking(ledger.issue_token, tenant_id, actor=principal_of(request).name)
         return TokenResponse(tenant_id=tenant_id, token=token, token_id=str(token_aggregate_id(token)))
 
-    @post("/repositories", operation_id="registerRepository", status_code=HTTP_201_CREATED,
-          responses=errors(404, 409, 413))
-    async def register_repository(
-        self, request: Request, data: RepositoryRequest, ledger: LedgerApp
-    ) -> RepositoryResponse:
-        """Register a repository of a tenant (the admin, or that tenant)."""
-        repository = await blocking(
-            ledger.register_repository, data.id, tenant_id=data.tenant_id,
-            clone_url=data.clone_url, principal=principal_of(request),
-        )
-        return RepositoryResponse(id=repository.repository_id, tenant_id=repository.tenant_id,
-                                  clone_url=repository.clone_url)
-
 
 class RunsController(Controller):
     path = "/api/v1"
     tags = ["runs"]
 
-    @get("/runs", operation_id="listRuns", responses=errors())
+    @get("/runs", operation_id="listRuns", responses=errors(404))
     async def list_runs(
         self,
         request: Request,
         queries: RunQueries,
+        ledger: LedgerApp,
         presence: RunnerPresenceView,
         repository_id: Annotated[str | None, Parameter(pattern=IDENTIFIER_PATTERN)] = None,
         status: RunStatus | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         cursor: str | None = None,
     ) -> RunPage:
-        """The caller's runs, newest first."""
+        """The caller's runs, newest first. An unknown `repository_id` answers 404, not an empty page."""
+        if repository_id is not None:
+            await blocking(ledger.get_repository, repository_id, principal_of(request), deleted=True)
         page = await blocking(
             queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
             status=status, limit=limit, cursor=cursor,
@@ -178,14 +181,15 @@ class RunsController(Controller):
     async def get_run(
         self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, presence: RunnerPresenceView,
         as_of: Annotated[str | None, Parameter(schema_extra=AS_OF_SCHEMA)] = None,
-    ) -> RunView:
+    ) -> RunView | RunAsOf:
         """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
         time) replays the run's events up to that point instead of reading the read model."""
         if as_of is not None:
             version, at = parse_as_of(as_of)
-            run = await blocking(ledger.run_as_of, _uuid(run_id), principal_of(request), version=version, at=at)
-            return run_view(run)
-        view = await blocking(queries.get_run, _uuid(run_id), principal_of(request).tenant_id)
+            run = await blocking(ledger.run_as_of, uuid_or_not_found(run_id), principal_of(request),
+                                 version=version, at=at)
+            return run_as_of_view(run, await blocking(ledger.get_run_version, run.id))
+        view = await blocking(queries.get_run, uuid_or_not_found(run_id), principal_of(request).tenant_id)
         if view is None:
             raise RunNotFoundError(f"run {run_id} not found")
         presence.explain_waiting(view.jobs)
@@ -194,29 +198,39 @@ class RunsController(Controller):
 
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK, responses=errors(404))
     async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
-        """Cancel queued jobs and stop the running one (its runner is told at once)."""
-        run, running = await blocking(ledger.cancel_run, _uuid(run_id), principal_of(request))
+        """Cancel queued jobs and stop the running one (its runner is told at once). `cancelled`
+        is false when the run had ended already (`status` says how): nothing was changed."""
+        run, running, cancelled = await blocking(ledger.cancel_run, uuid_or_not_found(run_id), principal_of(request))
         if running is not None:
             await control.stop(str(running.id), running.attempt)
-        return CancelResponse(run_id=str(run.id), status=run.status.value)
+        return CancelResponse(run_id=str(run.id), status=run.status.value, cancelled=cancelled)
 
     @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED, responses=errors(404))
     async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
         """A new run of the same commit."""
-        new_run_id = await blocking(ledger.rerun, _uuid(run_id), principal_of(request))
+        new_run_id = await blocking(ledger.rerun, uuid_or_not_found(run_id), principal_of(request))
         new_run = await blocking(ledger.get_run, new_run_id, principal_of(request))
-        return RerunResponse(run_id=str(new_run_id), rerun_of=_uuid(run_id), rerun=new_run.rerun)
+        return RerunResponse(run_id=str(new_run_id), rerun_of=uuid_or_not_found(run_id), rerun=new_run.rerun)
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents", responses=errors(404))
     async def run_events(
-        self, request: Request, run_id: str, ledger: LedgerApp, job_id: str | None = None, type: str | None = None
+        self, request: Request, run_id: str, ledger: LedgerApp, job_id: str | None = None,
+        type: Annotated[str | None, Parameter(schema_extra={"enum": sorted(RUN_EVENT_TYPES)})] = None,
     ) -> EventList:
         """The run's full event history, in order, read from the event store (the audit trail).
-        `job_id` and `type` keep only the events of one job, or of one type."""
-        run = await blocking(ledger.get_run, _uuid(run_id), principal_of(request))
+        `job_id` (a job's id, or its name in the workflow) and `type` keep only the events of one
+        job, or of one type; a job the run lacks answers 404, a type that does not exist 422."""
+        if type is not None and type not in RUN_EVENT_TYPES:
+            known = ", ".join(sorted(RUN_EVENT_TYPES))
+            raise InvalidFilterError(f"type {type!r} is not an event type; one of: {known}")
+        run = await blocking(ledger.get_run, uuid_or_not_found(run_id), principal_of(request))
         events = await blocking(ledger.history, run.id)
         if job_id is not None:
-            events = [e for e in events if e.data.get("job_id") == job_id]
+            job = next((j for j in run.jobs if job_id in (str(j.id), j.name)), None)
+            if job is None:
+                names = ", ".join(j.name for j in run.jobs) or "none yet"
+                raise RunNotFoundError(f"run {run.id} has no job {job_id!r} (its jobs: {names})")
+            events = [e for e in events if e.data.get("job_id") == str(job.id)]
         if type is not None:
             events = [e for e in events if e.type == type]
         return EventList(run_id=str(run.id), events=events)
@@ -235,7 +249,7 @@ class RunsController(Controller):
         `attempt` (1 to the job's current attempt) reads an earlier attempt's log instead of
         the current one's. `X-Log-Size` is the whole log's size in bytes, `X-Job-Attempt` the
         attempt read, `X-Run-Id` the job's run."""
-        job = await blocking(queries.locate_job, _uuid(job_id), principal_of(request).tenant_id)
+        job = await blocking(queries.locate_job, uuid_or_not_found(job_id), principal_of(request).tenant_id)
         if job is None:
             raise RunNotFoundError(f"job {job_id} not found")
         read = attempt_to_read(job, attempt)
@@ -249,7 +263,7 @@ class RunsController(Controller):
         )
 
 
-def _uuid(value: str) -> str:
+def uuid_or_not_found(value: str) -> str:
     """Ids are UUIDs; anything else names nothing that exists (404, not a 500)."""
     try:
         return str(UUID(value))

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import msgspec
+
 from domain.errors import DomainError
 from domain.run import Run
 from projections.queries import JobView, RunView
-from projections.runs import rfc3339
+from projections.timestamps import rfc3339
 
 
 class InvalidAsOfError(DomainError):
     pass
+
+
+class RunAsOf(RunView, kw_only=True):
+    """A run as it was at one of its versions (`?as_of=`), replayed from the store: history, not now."""
+
+    as_of_version: int  # the version shown
+    as_of_at: str  # when that version was recorded
+    latest_version: int  # the run's version now
 
 
 def parse_as_of(value: str) -> tuple[int | None, datetime | None]:
@@ -31,11 +41,16 @@ def _time(moment: datetime | None) -> str | None:
     return rfc3339(moment) if moment else None
 
 
+def run_as_of_view(run: Run, latest_version: int) -> RunAsOf:
+    return RunAsOf(**msgspec.structs.asdict(run_view(run)), as_of_version=run.version,
+                   as_of_at=rfc3339(run.modified_on), latest_version=latest_version)
+
+
 def run_view(run: Run) -> RunView:
     return RunView(
         id=str(run.id), repository_id=run.repository_id, tenant_id=run.tenant_id, commit=run.commit, ref=run.ref,
         status=run.status.value, created_at=rfc3339(run.created_on), finished_at=_time(run.finished_at),
-        error=run.error,
+        error=run.error, commit_subject=run.commit_subject, commit_author=run.commit_author,
         jobs=[
             JobView(
                 id=str(job.id), name=job.name, status=job.status.value, attempt=job.attempt,
