@@ -12,8 +12,9 @@ $(BIN)/ledgerci: pyproject.toml
 .PHONY: install dev test lint bench
 install: $(BIN)/ledgerci
 
+PORT ?= 8080
 dev: install
-	$(BIN)/ledgerci dev --demo
+	$(BIN)/ledgerci dev --demo --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check .

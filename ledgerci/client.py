@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -11,11 +12,35 @@ from typing import Any
 import httpx
 
 from ledgerci import sse
+from ledgerci.printing import describe_change
 from ledgerci.sse import SseMessage
 
 
 class ClientError(Exception):
     pass
+
+
+def add_client_options(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
+    """The options of every command that talks to a gateway."""
+    parser.add_argument("--url", help="the gateway's URL (default: LEDGERCI_URL, else http://127.0.0.1:8080)")
+    parser.add_argument("--token", help="a bearer token (default: LEDGERCI_TOKEN, else LEDGERCI_ADMIN_TOKEN)")
+    if json_output:
+        parser.add_argument("--json", action="store_true", help="print the gateway's answer as JSON")
+
+
+def describe_refusal(status_code: int, body: Any) -> str:
+    """`422: Validation failed for POST /api/v1/push` and, a line each, which field and why."""
+    if not isinstance(body, dict):
+        return f"{status_code}: {body}"
+    lines = [f"{status_code}: {body.get('detail')}"]
+    extra = body.get("extra")
+    for problem in extra if isinstance(extra, list) else [extra] if extra else []:
+        if isinstance(problem, dict):
+            where = " ".join(str(problem[k]) for k in ("source", "key") if problem.get(k))
+            lines.append(f"  {where}: {problem.get('message')}" if where else f"  {problem.get('message')}")
+        else:
+            lines.append(f"  {problem}")
+    return "\n".join(lines)
 
 
 class GatewayClient:
@@ -32,30 +57,33 @@ class GatewayClient:
             raise ClientError(f"cannot reach {self.url}: {failed}") from None
         if response.status_code >= 400:
             try:
-                detail = response.json().get("detail")
+                body = response.json()
             except ValueError:
-                detail = response.text
-            raise ClientError(f"{response.status_code}: {detail}")
+                body = response.text
+            raise ClientError(describe_refusal(response.status_code, body))
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, **kwargs).json()
 
-    def follow_log(self, job_id: str, out=sys.stdout.buffer, follow: bool = True) -> str:
-        """Print a job's log; with `follow`, live until the job ends. Returns the job's status
-        (only known for a followed log, which ends with it)."""
+    def follow_log(self, job_id: str, out=sys.stdout.buffer, follow: bool = True,
+                   attempt: int | None = None) -> dict[str, Any]:
+        """Print a job's log (its current attempt, or `attempt`); with `follow`, live until the
+        attempt ends. Returns how it ended, `{status, exit_code, error}`, as far as known: a log
+        not followed gives the job's status only."""
+        query = f"?attempt={attempt}" if attempt is not None else ""
         if not follow:
-            response = self.call("GET", f"/api/v1/jobs/{job_id}/log")
+            response = self.call("GET", f"/api/v1/jobs/{job_id}/log{query}")
             out.write(response.content)
             out.flush()
-            return response.headers.get("X-Job-Status", "")
-        for message in self._stream(f"/api/v1/jobs/{job_id}/log/stream"):
+            return {"status": response.headers.get("X-Job-Status", "")}
+        for message in self._stream(f"/api/v1/jobs/{job_id}/log/stream{query}"):
             if message.event == "log":
                 out.write(json.loads(message.data)["text"].encode())
                 out.flush()
             elif message.event == "end":
-                return json.loads(message.data)["status"]
-        return ""
+                return json.loads(message.data)
+        return {}
 
     def watch_run(self, run_id: str, quiet: bool = False) -> dict[str, Any]:
         """Follow a run live, a line per change, until it ends; returns the final run."""
@@ -74,43 +102,3 @@ class GatewayClient:
             yield from sse.follow(self.http, path)
         except sse.StreamError as failed:
             raise ClientError(str(failed)) from None
-
-
-def describe_change(change: dict[str, Any]) -> str:
-    run, event = change["run"], change.get("event")
-    if event is None:
-        return f"run {run['id']}  {run['status']}"
-    job = next((j for j in run["jobs"] if j["id"] == event["data"].get("job_id")), None)
-    what = f"job {job['name']} {job['status']}" if job else f"run {run['status']}"
-    return f"{event['at']}  {event['type']:<20} {what}"
-
-
-def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
-
-
-def print_run(run: dict[str, Any]) -> None:
-    print(f"run {run['id']}  {run['status']}")
-    print(f"  repository {run['repository_id']} (tenant {run['tenant_id']})")
-    print(f"  commit     {run['commit']}  ref {run.get('ref') or '-'}")
-    print(f"  created    {run['created_at']}  finished {run.get('finished_at') or '-'}")
-    if run.get("error"):
-        print(f"  error      {run['error']}")
-    for job in run.get("jobs", []):
-        code = "" if job.get("exit_code") is None else f" exit {job['exit_code']}"
-        error = f" ({job['error']})" if job.get("error") else ""
-        print(f"  - {job['name']:<24} {job['status']:<10} attempt {job['attempt']}{code}{error}  {job['id']}")
-
-
-def print_runs(page: dict[str, Any]) -> None:
-    for run in page["runs"]:
-        print(f"{run['id']}  {run['status']:<10} {run['repository_id']:<20} {run['commit'][:12]}  {run['created_at']}")
-    if page.get("next_cursor"):
-        print(f"(more: --cursor {page['next_cursor']})")
-
-
-def print_events(events: list[dict[str, Any]]) -> None:
-    for event in events:
-        data = event["data"]
-        job = f" job {data['job_id']} attempt {data['attempt']}" if "job_id" in data else ""
-        print(f"{event['version']:>4}  {event['at']}  {event['type']:<16} {event.get('actor') or '-'}{job}")

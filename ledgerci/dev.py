@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,10 @@ jobs:
 
 
 def run_dev(args: argparse.Namespace) -> int:
+    if busy := _port_in_use(args.host, args.port):
+        print(f"ledgerci dev: cannot listen on {args.host}:{args.port}: {busy}. Another ledgerci dev? "
+              "Choose another port: ledgerci dev --port 8081 (make dev PORT=8081)", file=sys.stderr)
+        return 1
     data_dir = Path(args.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.executor == "docker" and not _docker_answers():
@@ -79,6 +84,18 @@ def run_dev(args: argparse.Namespace) -> int:
         return 130
     finally:
         embedded.stop()
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why the gateway could not listen there, found before anything starts (else the error
+    came half-way through start-up, under a long traceback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as failed:
+            return failed.strerror or str(failed)
+    return None
 
 
 def _docker_answers() -> bool:

@@ -54,6 +54,10 @@ class EmbeddedNats:
             [nats_server_binary(), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT,
             # SIGTERM if `ledgerci dev` dies, even by SIGKILL: the server stops cleanly.
             preexec_fn=dies_with_parent(signal.SIGTERM),
+            # Out of the terminal's process group: Ctrl-C reaches `ledgerci dev` only, which stops
+            # its services first and the server last (else the server went first, and every
+            # service printed its lost connection).
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

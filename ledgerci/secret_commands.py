@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ledgerci.client import GatewayClient, print_json
+from ledgerci.client import GatewayClient, add_client_options
+from ledgerci.printing import print_json
 
 
 def add_secret_commands(commands: Any) -> None:
@@ -21,10 +22,8 @@ def add_secret_commands(commands: Any) -> None:
         metavar="ACTION")
 
     def action(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        sub = secret.add_parser(name, help=help_text)
-        sub.add_argument("--url", help="gateway URL (LEDGERCI_URL)")
-        sub.add_argument("--token", help="bearer token (LEDGERCI_TOKEN, else LEDGERCI_ADMIN_TOKEN)")
-        sub.add_argument("--json", action="store_true", help="print JSON")
+        sub = secret.add_parser(name, help=help_text, description=help_text)
+        add_client_options(sub)
         owner = sub.add_mutually_exclusive_group(required=True)
         owner.add_argument("--repo", help="a repository's secret (given to its jobs that list it)")
         owner.add_argument("--tenant", help="a tenant's secret (every repository's; a repository's own wins)")

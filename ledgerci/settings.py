@@ -135,3 +135,11 @@ class Settings:
             audit_key=_env("LEDGERCI_AUDIT_KEY", ""),
             auto_migrate=_env("LEDGERCI_AUTO_MIGRATE", "true").lower() not in ("false", "0", "no"),
         )
+
+    def missing_sqlite_store(self) -> Path | None:
+        """The SQLite file the settings name, if it does not exist: a tool that only reads the
+        store must say so rather than create an empty one (in whatever directory it ran)."""
+        if not self.database_url.startswith("sqlite:///"):
+            return None
+        path = Path(self.database_url.removeprefix("sqlite:///"))
+        return None if path.exists() else path
