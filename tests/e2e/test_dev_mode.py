@@ -239,7 +239,7 @@ def test_concurrent_pushes_to_the_embedded_default_run_once_across_a_sigkill(tmp
         api = Api(dev.url, TOKEN)
         for ids in every.values():
             run = api.wait_run(next(iter(ids)), timeout=120)
-            assert run["status"] == "succeeded", run
+            assert run["status"] == "succeeded", api.explain(run["id"])
     finally:
         stop_dev(dev)
     assert check_invariants(f"sqlite:///{data_dir / 'ledgerci.db'}") == []

@@ -32,7 +32,7 @@ def tenant_with_a_run(admin: Api, tmp_path: Path, name: str) -> dict[str, Any]:
     repository_id = admin.repository(tenant_id, repo.clone_url, f"{name}-repo")
     own = Api(admin.url, token)
     run = own.wait_run(own.push(repository_id, commit).json()["run_id"])
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "succeeded", own.explain(run["id"])
     return {"tenant": tenant_id, "token": token, "api": own, "repository": repository_id, "repo": repo,
             "run": run["id"], "job": run["jobs"][0]["id"], "commit": commit}
 
@@ -50,7 +50,9 @@ CROSS_TENANT_404 = [
     ("GET", "/api/v1/jobs/{job_id}/log/stream", lambda a: (f"/api/v1/jobs/{a['job']}/log/stream", None)),
     ("POST", "/api/v1/push", lambda a: ("/api/v1/push", {"repository_id": a["repository"], "commit": a["commit"]})),
     ("POST", "/api/v1/repositories",
-     lambda a: ("/api/v1/repositories", {"id": "stolen", "tenant_id": a["tenant"], "clone_url": "file:///x"})),
+     lambda a: ("/api/v1/repositories", {"id": "stolen", "tenant_id": a["tenant"], "clone_url": a["repo"].clone_url})),
+    ("GET", "/api/v1/repositories/{repository_id}", lambda a: (f"/api/v1/repositories/{a['repository']}", None)),
+    ("GET", "/api/v1/runs/{run_id}/audit", lambda a: (f"/api/v1/runs/{a['run']}/audit", None)),
     # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
     ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",
      lambda a: (f"/api/v1/repositories/{a['repository']}/secrets/TOKEN", {"value": "repository-value"})),
@@ -63,10 +65,14 @@ CROSS_TENANT_404 = [
     ("GET", "/api/v1/tenants/{tenant_id}/secrets", lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets", None)),
     ("DELETE", "/api/v1/tenants/{tenant_id}/secrets/{name}",
      lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets/TOKEN", None)),
+    # Last: the owner's own delete of its repository goes through.
+    ("DELETE", "/api/v1/repositories/{repository_id}", lambda a: (f"/api/v1/repositories/{a['repository']}", None)),
 ]
 # The admin's routes: a tenant token is refused (403) whichever tenant they name.
 ADMIN_ONLY = [
     ("POST", "/api/v1/tenants", lambda a: ("/api/v1/tenants", {"id": "another"})),
+    ("GET", "/api/v1/tenants", lambda a: ("/api/v1/tenants", None)),
+    ("GET", "/api/v1/audit", lambda a: ("/api/v1/audit", None)),
     ("GET", "/api/v1/tenants/{tenant_id}", lambda a: (f"/api/v1/tenants/{a['tenant']}", None)),
     ("PATCH", "/api/v1/tenants/{tenant_id}", lambda a: (f"/api/v1/tenants/{a['tenant']}", {"weight": 9})),
     ("POST", "/api/v1/tenants/{tenant_id}/tokens", lambda a: (f"/api/v1/tenants/{a['tenant']}/tokens", None)),
@@ -74,7 +80,7 @@ ADMIN_ONLY = [
      lambda a: (f"/api/v1/tenants/{a['tenant']}/tokens/00000000-0000-0000-0000-000000000000", None)),
 ]
 # Lists: filtered to the caller's own, so asking about A's repository finds nothing.
-FILTERED = [("GET", "/api/v1/runs")]
+FILTERED = [("GET", "/api/v1/runs"), ("GET", "/api/v1/repositories")]
 PUBLIC = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
 
 
@@ -100,9 +106,11 @@ def test_another_tenants_resources_answer_404_on_every_route(tmp_path: Path, adm
     for method, route, make in ADMIN_ONLY:
         path, body = make(a)
         assert b["api"].http.request(method, path, json=body).status_code == 403, route
-    listed = b["api"].http.get("/api/v1/runs", params={"repository_id": a["repository"]}).json()
-    assert listed["runs"] == []
+    # Filtering by another tenant's repository is the same 404 as an unknown one, not an empty page.
+    listed = b["api"].http.get("/api/v1/runs", params={"repository_id": a["repository"]})
+    assert listed.status_code == 404, listed.text
     assert {run["tenant_id"] for run in b["api"].http.get("/api/v1/runs").json()["runs"]} == {"beta"}
+    assert [r["id"] for r in b["api"].http.get("/api/v1/repositories").json()["repositories"]] == [b["repository"]]
     # Nothing of alpha's changed: no cancel, no rerun, no repository registered for it by beta.
     assert [r["id"] for r in a["api"].http.get("/api/v1/runs").json()["runs"]].count(a["run"]) == 1
     assert len(a["api"].events(a["run"])) == len(admin.events(a["run"]))

@@ -60,7 +60,7 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
     assert body["duplicate"] is False
 
     run = tenant.wait_run(body["run_id"])
-    assert run["status"] == "succeeded", run
+    assert run["status"] == "succeeded", tenant.explain(run["id"])
     assert (run["id"], run["repository_id"], run["tenant_id"], run["commit"], run["ref"]) == (
         body["run_id"], repository_id, tenant_id, commit, "refs/heads/main")
     assert run["finished_at"] and run["created_at"] and run["error"] is None
@@ -83,7 +83,9 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
 
     history = tenant.events(run["id"])
     types = [e["type"] for e in history]
-    assert types[:3] == ["RunRequested", "RunPlanned", "JobQueued"]
+    # The planner read the commit and planned the run in one decision.
+    assert types[:4] == ["RunRequested", "CommitRead", "RunPlanned", "JobQueued"]
+    assert (run["commit_subject"], run["commit_author"]) == ("change", "ledgerci-test <test@ledgerci.invalid>")
     assert types[-1] == "RunSucceeded"
     assert [e["version"] for e in history] == list(range(1, len(history) + 1))
     assert history[0]["actor"] == f"tenant:{tenant_id} token:{token_aggregate_id(token)}"  # which token pushed
@@ -105,7 +107,13 @@ def test_push_runs_three_jobs_in_order(tmp_path: Path, admin: Api):
     first_running = as_of(started[0]["version"])
     assert [j["status"] for j in first_running["jobs"]] == ["running", "pending", "pending"]
     assert first_running["status"] == "running"
-    assert as_of(history[-1]["version"]) == run
+    last = as_of(history[-1]["version"])
+    # Replayed to its last version, the run is the run; the answer also says which version it is.
+    assert (last.pop("as_of_version"), last.pop("latest_version")) == (len(history), len(history))
+    assert last.pop("as_of_at") == history[-1]["at"]
+    assert last == run
+    too_far = tenant.http.get(f"/api/v1/runs/{run['id']}", params={"as_of": len(history) + 1})
+    assert too_far.status_code == 404 and f"its versions are 1 to {len(history)}" in too_far.json()["detail"]
     assert as_of(started[1]["at"])["jobs"][1]["status"] == "running"
     assert tenant.http.get(f"/api/v1/runs/{run['id']}", params={"as_of": "yesterday"}).status_code == 422
 

@@ -69,7 +69,7 @@ def ran_a_run(app: LedgerApp, commit: str = "a" * 40, heartbeats: int = 2) -> UU
 
 def audit(url: str, *args: str, key: str = "k1") -> subprocess.CompletedProcess:
     env = {**os.environ, "LEDGERCI_DATABASE_URL": url, "LEDGERCI_AUDIT_KEY": key}
-    return subprocess.run([str(LEDGERCI), "audit", "verify", *args], env=env, capture_output=True, text=True,
+    return subprocess.run([str(LEDGERCI), "audit", "verify", "--store", *args], env=env, capture_output=True, text=True,
                           timeout=60)
 
 

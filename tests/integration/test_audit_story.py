@@ -138,7 +138,7 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
 
     # The tenant cancels while attempt 2 runs; runner-2's own late report is refused in turn.
     clock.tick()
-    cancelled, running = ledger.cancel_run(run_id, ACME)
+    cancelled, running, _ = ledger.cancel_run(run_id, ACME)
     assert running is not None and (str(running.id), running.attempt, running.runner_id) == (test, 2, "runner-2")
     assert cancelled.status.value == "cancelled"
     seen("cancel")

@@ -106,7 +106,7 @@ class Story:
         run_id = self.app.push("web", f"{self.commits:040x}", ref, ADMIN).run_id
         self.aggregates.append(run_id)
         self.clock.tick()
-        self.app.plan_run(run_id, workflow)
+        self.app.plan_run(run_id, workflow, commit=(f"Change {self.commits}", "Ada Lovelace <ada@example.com>"))
         return run_id
 
     def job(self, run_id: UUID, index: int) -> tuple[str, int]:
@@ -240,6 +240,16 @@ def secrets_of_tenant_and_repository(story: Story) -> None:
     story.run_job(run_id, 0)
 
 
+def repository_deleted(story: Story) -> None:
+    """A repository with a secret and a finished run is deleted: no more pushes, the run stays."""
+    book = SecretBook(story.app, KEYRING)
+    book.set(Scope.REPOSITORY, "web", "DEPLOY_TOKEN", "deploy-token", ADMIN)
+    run_id = story.push(ONE_JOB)
+    story.run_job(run_id, 0)
+    story.clock.tick()
+    story.app.delete_repository("web", ADMIN)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -251,6 +261,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "rerun": rerun,
     "skipped_and_invalid": skipped_and_invalid,
     "secrets_of_tenant_and_repository": secrets_of_tenant_and_repository,
+    "repository_deleted": repository_deleted,
 }
 
 

@@ -69,3 +69,16 @@ class Api:
         response = self.http.get(f"/api/v1/runs/{run_id}/events")
         response.raise_for_status()
         return response.json()["events"]
+
+    def explain(self, run_id: str) -> str:
+        """A run's history in one line an event, and the log of each failed job: what an
+        assertion about a run's outcome should print when it does not hold."""
+        lines = []
+        for event in self.events(run_id):
+            data = {k: v for k, v in event["data"].items() if k in ("job_id", "attempt", "error", "exit_code",
+                                                                    "reason", "runner_id")}
+            lines.append(f"{event['type']} by {event['actor']}: {data}")
+            if event["type"] == "JobFailed":
+                log = self.http.get(f"/api/v1/jobs/{event['data']['job_id']}/log").text
+                lines.append("  log: " + log[-2000:].replace("\n", "\n       "))
+        return "\n".join(lines)
