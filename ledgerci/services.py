@@ -263,6 +263,7 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
         nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
         stop_grace=settings.stop_grace_seconds, max_log_bytes=settings.max_log_bytes,
+        lease_seconds=settings.lease_seconds,
     )
     await agent.run(stop)
 

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 ACK_WAIT_SECONDS = 30.0
 COMMAND_TIMEOUT_SECONDS = 10.0
+# A claim whose reply was lost (NATS failing over, say) is asked again this many times before
+# the dispatch goes back to the queue: asked again by this runner it is the same claim (the
+# command is idempotent), while a redelivery to another runner would be refused and acked, and
+# the attempt would sit claimed by nobody until its lease ran out.
+CLAIM_TRIES = 3
 LONG_POLL_SECONDS = 1.0
 
 
@@ -90,6 +95,7 @@ class RunnerAgent:
         max_deliver: int = 20,
         stop_grace: float = 20.0,
         max_log_bytes: int = MAX_LOG_BYTES,
+        lease_seconds: float = 30.0,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -102,6 +108,9 @@ class RunnerAgent:
         # long; then it kills them and hands their attempts back (they run again elsewhere).
         self.stop_grace = stop_grace
         self.max_log_bytes = max_log_bytes
+        # How long a claim, heartbeat or outcome report waits for its reply before asking again:
+        # a third of the lease, so that one reply lost in a reconnect never costs the lease.
+        self.patience = min(max(lease_seconds / 3, 0.05), COMMAND_TIMEOUT_SECONDS)
         self._hand_back_now = asyncio.Event()
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
@@ -171,7 +180,7 @@ class RunnerAgent:
                          runner_id=self.runner_id, executor=self.executor.name, pool=self.pool,
                          seal_to=recipient.public_key)
         try:
-            claim = await self._command(START_JOB_SUBJECT, start)
+            claim = await self._claim(start)
         except Refused as refused:
             log.info("attempt %s:%d is not ours: %s", dispatch.job_id, dispatch.attempt, refused)
             await message.ack_sync()  # nobody should run this attempt any more
@@ -192,6 +201,15 @@ class RunnerAgent:
         # up this slot's next job. A lost ack only means a redelivery, which the command
         # service refuses (the attempt has ended), and the message is acked then.
         self._in_background(self._finish_message(message, workdir))
+
+    async def _claim(self, start: StartJob) -> CommandReply:
+        for _ in range(CLAIM_TRIES - 1):
+            try:
+                return await self._command(START_JOB_SUBJECT, start, timeout=self.patience)
+            except TimeoutError:
+                log.info("claim of %s:%d not answered in %.1fs; asking again", start.job_id, start.attempt,
+                         self.patience)
+        return await self._command(START_JOB_SUBJECT, start, timeout=self.patience)
 
     async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path,
                           secrets: JobSecrets) -> Outcome | None:
@@ -236,10 +254,12 @@ class RunnerAgent:
         period = max(lease.total_seconds() / 3, 0.05)
         beat = Heartbeat(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
                          runner_id=self.runner_id)
+        wait = period
         while True:
-            await asyncio.sleep(period)  # the heartbeat period itself: a timer by design
+            await asyncio.sleep(wait)  # the heartbeat period itself: a timer by design
+            wait = period
             try:
-                reply = await self._command(HEARTBEAT_SUBJECT, beat)
+                reply = await self._command(HEARTBEAT_SUBJECT, beat, timeout=min(period, self.patience))
                 lease_expires_at = reply.lease_expires_at or lease_expires_at
             except Refused as refused:
                 reason.append(f"heartbeat refused: {refused}")
@@ -251,6 +271,7 @@ class RunnerAgent:
                     reason.append("lease expired before a heartbeat got through")
                     stopped.set()
                     return
+                wait = period / 4  # ask again soon: the next period may be past the lease
 
     async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None,
                        secrets: JobSecrets) -> Outcome:
@@ -296,7 +317,9 @@ class RunnerAgent:
         delay = 0.1
         while True:
             try:
-                await self._command(FINISH_JOB_SUBJECT, finish)
+                # A repeated report of the same outcome changes nothing, so a lost reply is
+                # asked again within the lease rather than after the default timeout.
+                await self._command(FINISH_JOB_SUBJECT, finish, timeout=self.patience)
                 return
             except Refused as refused:
                 log.warning("outcome of %s:%d refused: %s", dispatch.job_id, dispatch.attempt, refused)
@@ -317,8 +340,9 @@ class RunnerAgent:
             log.warning("handing back %s:%d failed (%s); its lease will run out", dispatch.job_id,
                         dispatch.attempt, failed)
 
-    async def _command(self, subject: str, command: msgspec.Struct) -> CommandReply:
-        response = await self.nc.request(subject, msgspec.json.encode(command), timeout=COMMAND_TIMEOUT_SECONDS)
+    async def _command(self, subject: str, command: msgspec.Struct,
+                       timeout: float = COMMAND_TIMEOUT_SECONDS) -> CommandReply:
+        response = await self.nc.request(subject, msgspec.json.encode(command), timeout=timeout)
         reply = msgspec.json.decode(response.data, type=CommandReply)
         if reply.refused:
             raise Refused(reply.error)
