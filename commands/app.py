@@ -36,6 +36,7 @@ from domain.errors import (
     DomainError,
     InvalidTransitionError,
     InvalidWorkflowError,
+    RepositoryDeletedError,
     RepositoryNotFoundError,
     RunNotFoundError,
     StaleAttemptError,
@@ -366,6 +367,9 @@ class LedgerApp(Application):
     def rerun(self, run_id: UUID | str, principal: Principal) -> UUID:
         """A new run of the same commit; its number is allocated on the commit's first run."""
         source = self.get_run(run_id, principal)
+        if self.get_repository(source.repository_id, principal, deleted=True).deleted:
+            raise RepositoryDeletedError(f"repository {source.repository_id!r} was deleted: its runs stay readable, "
+                                         "but none is re-run")
         for _ in range(MAX_DECISION_ATTEMPTS):
             first = self._load(run_id_for(source.repository_id, source.commit), Run)
             assert first is not None

@@ -37,6 +37,10 @@ class AlreadyExistsError(DomainError):
     """Creating something whose id is taken."""
 
 
+class RepositoryDeletedError(DomainError):
+    """Asking a deleted repository for new work (a re-run of one of its runs)."""
+
+
 class InvalidTransitionError(DomainError):
     """A command asked for a state change the state machine does not allow."""
 

@@ -18,7 +18,14 @@ from litestar.status_codes import (
 )
 from psycopg_pool import PoolTimeout
 
-from domain.errors import AlreadyExistsError, DomainError, NotFoundError, QuotaExceededError, SecretsUnavailableError
+from domain.errors import (
+    AlreadyExistsError,
+    DomainError,
+    NotFoundError,
+    QuotaExceededError,
+    RepositoryDeletedError,
+    SecretsUnavailableError,
+)
 from gateway.blocking import StoreUnavailableError
 from projections.queries import InvalidCursorError
 
@@ -40,7 +47,7 @@ def _validation(_: Request, exc: ValidationException) -> Response:
 def _domain(_: Request, exc: DomainError) -> Response:
     if isinstance(exc, NotFoundError):
         return _error(HTTP_404_NOT_FOUND, str(exc))
-    if isinstance(exc, AlreadyExistsError):
+    if isinstance(exc, (AlreadyExistsError, RepositoryDeletedError)):
         return _error(HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, QuotaExceededError):
         response = _error(HTTP_429_TOO_MANY_REQUESTS, str(exc))

@@ -205,7 +205,8 @@ class RunsController(Controller):
             await control.stop(str(running.id), running.attempt)
         return CancelResponse(run_id=str(run.id), status=run.status.value, cancelled=cancelled)
 
-    @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED, responses=errors(404))
+    @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED,
+          responses=errors(404, 409))
     async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
         """A new run of the same commit."""
         new_run_id = await blocking(ledger.rerun, uuid_or_not_found(run_id), principal_of(request))
@@ -248,7 +249,9 @@ class RunsController(Controller):
         """The job's log so far, as text; `offset` (bytes) returns only what follows it.
         `attempt` (1 to the job's current attempt) reads an earlier attempt's log instead of
         the current one's. `X-Log-Size` is the whole log's size in bytes, `X-Job-Attempt` the
-        attempt read, `X-Run-Id` the job's run."""
+        attempt read, `X-Job-Status` the job's status, `X-Attempt-Status` the attempt's (an
+        earlier attempt's is `abandoned`: a result of its own would have ended the job),
+        `X-Run-Id` the job's run."""
         job = await blocking(queries.locate_job, uuid_or_not_found(job_id), principal_of(request).tenant_id)
         if job is None:
             raise RunNotFoundError(f"job {job_id} not found")
@@ -259,6 +262,7 @@ class RunsController(Controller):
             text[offset:],
             media_type=MediaType.TEXT,
             headers={"X-Log-Size": str(len(text)), "X-Job-Status": job.status, "X-Job-Attempt": str(read),
+                     "X-Attempt-Status": job.status if read == job.attempt else "abandoned",
                      "X-Run-Id": job.run_id},
         )
 
