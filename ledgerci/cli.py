@@ -158,14 +158,12 @@ def _audit_verify(args: argparse.Namespace) -> int:
     try:
         run_id = None if args.all else UUID(args.run_id)
     except ValueError:
-        print(f"not a run id: {args.run_id!r}", file=sys.stderr)
+        print(f"ledgerci: not a run id: {args.run_id!r}", file=sys.stderr)
         return 2
     if not args.store:
         return verify_through_gateway(args)
-    settings = Settings.from_env()
-    if missing := settings.missing_sqlite_store():
-        print(f"ledgerci: no event store at {missing}: set LEDGERCI_DATABASE_URL (or LEDGERCI_DATA_DIR), "
-              "or run where `ledgerci dev` keeps its .ledgerci", file=sys.stderr)
+    settings = _settings_of_an_existing_store()
+    if settings is None:
         return 1
     outcome: list[int] = []
 
@@ -176,10 +174,24 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return outcome[0] if outcome else 1
 
 
+def _settings_of_an_existing_store() -> Settings | None:
+    """The settings, for a tool that works on the store the services keep: None (said on
+    stderr) when they name an SQLite file that does not exist, which the tool would otherwise
+    create, empty, in whatever directory it was run."""
+    settings = Settings.from_env()
+    if missing := settings.missing_sqlite_store():
+        print(f"ledgerci: no event store at {missing}: set LEDGERCI_DATABASE_URL (or LEDGERCI_DATA_DIR), "
+              "or run where `ledgerci dev` keeps its .ledgerci", file=sys.stderr)
+        return None
+    return settings
+
+
 def _rebuild(args: argparse.Namespace) -> int:
     from ledgerci.services import rebuild_read_models
 
-    settings = Settings.from_env()
+    settings = _settings_of_an_existing_store()
+    if settings is None:
+        return 1
     configure_logging(settings)
     outcome: list[int] = []
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from ledgerci import sse
-from ledgerci.printing import describe_change
+from ledgerci.printing import describe_change, note
 from ledgerci.sse import SseMessage
 
 
@@ -69,20 +69,26 @@ class GatewayClient:
     def follow_log(self, job_id: str, out=sys.stdout.buffer, follow: bool = True,
                    attempt: int | None = None) -> dict[str, Any]:
         """Print a job's log (its current attempt, or `attempt`); with `follow`, live until the
-        attempt ends. Returns how it ended, `{status, exit_code, error}`, as far as known: a log
-        not followed gives the job's status only."""
+        job ends (with `attempt`: until that attempt ends). Returns how it ended,
+        `{status, exit_code, error}`, as far as known: a log not followed gives the status of
+        the attempt shown only (`abandoned` for an earlier one)."""
         query = f"?attempt={attempt}" if attempt is not None else ""
         if not follow:
             response = self.call("GET", f"/api/v1/jobs/{job_id}/log{query}")
             out.write(response.content)
             out.flush()
-            return {"status": response.headers.get("X-Job-Status", "")}
+            return {"status": response.headers.get("X-Attempt-Status", ""),
+                    "attempt": int(response.headers.get("X-Job-Attempt", "0"))}
         for message in self._stream(f"/api/v1/jobs/{job_id}/log/stream{query}"):
             if message.event == "log":
                 out.write(json.loads(message.data)["text"].encode())
                 out.flush()
+            elif message.event == "attempt":
+                # A retry's log follows the one before: say where one ends and the next begins
+                # (beside the log, so the log itself stays as the job wrote it).
+                note(f"ledgerci: attempt {json.loads(message.data)['attempt']} of the job begins here")
             elif message.event == "end":
-                return json.loads(message.data)
+                return json.loads(message.data) | ({"attempt": attempt} if attempt is not None else {})
         return {}
 
     def watch_run(self, run_id: str, quiet: bool = False) -> dict[str, Any]:
@@ -100,5 +106,7 @@ class GatewayClient:
     def _stream(self, path: str) -> Iterator[SseMessage]:
         try:
             yield from sse.follow(self.http, path)
+        except sse.StreamRefused as refused:
+            raise ClientError(describe_refusal(refused.status_code, refused.body)) from None
         except sse.StreamError as failed:
             raise ClientError(str(failed)) from None

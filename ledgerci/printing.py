@@ -81,10 +81,12 @@ def describe_change(change: dict[str, Any]) -> str:
 
 
 def describe_end(end: dict[str, Any]) -> str:
-    """The closing line of a job's log, as the dashboard shows it: `job failed · exit code 1`."""
+    """The closing line of a job's log, as the dashboard shows it: `job failed · exit code 1`;
+    of an earlier attempt, `attempt 1 abandoned · runner lost`."""
     exit_code = end.get("exit_code")
     how = end.get("error") or (f"exit code {exit_code}" if exit_code is not None else None)
-    return " · ".join(part for part in (f"job {end.get('status')}", how) if part)
+    what = f"attempt {end.get('attempt')}" if end.get("status") == "abandoned" else "job"
+    return " · ".join(part for part in (f"{what} {end.get('status')}", how) if part)
 
 
 def note(text: str) -> None:

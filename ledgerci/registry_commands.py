@@ -29,7 +29,7 @@ def _action(group: Any, name: str, help_text: str, handler: Handler) -> argparse
 def _add_tenant_commands(tenant: Any) -> None:
     def action(name: str, help_text: str, handler: Handler) -> argparse.ArgumentParser:
         sub = _action(tenant, name, help_text, handler)
-        sub.add_argument("tenant_id", help="the tenant's id: lowercase letters, digits, - and _")
+        sub.add_argument("tenant_id", help="the tenant's id: 1 to 64 of A-Z a-z 0-9 _ . -, from a letter or digit")
         return sub
 
     _action(tenant, "list", "every tenant, by id", _tenant_list)

@@ -50,13 +50,16 @@ def add_run_commands(commands: Any) -> None:
     run = client("run", "show a run; exit code 0 succeeded (or not ended), 3 failed, 4 cancelled, 5 skipped",
                  _run)
     run.add_argument("run_id")
-    run.add_argument("--watch", action="store_true", help="follow the run live, a line per change, until it ends")
-    run.add_argument("--as-of", metavar="VERSION|TIME",
+    # One or the other: --watch follows the run now, --as-of shows its past (both: a usage error).
+    when = run.add_mutually_exclusive_group()
+    when.add_argument("--watch", action="store_true", help="follow the run live, a line per change, until it ends")
+    when.add_argument("--as-of", metavar="VERSION|TIME",
                      help="the run as it was at one of its versions, or at an RFC 3339 time (replayed)")
 
     logs = client("logs", "print a job's log (its closing line goes to stderr)", _logs, json_output=False)
     logs.add_argument("job_id")
-    logs.add_argument("-f", "--follow", action="store_true", help="follow the log live until the attempt ends")
+    logs.add_argument("-f", "--follow", action="store_true",
+                      help="follow the log live until the job ends (with --attempt: until that attempt ends)")
     logs.add_argument("--attempt", type=int, help="an earlier attempt's log (default: the current one)")
 
     events = client("events", "a run's event history, from the event store", _events)
@@ -100,8 +103,6 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     client = _client(args)
-    if args.watch and args.as_of:
-        raise ClientError("--watch follows the run now; --as-of shows its past: give one")
     if args.watch:
         run = client.watch_run(args.run_id, quiet=args.json)
     else:
@@ -113,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     end = _client(args).follow_log(args.job_id, follow=args.follow, attempt=args.attempt)
-    if end.get("status") in FINAL:
+    if end.get("status") in FINAL or end.get("status") == "abandoned":
         note(describe_end(end))
     return 0
 

@@ -33,9 +33,9 @@ class Settings:
     runner_pool: str
     """LEDGERCI_RUNNER_POOL: the pool a runner serves."""
     runner_slots: int
+    """LEDGERCI_RUNNER_SLOTS: how many jobs one runner runs at once."""
     max_log_bytes: int
     """LEDGERCI_MAX_LOG_BYTES: a job attempt's log is cut at this size (default 16 MiB), with a line saying so."""
-    """LEDGERCI_RUNNER_SLOTS: how many jobs one runner runs at once."""
     runner_id: str
     """LEDGERCI_RUNNER_ID: a runner's name in events (default host-pid)."""
     executor: str

@@ -22,6 +22,15 @@ class StreamError(Exception):
     pass
 
 
+class StreamRefused(StreamError):
+    """The gateway answered the stream's request with an error: its status and body."""
+
+    def __init__(self, status_code: int, body: object) -> None:
+        super().__init__(f"{status_code}: {body}")
+        self.status_code = status_code
+        self.body = body
+
+
 def parse(lines: Iterable[str]) -> Iterator[SseMessage | int]:
     """Messages from the lines of an event stream (the WHATWG rules, minus what we never send);
     a `retry:` field comes out as an int of milliseconds."""
@@ -56,7 +65,11 @@ def follow(http: httpx.Client, path: str, last_id: str | None = None,
             with http.stream("GET", path, headers=headers, timeout=httpx.Timeout(30, read=None)) as response:
                 if response.status_code >= 400:
                     response.read()
-                    raise StreamError(f"{response.status_code}: {response.text}")
+                    try:
+                        body = response.json()
+                    except ValueError:
+                        body = response.text
+                    raise StreamRefused(response.status_code, body)
                 for item in parse(response.iter_lines()):
                     if isinstance(item, int):
                         retry_seconds = item / 1000

@@ -114,10 +114,12 @@ def test_watch_exits_by_how_the_run_ended_and_earlier_attempts_logs_can_be_read(
     test_job = next(line.split() for line in shown.stdout.splitlines() if line.startswith("test "))
     assert test_job[:4] == ["test", "failed", "2", "-"]  # timed out twice: retried once
     job_id = test_job[4]
-    for attempt in ("1", "2"):
+    for attempt, closing in (("1", "attempt 1 abandoned"), ("2", "job failed")):
         log = cli("logs", job_id, "--attempt", attempt)
         assert (log.returncode, log.stdout) == (0, f"attempt {attempt}\n\nledgerci: timed out\n")
-        assert log.stderr.strip() == "job failed"  # the closing line, beside the output
+        assert log.stderr.strip() == closing  # the closing line, beside the output: of the attempt shown
+    first = cli("logs", "-f", job_id, "--attempt", "1")
+    assert first.stderr.strip() == "attempt 1 abandoned · timed out"
     followed = cli("logs", "-f", job_id)
     assert followed.stdout.startswith("attempt 2\n") and followed.stderr.strip().startswith("job failed · timed out")
     missing = cli("logs", job_id, "--attempt", "3")
@@ -174,6 +176,10 @@ def test_every_refusal_names_the_field_and_why(tenant, tmp_path: Path) -> None:
     assert relative.returncode == 1 and "has no scheme" in relative.stderr
     gone = cli("repo", "add", "gone", "--tenant", tenant_id, "--clone-url", f"file://{tmp_path}/nothing-here")
     assert gone.returncode == 1 and "no directory" in gone.stderr
+    both = cli("run", str(uuid.uuid4()), "--watch", "--as-of", "2")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr  # a usage error
+    streamed = cli("run", str(uuid.uuid4()), "--watch")  # a refused stream says why as the others do
+    assert streamed.returncode == 1 and streamed.stderr.startswith("ledgerci: 404: run ") and "{" not in streamed.stderr
     help_text = cli("push", "--help").stdout
     assert "40-hex commit SHA" in help_text and "on.branches" in help_text
     assert "--json" not in cli("logs", "--help").stdout  # accepted and ignored before: gone
@@ -222,6 +228,8 @@ def test_repositories_and_tenants_are_listed_shown_and_deleted(tenant, system: L
     assert "404: repository" in cli("push", "--repo", repository_id, "--commit", commit).stderr
     assert cli("run", run_id).returncode == 0  # the history stays readable
     assert cli("runs", "--repo", repository_id).stdout.count(run_id) == 1
+    rerun = cli("rerun", run_id)
+    assert rerun.returncode == 1 and "409" in rerun.stderr and "was deleted" in rerun.stderr
     assert repository_id not in cli("repo", "list").stdout
     reused = cli("repo", "add", repository_id, "--tenant", tenant_id, "--clone-url", f"file://{tmp_path}")
     assert reused.returncode == 1 and "409" in reused.stderr and "not reused" in reused.stderr
@@ -241,6 +249,9 @@ def test_audit_verify_asks_the_gateway_from_any_directory(tenant, tmp_path: Path
     assert admin("audit", "verify", "--all").returncode == 0
     store = cli("audit", "verify", run_id, "--store")  # no database here: said in a line
     assert store.returncode == 1 and "no event store at" in store.stderr and len(store.stderr.splitlines()) == 1
+    assert not (cli.cwd / ".ledgerci").exists()
+    rebuild = cli("projections", "rebuild", "--verify")  # the same for the other tool that reads the store
+    assert rebuild.returncode == 1 and "no event store at" in rebuild.stderr
     assert not (cli.cwd / ".ledgerci").exists()
 
 
