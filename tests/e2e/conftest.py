@@ -13,14 +13,8 @@ from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, request) -> Iterator[LedgerCluster]:
     """Every service as its own process on PostgreSQL and a real nats-server."""
     cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url)
-    cluster.base_dir.mkdir(parents=True)
-    try:
-        cluster.start_all()
+    with cluster.running():
         yield cluster
-    finally:
-        # Also when a service did not come up in time (a loaded machine): the ones that did
-        # would otherwise outlive the test, retrying a nats-server that is gone, for ever.
-        cluster.stop_all()
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         print(cluster.logs())
 

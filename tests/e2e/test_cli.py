@@ -53,12 +53,10 @@ def system(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresSe
     nats = NatsServer.create(ledgerci_servers_dir)
     cluster = LedgerCluster(tmp_path_factory.mktemp("cli") / "cluster", postgres_server.create_database(database),
                             nats.url)
-    cluster.base_dir.mkdir(parents=True)
     try:
-        cluster.start_all()
-        yield cluster
+        with cluster.running():
+            yield cluster
     finally:
-        cluster.stop_all()
         nats.destroy()
         postgres_server.drop_database(database)
 

@@ -268,12 +268,8 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, engine: docker
         # Half a core each: a fork bomb spinning cannot take the machine from the other jobs.
         "LEDGERCI_DOCKER_MAX_CPUS": "0.5",
     })
-    cluster.base_dir.mkdir(parents=True)
-    try:
-        cluster.start_all()
+    with cluster.running():
         yield cluster
-    finally:
-        cluster.stop_all()  # also when a service did not come up: nothing may outlive the test
 
 
 THREE_JOBS = f"""\

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -107,6 +109,18 @@ class LedgerCluster:
     def restart(self, name: str) -> None:
         self.kill(name)
         self.start(name)
+
+    @contextmanager
+    def running(self) -> Iterator[LedgerCluster]:
+        """Every service started, and stopped on the way out, also when one did not come up in
+        time (a loaded machine): the ones that did would otherwise outlive the test, retrying a
+        nats-server that is gone, for ever."""
+        self.base_dir.mkdir(parents=True)
+        try:
+            self.start_all()
+            yield self
+        finally:
+            self.stop_all()
 
     def stop_all(self) -> None:
         for process in self.processes.values():
