@@ -73,7 +73,7 @@ def main() -> None:
         )}
         keys = list(hops)
         for run_id in run_ids:
-            events = ledger.history(run_id)
+            events = ledger.audit.history(run_id)
             at = {}
             started_at, finished_at = [], []
             for event in events:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from uuid import UUID
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.messages import FinishJob, Heartbeat, StartJob
@@ -35,20 +36,20 @@ ADMIN = Principal("admin", None)
 
 
 def seed(ledger: LedgerApp, runs: int, heartbeats: int) -> UUID:
-    ledger.create_tenant("t", name="t", weight=1, max_concurrent_jobs=1, max_queued_runs=1,
+    ledger.registry.create_tenant("t", name="t", weight=1, max_concurrent_jobs=1, max_queued_runs=1,
                          pushes_per_minute=1, actor="bench")
-    ledger.register_repository("r", tenant_id="t", clone_url="file:///x", principal=ADMIN)
+    ledger.registry.register_repository("r", tenant_id="t", clone_url="file:///x", principal=ADMIN)
     for n in range(runs):
-        run = ledger.plan_run(ledger.push("r", f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
+        run = ledger.runs.plan_run(ledger.runs.push("r", f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
         for job in run.jobs:
             ids = {"run_id": str(run.id), "job_id": str(job.id), "attempt": 1, "runner_id": "x"}
-            ledger.start_job(StartJob(**ids))
-            ledger.finish_job(FinishJob(**ids, exit_code=0))
-    long_run = ledger.plan_run(ledger.push("r", "f" * 40, None, ADMIN).run_id, WORKFLOW)
+            ledger.runs.start_job(StartJob(**ids))
+            ledger.runs.finish_job(FinishJob(**ids, exit_code=0))
+    long_run = ledger.runs.plan_run(ledger.runs.push("r", "f" * 40, None, ADMIN).run_id, WORKFLOW)
     ids = {"run_id": str(long_run.id), "job_id": str(long_run.jobs[0].id), "attempt": 1, "runner_id": "x"}
-    ledger.start_job(StartJob(**ids))
+    ledger.runs.start_job(StartJob(**ids))
     for _ in range(heartbeats):
-        ledger.heartbeat(Heartbeat(**ids))
+        ledger.runs.heartbeat(Heartbeat(**ids))
     return long_run.id
 
 
@@ -81,28 +82,28 @@ def main() -> None:
         db = open_database(postgres.url)
         create_read_model_tables(db)
         long_run = seed(ledger, args.runs, args.heartbeats)
-        total = ledger.recorder.max_notification_id()
+        total = ledger.store.max_position()
         print(f"{args.runs} runs of 3 jobs and one run of {args.heartbeats} heartbeats: {total} events")
 
         def events_after(position: int, limit: int) -> list:
-            return list(ledger.events_after(position, limit))
+            return list(ledger.store.events_after(position, limit))
 
         history = timed("decode (read pages + mapper)", total,
-                        lambda: [item for page in ledger.history_pages(2000) for item in page])
+                        lambda: [item for page in ledger.store.history_pages(2000) for item in page])
         run_ids = {e.originator_id for _, e in history if type(e).__qualname__.startswith("Run.")}
         timed("replay (fold every run from its events)", total,
-              lambda: [ledger.replay_events_only(run_id) for run_id in run_ids])
+              lambda: [ledger.audit.replay_events_only(run_id) for run_id in run_ids])
         timed("rebuild into fresh tables + switch over", total, lambda: switch_over(db, events_after))
         found, _ = timed("verify (fresh tables vs live)", total, lambda: verify(db, events_after))  # type: ignore[misc]
         assert found == [], found
-        checked, broken = timed("audit verify --all (chain links)", total, ledger.verify_chain)  # type: ignore[misc]
+        checked, broken = timed("audit verify --all (chain links)", total, ledger.audit.verify_chain)  # type: ignore[misc]
         assert broken == [] and checked == total
         timed("apply only (RunsProjection.rebuild, decoded)", total,
               lambda: RunsProjection(db).rebuild([history]))
 
-        version = ledger.get_run(long_run, ADMIN).version
-        with_snapshots = median_ms(lambda: ledger.repository.get(long_run))
-        events_only = median_ms(lambda: ledger.replay_events_only(long_run))
+        version = ledger.runs.get_run(long_run, ADMIN).version
+        with_snapshots = median_ms(lambda: ledger.runs.load_run(long_run))
+        events_only = median_ms(lambda: ledger.audit.replay_events_only(long_run))
         print(f"long run of {version} events: load {with_snapshots:.2f} ms from its newest snapshot, "
               f"{events_only:.2f} ms from its events alone")
         db.close()

@@ -37,16 +37,17 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from commands.app import LedgerApp, RunOrigin, job_dispatch
+from commands.app import LedgerApp
 from commands.fair_share import Attempt, FairShare
 from commands.leadership import PING_EVERY_SECONDS, STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
+from commands.runs import RunOrigin, job_dispatch
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
 from commands.work_queue import Offered, WorkQueue
 from domain.messages import JobDispatch, dispatch_msg_id
 from domain.registry import Tenant
-from domain.run import Run
+from domain.run import ATTEMPT_ENDING_EVENTS, RUN_ENDING_EVENTS, Run
 from domain.workflow import JobSpec
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 # Consecutive failed steps (each retried after a pause) before the leader gives the lead up.
 MAX_FAILED_STEPS = 5
-ATTEMPT_ENDING_EVENTS = (Run.JobSucceeded, Run.JobFailed, Run.JobCancelled, Run.JobSkipped, Run.JobAttemptAbandoned)
-RUN_ENDING_EVENTS = (Run.RunSucceeded, Run.RunFailed, Run.RunCancelled, Run.RunSkipped)
 
 
 class UnfinishedJob(Protocol):
@@ -209,7 +208,7 @@ class AdmissionLeader:
 
     def _catch_up(self) -> int:
         self.leadership.keep_alive()
-        events = list(self.app.events_after(self.position, BATCH_SIZE))
+        events = list(self.app.store.events_after(self.position, BATCH_SIZE))
         for position, event in events:
             self._apply(event)
             self.position = position
@@ -247,20 +246,20 @@ class AdmissionLeader:
             self.origins.pop(run_id, None)
             self.specs.pop(run_id, None)
         elif isinstance(event, Tenant.TenantUpdated) and {"weight", "max_concurrent_jobs"} & event.changes.keys():
-            tenant = self.app.repository.get(event.originator_id)
-            if self.share.knows_tenant(tenant.tenant_id):  # else it is read when its first run comes
+            tenant = self.app.store.load(event.originator_id, Tenant)
+            # A tenant not known yet is read when its first run comes.
+            if tenant is not None and self.share.knows_tenant(tenant.tenant_id):
                 self._know_tenant(tenant.tenant_id, reload=True)
 
     def _route_from_store(self, run_id: UUID) -> None:
         """A run whose start we did not follow (requested before the takeover's snapshot)."""
-        run = self.app.repository.get(run_id)
-        assert isinstance(run, Run)
+        run = self.app.runs.load_run(run_id)
         self._know_tenant(run.tenant_id)
         self.share.route(str(run.id), run.tenant_id, {str(job.id): job.spec.pool for job in run.jobs})
 
     def _know_tenant(self, tenant_id: str, *, reload: bool = False) -> None:
         if reload or not self.share.knows_tenant(tenant_id):
-            tenant = self.app.get_tenant(tenant_id)
+            tenant = self.app.registry.get_tenant(tenant_id)
             self.share.set_tenant(tenant_id, weight=tenant.weight, max_concurrent_jobs=tenant.max_concurrent_jobs)
 
     # ----- deciding --------------------------------------------------------------------------
@@ -325,7 +324,7 @@ class AdmissionLeader:
                 continue
             # A run planned before the takeover: read it. None: no longer queued (cancelled,
             # expired), and the events saying so are on their way.
-            dispatch = self.app.dispatch_for(UUID(item.run_id), item.job_id, item.attempt)
+            dispatch = self.app.runs.dispatch_for(UUID(item.run_id), item.job_id, item.attempt)
             if dispatch is not None:
                 found.append((item, dispatch))
         return found

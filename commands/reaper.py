@@ -53,9 +53,9 @@ class Reaper:
 
     async def _act(self, item: Overdue) -> int:
         run_id = UUID(item.run_id)
-        command = {LEASE: self.app.mark_lost, TIMEOUT: self.app.enforce_timeout,
-                   QUEUE: self.app.expire_queued}[item.deadline]
-        before = await asyncio.to_thread(self.app.get_run_version, run_id)
+        command = {LEASE: self.app.runs.mark_lost, TIMEOUT: self.app.runs.enforce_timeout,
+                   QUEUE: self.app.runs.expire_queued}[item.deadline]
+        before = await asyncio.to_thread(self.app.runs.get_run_version, run_id)
         run = await asyncio.to_thread(command, run_id, item.job_id, item.attempt, actor=self.actor)
         if run.version == before:
             return 0

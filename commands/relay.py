@@ -75,7 +75,7 @@ class Relay:
         return len(events)
 
     def _read_batch(self) -> list[tuple[int, Any]]:
-        return list(self.app.events_after(self.position, BATCH_SIZE))
+        return list(self.app.store.events_after(self.position, BATCH_SIZE))
 
     async def _publish_batch(self, events: list[tuple[int, Any]]) -> None:
         # Pipelined: every publish names the sequence it must follow, so if one fails all

@@ -16,8 +16,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from commands.app import CommandResult, LedgerApp
+from commands.app import LedgerApp
 from commands.metrics import observe_claimed, observe_finished
+from commands.runs import CommandResult
 from commands.secrets import SecretBook
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
@@ -53,19 +54,19 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event,
 
     async def on_start(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=StartJob)
-        spawn(message, lambda: book.seal_for_claim(command, _observed(app.start_job(command), observe_claimed)))
+        spawn(message, lambda: book.seal_for_claim(command, _observed(app.runs.start_job(command), observe_claimed)))
 
     async def on_heartbeat(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=Heartbeat)
-        spawn(message, lambda: app.heartbeat(command))
+        spawn(message, lambda: app.runs.heartbeat(command))
 
     async def on_finish(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=FinishJob)
-        spawn(message, lambda: _observed(app.finish_job(command), observe_finished))
+        spawn(message, lambda: _observed(app.runs.finish_job(command), observe_finished))
 
     async def on_hand_back(message: Msg) -> None:
         command = msgspec.json.decode(message.data, type=HandBack)
-        spawn(message, lambda: app.hand_back(command))
+        spawn(message, lambda: app.runs.hand_back(command))
 
     subscriptions = [
         await nc.subscribe(HAND_BACK_SUBJECT, queue=COMMAND_QUEUE_GROUP, cb=on_hand_back),

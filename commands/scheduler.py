@@ -46,12 +46,13 @@ class Planner:
                 requested["repository_id"], requested["clone_url"], requested["commit"], WORKFLOW_PATH
             )
         except CommitNotFoundError as missing:
-            return self.app.fail_run_before_start(run_id, str(missing))
+            return self.app.runs.fail_run_before_start(run_id, str(missing))
         except GitError as failed:
             # Unreachable repository: the run fails and says why; a later push retries.
-            return self.app.fail_run_before_start(run_id, f"could not read the repository: {failed}")
+            return self.app.runs.fail_run_before_start(run_id, f"could not read the repository: {failed}")
         summary = self.mirrors.commit_summary(requested["repository_id"], requested["commit"])
-        return self.app.plan_run(run_id, workflow_file, commit=(summary.subject, summary.author) if summary else None)
+        commit = (summary.subject, summary.author) if summary else None
+        return self.app.runs.plan_run(run_id, workflow_file, commit=commit)
 
 
 async def run_planner(

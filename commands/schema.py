@@ -50,10 +50,10 @@ BEGIN SELECT RAISE(ABORT, '{table} is append-only: DELETE refused'); END;
 
 def create_event_store(app: EventStoreApp, database_url: str) -> None:
     """Create the events and snapshots tables if missing, and make the events append-only."""
-    app.recorder.create_table()  # type: ignore[attr-defined]
-    if app.snapshots is not None:
-        app.snapshots.recorder.create_table()  # type: ignore[attr-defined]
-    table: str = app.recorder.events_table_name  # type: ignore[attr-defined]
+    app.store.recorder.create_table()  # type: ignore[attr-defined]
+    if app.store.snapshots is not None:
+        app.store.snapshots.recorder.create_table()  # type: ignore[attr-defined]
+    table: str = app.store.recorder.events_table_name  # type: ignore[attr-defined]
     if is_postgres(database_url):
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(sql.SQL(_POSTGRES_GUARD).format(
@@ -71,7 +71,7 @@ def grant_service_role(app: EventStoreApp, database_url: str, role: str) -> None
     """Give the services' role what it needs and no more (PostgreSQL only)."""
     if not is_postgres(database_url):
         raise ValueError("--grant needs PostgreSQL: SQLite has no roles")
-    events = sql.Identifier(app.recorder.events_table_name)  # type: ignore[attr-defined]
+    events = sql.Identifier(app.store.recorder.events_table_name)  # type: ignore[attr-defined]
     grantee = sql.Identifier(role)
     with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(grantee))

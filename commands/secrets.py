@@ -13,9 +13,10 @@ from typing import NamedTuple
 from uuid import UUID
 
 import msgspec
-from eventsourcing.persistence import IntegrityError
 
-from commands.app import MAX_DECISION_ATTEMPTS, CommandResult, ConcurrencyError, LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
+from commands.runs import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
 from domain.registry import SecretHolder, StoredSecret
@@ -69,23 +70,16 @@ class SecretBook:
     def _owner(self, scope: Scope, owner_id: str, principal: Principal) -> SecretHolder:
         """The tenant or repository, if the principal may see it (else 404, as if absent)."""
         if scope is Scope.REPOSITORY:
-            return self.app.get_repository(owner_id, principal)
+            return self.app.registry.get_repository(owner_id, principal)
         if not principal.can_see(owner_id):
             raise TenantNotFoundError(f"tenant {owner_id!r} not found")
-        return self.app.get_tenant(owner_id)
+        return self.app.registry.get_tenant(owner_id)
 
     def _change(self, scope: Scope, owner_id: str, principal: Principal,
                 decide: Callable[[SecretHolder], bool]) -> SecretHolder:
-        for _ in range(MAX_DECISION_ATTEMPTS):
-            holder = self._owner(scope, owner_id, principal)
-            if not decide(holder):
-                return holder
-            try:
-                self.app.save(holder)
-            except IntegrityError:
-                continue  # changed meanwhile (a quota, another secret): decide again
-            return holder
-        raise ConcurrencyError(f"{scope.value} {owner_id!r}: too many concurrent changes")
+        # Changed meanwhile (a quota, another secret): the store decides again on what is there.
+        return self.app.store.decide(lambda: self._owner(scope, owner_id, principal), decide,
+                                     f"{scope.value} {owner_id!r}")
 
     def _keyring(self) -> Keyring:
         if self.keyring is None:
@@ -107,7 +101,7 @@ class SecretBook:
         # Most jobs list no secrets: a fresh claim's changed job says so without reading the run.
         if result.changed is not None and not result.changed.spec.secrets:
             return result
-        run = self.app.get_run(UUID(command.run_id), _SERVICE)
+        run = self.app.runs.get_run(UUID(command.run_id), _SERVICE)
         job = run.job(command.job_id)
         if not job.spec.secrets:
             return result
@@ -123,9 +117,9 @@ class SecretBook:
         if command.seal_to is None:
             raise SecretsUnavailableError("this runner sent no key to seal secrets to; it predates secrets")
         keyring = self._keyring()
-        tenant = self.app.get_tenant(run.tenant_id)
+        tenant = self.app.registry.get_tenant(run.tenant_id)
         try:
-            repository = self.app.get_repository(run.repository_id, _SERVICE)
+            repository = self.app.registry.get_repository(run.repository_id, _SERVICE)
         except RepositoryNotFoundError:  # deleted while the run went on: its secrets went with it
             raise SecretsUnavailableError(f"repository {run.repository_id} was deleted, its secrets too") from None
         chosen, missing = for_job(

@@ -167,9 +167,12 @@ class Token(Aggregate):
             actor=actor,
         )
 
-    def revoke(self, at: datetime, actor: str) -> None:
-        if not self.revoked:
-            self.trigger_event(self.TokenRevoked, timestamp=at, actor=actor)
+    def revoke(self, at: datetime, actor: str) -> bool:
+        """Idempotent: revoking a revoked token changes nothing."""
+        if self.revoked:
+            return False
+        self.trigger_event(self.TokenRevoked, timestamp=at, actor=actor)
+        return True
 
     class TokenRevoked(Aggregate.Event):
         actor: str

@@ -22,18 +22,18 @@ from eventsourcing.domain import Aggregate
 
 from domain.errors import InvalidTransitionError, StaleAttemptError
 from domain.ids import job_id_for
-from domain.status import JobStatus, RunStatus
+from domain.status import Abandonment, JobStatus, RunStatus
 from domain.workflow import JobSpec
 
 DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 3600.0
 # The reasons a job fails without an exit code of its own, as users read them.
-RUNNER_LOST = "runner lost"
-TIMED_OUT = "timed out"
+RUNNER_LOST = Abandonment.RUNNER_LOST.reason
+TIMED_OUT = Abandonment.TIMED_OUT.reason
 NOT_PICKED_UP = "not picked up"
 # Not a failure: the runner was told to stop and gave the attempt back; the job runs again
 # as its next attempt without using one of its retries.
-RUNNER_STOPPED = "runner stopped"
+RUNNER_STOPPED = Abandonment.RUNNER_STOPPED.reason
 
 
 @dataclass
@@ -266,7 +266,7 @@ class Run(Aggregate):
         actor = f"runner:{runner_id}"
         self.trigger_event(
             self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=attempt,
-            reason=RUNNER_STOPPED, actor=actor,
+            reason=RUNNER_STOPPED, kind=Abandonment.RUNNER_STOPPED.value, actor=actor,
         )
         self._queue(job, job.attempt + 1, at, actor)
         return True
@@ -274,20 +274,20 @@ class Run(Aggregate):
     def mark_lost(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
         """The attempt's lease has passed: its runner is presumed dead. No-op otherwise."""
         job = self.job(job_id)
-        return self._abandon_if_past(job, attempt, job.lease_expires_at, RUNNER_LOST, at, actor)
+        return self._abandon_if_past(job, attempt, job.lease_expires_at, Abandonment.RUNNER_LOST, at, actor)
 
     def enforce_timeout(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
         """The attempt ran past its deadline and nobody reported it: it timed out."""
         job = self.job(job_id)
-        return self._abandon_if_past(job, attempt, job.timeout_at, TIMED_OUT, at, actor)
+        return self._abandon_if_past(job, attempt, job.timeout_at, Abandonment.TIMED_OUT, at, actor)
 
     def _abandon_if_past(
-        self, job: Job, attempt: int, deadline: datetime | None, reason: str, at: datetime, actor: str
+        self, job: Job, attempt: int, deadline: datetime | None, kind: Abandonment, at: datetime, actor: str
     ) -> bool:
         # Checked against the events, whatever the caller's (possibly stale) view said.
         if not job.holds(attempt) or deadline is None or at < deadline:
             return False
-        self._abandon(job, reason, at, actor)
+        self._abandon(job, kind, at, actor)
         return True
 
     def expire_queued(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
@@ -341,7 +341,7 @@ class Run(Aggregate):
         self._check_holder(job, attempt, runner_id)
         actor = f"runner:{runner_id}"
         if timed_out:
-            self._abandon(job, TIMED_OUT, at, actor)
+            self._abandon(job, Abandonment.TIMED_OUT, at, actor)
         elif exit_code == 0 and error is None:
             self.trigger_event(
                 self.JobSucceeded, timestamp=at, job_id=str(job.id), attempt=attempt,
@@ -367,11 +367,12 @@ class Run(Aggregate):
         if not job.holds(attempt) or job.runner_id != runner_id:
             raise StaleAttemptError(f"job {job.name} attempt {attempt} is not held by {runner_id}")
 
-    def _abandon(self, job: Job, reason: str, at: datetime, actor: str) -> None:
+    def _abandon(self, job: Job, kind: Abandonment, at: datetime, actor: str) -> None:
         """An attempt ended without a result of its own: retry while `retries` allow."""
+        reason = kind.reason
         self.trigger_event(
             self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=job.attempt,
-            reason=reason, actor=actor,
+            reason=reason, kind=kind.value, actor=actor,
         )
         if job.attempt - job.handed_back <= job.spec.retries:
             self._queue(job, job.attempt + 1, at, actor)
@@ -530,16 +531,25 @@ class Run(Aggregate):
     class JobAttemptAbandoned(Aggregate.Event):
         """An attempt ended without a result of its own (runner lost, timed out)."""
 
+        # v2 records the kind (an Abandonment) beside the reason users read: replay acts on it.
+        class_version = 2
+
         job_id: str
         attempt: int
         reason: str
+        kind: str
         actor: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # v1 had the reason alone, and only these three wordings of it were ever written.
+            state["kind"] = {kind.reason: kind.value for kind in Abandonment}[state["reason"]]
 
         def apply(self, run: Run) -> None:
             job = run.job(self.job_id)
             job.error = self.reason
             job.lease_expires_at = None
-            if self.reason == RUNNER_STOPPED:
+            if self.kind == Abandonment.RUNNER_STOPPED:
                 job.handed_back += 1
 
     class JobCancelled(Aggregate.Event):
@@ -601,3 +611,8 @@ RUN_EVENT_TYPES = frozenset(
     name for name, member in vars(Run).items()
     if isinstance(member, type) and issubclass(member, Aggregate.Event) and name not in ("Created", "Event")
 )
+
+# The events after which a job's attempt is over (its runner slot is free, its log complete).
+# JobSkipped ends a job that never had an attempt (attempt 0).
+ATTEMPT_ENDING_EVENTS = (Run.JobSucceeded, Run.JobFailed, Run.JobCancelled, Run.JobSkipped, Run.JobAttemptAbandoned)
+RUN_ENDING_EVENTS = (Run.RunSucceeded, Run.RunFailed, Run.RunCancelled, Run.RunSkipped)

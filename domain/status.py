@@ -17,6 +17,20 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+class Abandonment(StrEnum):
+    """Why an attempt ended without a result of its own. Replay acts on this (a stopping
+    runner's hand-back uses no retry), never on the reason's wording, which is for people."""
+
+    RUNNER_LOST = "runner_lost"
+    TIMED_OUT = "timed_out"
+    RUNNER_STOPPED = "runner_stopped"
+
+    @property
+    def reason(self) -> str:
+        """What users read: `runner lost`, `timed out`, `runner stopped`."""
+        return self.value.replace("_", " ")
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"

@@ -57,7 +57,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
     logs = LogReader(deps.nc.jetstream(), LogArchive(deps.queries.db))
     control = Control(deps.nc)
     secret_book = deps.secret_book or SecretBook(deps.ledger, None)
-    authenticator = Authenticator(deps.ledger, deps.admin_token)
+    authenticator = Authenticator(deps.ledger.registry, deps.admin_token)
     streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
     presence = RunnerPresenceView()
     registry = RegistryQueries(deps.queries.db)
@@ -86,7 +86,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             status_code=200 if ready else HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    metrics = SystemMetrics(LoadQueries(deps.queries.db), deps.ledger.recorder.max_notification_id,
+    metrics = SystemMetrics(LoadQueries(deps.queries.db), deps.ledger.store.max_position,
                             deps.nc.jetstream())
 
     @get("/metrics", opt={"public": True}, operation_id="metrics", tags=["health"], media_type=CONTENT_TYPE)

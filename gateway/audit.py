@@ -28,7 +28,7 @@ def _report(checked: int, broken: list[Broken], seconds: float) -> AuditReport:
 
 async def _verify(ledger: LedgerApp, aggregate_id: UUID | None) -> AuditReport:
     started = time.perf_counter()
-    checked, broken = await blocking(ledger.verify_chain, aggregate_id)
+    checked, broken = await blocking(ledger.audit.verify_chain, aggregate_id)
     return _report(checked, broken, time.perf_counter() - started)
 
 
@@ -39,7 +39,7 @@ class AuditController(Controller):
     @get("/runs/{run_id:str}/audit", operation_id="verifyRunChain", responses=errors(404))
     async def verify_run(self, request: Request, run_id: str, ledger: LedgerApp) -> AuditReport:
         """Recompute the run's chain of events; `broken` names the first event that breaks it."""
-        run = await blocking(ledger.get_run, uuid_or_not_found(run_id), principal_of(request))
+        run = await blocking(ledger.runs.get_run, uuid_or_not_found(run_id), principal_of(request))
         return await _verify(ledger, run.id)
 
     @get("/audit", operation_id="verifyEveryChain", guards=[require_admin], responses=errors(403))

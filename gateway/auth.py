@@ -8,7 +8,8 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
-from commands.app import LedgerApp, Principal
+from commands.principal import Principal
+from commands.registry import Registry
 from domain.ids import token_aggregate_id
 from gateway.blocking import blocking
 
@@ -16,8 +17,8 @@ ADMIN = Principal(name="admin", tenant_id=None)
 
 
 class Authenticator:
-    def __init__(self, app: LedgerApp, admin_token: str) -> None:
-        self.app = app
+    def __init__(self, registry: Registry, admin_token: str) -> None:
+        self.registry = registry
         self.admin_token = admin_token
 
     async def principal(self, authorization: str | None) -> Principal:
@@ -27,7 +28,7 @@ class Authenticator:
             raise NotAuthorizedException("a bearer token is required (Authorization: Bearer ...)")
         if self.admin_token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
             return ADMIN
-        tenant_id = await blocking(self.app.tenant_of_token, token)
+        tenant_id = await blocking(self.registry.tenant_of_token, token)
         if tenant_id is None:
             raise NotAuthorizedException("invalid or revoked token")
         # The actor recorded in events: the tenant, and which of its tokens (an auditor finds

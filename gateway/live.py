@@ -17,7 +17,8 @@ from litestar import Controller, Request, WebSocket, get, websocket
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from domain.errors import DomainError, RunNotFoundError
 from gateway.auth import Authenticator
 from gateway.blocking import blocking
@@ -41,7 +42,7 @@ def _uuid(value: str) -> UUID:
 
 
 async def authorized_run(ledger: LedgerApp, principal: Principal, run_id: str) -> UUID:
-    run = await blocking(ledger.get_run, _uuid(run_id), principal)  # 404 for another tenant's
+    run = await blocking(ledger.runs.get_run, _uuid(run_id), principal)  # 404 for another tenant's
     return run.id
 
 

@@ -34,7 +34,7 @@ def explain_quota(run: RunView, queries: RunQueries, ledger: LedgerApp) -> None:
     waiting = [job for job in run.jobs if job.status == "queued" and job.waiting is None]
     if not waiting:
         return
-    quota = ledger.get_tenant(run.tenant_id).max_concurrent_jobs
+    quota = ledger.registry.get_tenant(run.tenant_id).max_concurrent_jobs
     running = queries.running_jobs(run.tenant_id)
     if running >= quota:
         for job in waiting:

@@ -45,7 +45,7 @@ class RepositoriesController(Controller):
         if not principal_of(request).can_see(data.tenant_id):  # before the path check: it tells nothing
             raise TenantNotFoundError(f"tenant {data.tenant_id!r} not found")
         _check_local(data.clone_url)
-        repository = await blocking(ledger.register_repository, data.id, tenant_id=data.tenant_id,
+        repository = await blocking(ledger.registry.register_repository, data.id, tenant_id=data.tenant_id,
                                     clone_url=data.clone_url, principal=principal_of(request))
         return _response(repository)
 
@@ -60,10 +60,10 @@ class RepositoriesController(Controller):
     @get("/{repository_id:str}", operation_id="getRepository", responses=errors(404))
     async def get_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> RepositoryResponse:
         """One repository, read from its own history (current the moment it is registered)."""
-        return _response(await blocking(ledger.get_repository, repository_id, principal_of(request)))
+        return _response(await blocking(ledger.registry.get_repository, repository_id, principal_of(request)))
 
     @delete("/{repository_id:str}", operation_id="deleteRepository", responses=errors(404))
     async def delete_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> None:
         """Stop taking pushes for the repository and drop its secrets; its runs stay readable.
         Its id is not registered again (run ids derive from it)."""
-        await blocking(ledger.delete_repository, repository_id, principal_of(request))
+        await blocking(ledger.registry.delete_repository, repository_id, principal_of(request))

@@ -11,7 +11,8 @@ from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from domain.errors import InvalidFilterError, RunNotFoundError, TokenNotFoundError
 from domain.ids import token_aggregate_id
 from domain.registry import Tenant
@@ -77,7 +78,7 @@ class PushController(Controller):
 
         429 with Retry-After when the tenant is over its push rate or its queued-runs quota."""
         result = await blocking(
-            ledger.push, data.repository_id, data.commit, data.ref, principal_of(request),
+            ledger.runs.push, data.repository_id, data.commit, data.ref, principal_of(request),
             lambda tenant: admission.admit(tenant, ledger.clock()),
         )
         status = HTTP_200_OK if result.duplicate else HTTP_202_ACCEPTED
@@ -96,7 +97,7 @@ class AdminController(Controller):
     ) -> TenantResponse:
         """Create a tenant with its weight and quotas (admin only)."""
         tenant = await blocking(
-            ledger.create_tenant,
+            ledger.registry.create_tenant,
             data.id,
             name=data.name or data.id,
             weight=data.weight,
@@ -106,7 +107,7 @@ class AdminController(Controller):
             actor=principal_of(request).name,
         )
         if data.pools is not None:  # recorded as a change right after: the created event keeps its shape
-            tenant = await blocking(ledger.update_tenant, data.id, {"pools": data.pools},
+            tenant = await blocking(ledger.registry.update_tenant, data.id, {"pools": data.pools},
                                     actor=principal_of(request).name)
         return tenant_response(tenant)
 
@@ -119,7 +120,7 @@ class AdminController(Controller):
     @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin], responses=errors(403, 404))
     async def get_tenant(self, tenant_id: str, ledger: LedgerApp) -> TenantResponse:
         """A tenant's weight and quotas (admin only)."""
-        return tenant_response(await blocking(ledger.get_tenant, tenant_id))
+        return tenant_response(await blocking(ledger.registry.get_tenant, tenant_id))
 
     @patch("/tenants/{tenant_id:str}", operation_id="updateTenant", guards=[require_admin],
            responses=errors(403, 404, 413))
@@ -128,7 +129,7 @@ class AdminController(Controller):
     ) -> TenantResponse:
         """Change a tenant's name, weight or quotas (admin only); recorded as an event."""
         changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
-        tenant = await blocking(ledger.update_tenant, tenant_id, changes, actor=principal_of(request).name)
+        tenant = await blocking(ledger.registry.update_tenant, tenant_id, changes, actor=principal_of(request).name)
         return tenant_response(tenant)
 
     @delete("/tenants/{tenant_id:str}/tokens/{token_id:str}", operation_id="revokeTenantToken",
@@ -140,13 +141,13 @@ class AdminController(Controller):
         except ValueError:  # Litestar's own `uuid` path type would answer a bare "Not Found"
             raise TokenNotFoundError(f"tenant {tenant_id!r} has no token {token_id!r}: a token id is a UUID, "
                                      "as printed when the token was issued") from None
-        await blocking(ledger.revoke_token, tenant_id, token_uuid, actor=principal_of(request).name)
+        await blocking(ledger.registry.revoke_token, tenant_id, token_uuid, actor=principal_of(request).name)
 
     @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
           status_code=HTTP_201_CREATED, responses=errors(403, 404))
     async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
         """Issue a tenant token. It is shown once; only its digest is stored."""
-        token = await blocking(ledger.issue_token, tenant_id, actor=principal_of(request).name)
+        token = await blocking(ledger.registry.issue_token, tenant_id, actor=principal_of(request).name)
         return TokenResponse(tenant_id=tenant_id, token=token, token_id=str(token_aggregate_id(token)))
 
 
@@ -168,7 +169,7 @@ class RunsController(Controller):
     ) -> RunPage:
         """The caller's runs, newest first. An unknown `repository_id` answers 404, not an empty page."""
         if repository_id is not None:
-            await blocking(ledger.get_repository, repository_id, principal_of(request), deleted=True)
+            await blocking(ledger.registry.get_repository, repository_id, principal_of(request), deleted=True)
         page = await blocking(
             queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
             status=status, limit=limit, cursor=cursor,
@@ -186,9 +187,9 @@ class RunsController(Controller):
         time) replays the run's events up to that point instead of reading the read model."""
         if as_of is not None:
             version, at = parse_as_of(as_of)
-            run = await blocking(ledger.run_as_of, uuid_or_not_found(run_id), principal_of(request),
+            run = await blocking(ledger.audit.run_as_of, uuid_or_not_found(run_id), principal_of(request),
                                  version=version, at=at)
-            return run_as_of_view(run, await blocking(ledger.get_run_version, run.id))
+            return run_as_of_view(run, await blocking(ledger.runs.get_run_version, run.id))
         view = await blocking(queries.get_run, uuid_or_not_found(run_id), principal_of(request).tenant_id)
         if view is None:
             raise RunNotFoundError(f"run {run_id} not found")
@@ -200,7 +201,8 @@ class RunsController(Controller):
     async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
         """Cancel queued jobs and stop the running one (its runner is told at once). `cancelled`
         is false when the run had ended already (`status` says how): nothing was changed."""
-        run, running, cancelled = await blocking(ledger.cancel_run, uuid_or_not_found(run_id), principal_of(request))
+        run, running, cancelled = await blocking(ledger.runs.cancel_run, uuid_or_not_found(run_id),
+                                                 principal_of(request))
         if running is not None:
             await control.stop(str(running.id), running.attempt)
         return CancelResponse(run_id=str(run.id), status=run.status.value, cancelled=cancelled)
@@ -209,8 +211,8 @@ class RunsController(Controller):
           responses=errors(404, 409))
     async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
         """A new run of the same commit."""
-        new_run_id = await blocking(ledger.rerun, uuid_or_not_found(run_id), principal_of(request))
-        new_run = await blocking(ledger.get_run, new_run_id, principal_of(request))
+        new_run_id = await blocking(ledger.runs.rerun, uuid_or_not_found(run_id), principal_of(request))
+        new_run = await blocking(ledger.runs.get_run, new_run_id, principal_of(request))
         return RerunResponse(run_id=str(new_run_id), rerun_of=uuid_or_not_found(run_id), rerun=new_run.rerun)
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents", responses=errors(404))
@@ -224,8 +226,8 @@ class RunsController(Controller):
         if type is not None and type not in RUN_EVENT_TYPES:
             known = ", ".join(sorted(RUN_EVENT_TYPES))
             raise InvalidFilterError(f"type {type!r} is not an event type; one of: {known}")
-        run = await blocking(ledger.get_run, uuid_or_not_found(run_id), principal_of(request))
-        events = await blocking(ledger.history, run.id)
+        run = await blocking(ledger.runs.get_run, uuid_or_not_found(run_id), principal_of(request))
+        events = await blocking(ledger.audit.history, run.id)
         if job_id is not None:
             job = next((j for j in run.jobs if job_id in (str(j.id), j.name)), None)
             if job is None:

@@ -138,7 +138,7 @@ class Streams:
         try:
             sent = last_seen
             if sent is None:  # a new client: the state now comes first
-                run = await asyncio.to_thread(self.ledger.repository.get, run_id)
+                run = await asyncio.to_thread(self.ledger.runs.load_run, run_id)
                 yield _run_message(run, None)
                 sent = run.version
                 if run.status.is_final:
@@ -205,7 +205,7 @@ class Streams:
             return
         # An earlier attempt always ended without a result of its own (a result ends the job):
         # its runner was lost or stopped, or it timed out. The run's history says which.
-        history = await asyncio.to_thread(self.ledger.history, run_id)
+        history = await asyncio.to_thread(self.ledger.audit.history, run_id)
         reason = next((event.data.get("reason") for event in history if event.type == "JobAttemptAbandoned"
                        and event.data.get("job_id") == job_id and event.data.get("attempt") == attempt), None)
         yield StreamMessage(event="end", data=_json(JobEnded(status="abandoned", exit_code=None, error=reason)))
@@ -246,10 +246,10 @@ class Streams:
         """A message per change after `version` (made as the run advances: it is one object),
         each with the `end` message when that change ended the run."""
         return [(_run_message(run, event), _run_end(run) if run.status.is_final else None)
-                for event, run in self.ledger.changes_after(run_id, version)]
+                for event, run in self.ledger.audit.changes_after(run_id, version)]
 
     async def _job(self, run_id: UUID, job_id: str) -> Job:
-        run = await asyncio.to_thread(self.ledger.repository.get, run_id)
+        run = await asyncio.to_thread(self.ledger.runs.load_run, run_id)
         return run.job(job_id)
 
 

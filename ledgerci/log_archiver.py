@@ -27,7 +27,7 @@ class LogArchiver:
     async def archive_pending(self) -> int:
         """Archive the attempts ended in the next page of events; the number of events read."""
         position = await asyncio.to_thread(self.archive.position)
-        events = await asyncio.to_thread(lambda: list(self.ledger.events_after(position, PAGE)))
+        events = await asyncio.to_thread(lambda: list(self.ledger.store.events_after(position, PAGE)))
         for job_id, attempt in ended_attempts(events):
             content = await read_live_log(self.js, job_id, attempt)
             await asyncio.to_thread(self.archive.put, job_id, attempt, content)

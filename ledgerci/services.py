@@ -23,12 +23,13 @@ from docker.errors import DockerException
 from nats.aio.client import Client as NATS
 
 from commands.admission import run_admission
-from commands.app import LedgerApp, Timing
+from commands.app import LedgerApp
 from commands.dead_letter import serve_dead_letters
 from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
+from commands.runs import Timing
 from commands.scheduler import run_planner
 from commands.schema import create_event_store, grant_service_role
 from commands.secrets import SecretBook
@@ -45,7 +46,7 @@ from ledgerci.log_archiver import LogArchiver
 from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
-from projections.log_archive import ATTEMPT_ENDING_EVENTS, LogArchive
+from projections.log_archive import ATTEMPT_ENDING_EVENT_NAMES, LogArchive
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.rebuild import switch_over
 from projections.rebuild import verify as verify_read_models
@@ -157,7 +158,7 @@ async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: async
 def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
     """SQLite has no NOTIFY: saves made in this process wake the relay directly."""
     loop = asyncio.get_running_loop()
-    ledger.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
+    ledger.store.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
 
 
 async def wake_on_published_events(nc: NATS, wake: asyncio.Event,
@@ -192,14 +193,15 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     projection = RunsProjection(db)
 
     async def step() -> int:
-        return await asyncio.to_thread(projection.catch_up, lambda position: list(ledger.events_after(position, 500)))
+        return await asyncio.to_thread(projection.catch_up,
+                                       lambda position: list(ledger.store.events_after(position, 500)))
 
     # The log archiver shares the process: it follows the same history, woken only by the
     # events that end an attempt.
     archiver = LogArchiver(ledger, nc.jetstream(), LogArchive(db))
     archive_wake = asyncio.Event()
     await wake_on_published_events(nc, wake)
-    for event_type in ATTEMPT_ENDING_EVENTS:
+    for event_type in ATTEMPT_ENDING_EVENT_NAMES:
         await wake_on_published_events(nc, archive_wake, events_of_type(event_type))
     async with asyncio.TaskGroup() as group:
         group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
@@ -341,7 +343,7 @@ async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
         started = time.perf_counter()
 
         def events_after(position: int, limit: int) -> list:
-            return list(ledger.events_after(position, limit))
+            return list(ledger.store.events_after(position, limit))
 
         if verify:
             found, position = await asyncio.to_thread(verify_read_models, db, events_after)
@@ -360,7 +362,7 @@ async def verify_audit_chain(settings: Settings, run_id: UUID | None) -> int:
     """`ledgerci audit verify [RUN_ID|--all]`: 0 when every chain is intact, 1 otherwise."""
     async with store(settings, migrate_schema=False) as (ledger, _):
         started = time.perf_counter()
-        checked, broken = await asyncio.to_thread(ledger.verify_chain, run_id)
+        checked, broken = await asyncio.to_thread(ledger.audit.verify_chain, run_id)
         elapsed = time.perf_counter() - started
         for found in broken:
             print(f"BROKEN {found}")

@@ -12,10 +12,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.run import ATTEMPT_ENDING_EVENTS
 from projections.sql import Database
 
 # The events after which nothing more is logged for an attempt.
-ATTEMPT_ENDING_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobAttemptAbandoned"})
+# By name: the projector reads events decoded from the store, the archiver's wake-ups by subject.
+ATTEMPT_ENDING_EVENT_NAMES = frozenset(event.__name__ for event in ATTEMPT_ENDING_EVENTS)
 
 
 class LogArchive:
@@ -52,6 +54,6 @@ def ended_attempts(events: Iterable[tuple[int, Any]]) -> list[tuple[str, int]]:
     """(job id, attempt) of every attempt that ended in these events, in order."""
     ended = []
     for _, event in events:
-        if type(event).__name__ in ATTEMPT_ENDING_EVENTS and getattr(event, "attempt", 0) >= 1:
+        if type(event).__name__ in ATTEMPT_ENDING_EVENT_NAMES and getattr(event, "attempt", 0) >= 1:
             ended.append((str(event.job_id), int(event.attempt)))
     return ended

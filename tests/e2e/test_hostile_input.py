@@ -20,7 +20,8 @@ import pytest
 from litestar.exceptions import NotAuthorizedException
 
 import gateway.auth
-from commands.app import LedgerApp
+from commands.app import utc_now
+from commands.registry import Registry
 from domain.ids import LEDGERCI_NAMESPACE, token_aggregate_id
 from domain.registry import Token
 from gateway.auth import ADMIN, Authenticator
@@ -217,7 +218,7 @@ def test_an_almost_right_token_is_refused(admin: Api):
 
 
 class TenantTokens:
-    """The ledger, as the authenticator sees it: which tenant a token belongs to."""
+    """The registry, as the authenticator sees it: which tenant a token belongs to."""
 
     def __init__(self, known: dict[str, str]) -> None:
         self.known = known
@@ -257,10 +258,10 @@ def test_a_tenant_token_is_found_by_the_digest_of_all_of_it():
     loaded: list[tuple[object, type]] = []
 
     class Store:
-        def _load(self, aggregate_id: object, kind: type) -> None:
+        def load(self, aggregate_id: object, kind: type) -> None:
             loaded.append((aggregate_id, kind))
 
-    assert LedgerApp.tenant_of_token(Store(), "lci_abcdef") is None  # type: ignore[arg-type]
+    assert Registry(Store(), utc_now).tenant_of_token("lci_abcdef") is None  # type: ignore[arg-type]
 
     digest = hashlib.sha256(b"lci_abcdef").hexdigest()
     assert loaded == [(uuid5(LEDGERCI_NAMESPACE, f"token\n{digest}"), Token)]

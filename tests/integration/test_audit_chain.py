@@ -19,7 +19,8 @@ import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import AlreadyExistsError
@@ -51,19 +52,19 @@ def open_app(url: str, key: bytes = b"k1") -> LedgerApp:
 def ran_a_run(app: LedgerApp, commit: str = "a" * 40, heartbeats: int = 2) -> UUID:
     """A run with two jobs: the first succeeds after some heartbeats, the second fails."""
     with contextlib.suppress(AlreadyExistsError):
-        app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
+        app.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
                           pushes_per_minute=10, actor="admin")
     with contextlib.suppress(AlreadyExistsError):
-        app.register_repository("web", tenant_id="acme", clone_url="file:///x", principal=ADMIN)
-    run_id = app.push("web", commit, "refs/heads/main", ADMIN).run_id
-    app.plan_run(run_id, WORKFLOW)
+        app.registry.register_repository("web", tenant_id="acme", clone_url="file:///x", principal=ADMIN)
+    run_id = app.runs.push("web", commit, "refs/heads/main", ADMIN).run_id
+    app.runs.plan_run(run_id, WORKFLOW)
     for index, exit_code in enumerate((0, 1)):
-        job = app.get_run(run_id, ADMIN).jobs[index]
+        job = app.runs.get_run(run_id, ADMIN).jobs[index]
         ids = {"run_id": str(run_id), "job_id": str(job.id), "attempt": job.attempt, "runner_id": "r1"}
-        assert app.start_job(StartJob(**ids)).reply.ok
+        assert app.runs.start_job(StartJob(**ids)).reply.ok
         for _ in range(heartbeats if index == 0 else 0):
-            assert app.heartbeat(Heartbeat(**ids)).reply.ok
-        assert app.finish_job(FinishJob(**ids, exit_code=exit_code)).reply.ok
+            assert app.runs.heartbeat(Heartbeat(**ids)).reply.ok
+        assert app.runs.finish_job(FinishJob(**ids, exit_code=exit_code)).reply.ok
     return run_id
 
 
@@ -81,13 +82,13 @@ def sqlite_url(tmp_path: Path) -> str:
 def test_every_stored_event_is_linked_and_an_intact_history_verifies(sqlite_url: str) -> None:
     app = open_app(sqlite_url)
     run_id = ran_a_run(app)
-    stored = app.stored_events(run_id)
+    stored = app.store.stored_events(run_id)
     assert all(event.state.startswith(b'{"_chain":"') for event in stored)
-    assert app.verify_chain(run_id) == (len(stored), [])
-    checked, broken = app.verify_chain()
+    assert app.audit.verify_chain(run_id) == (len(stored), [])
+    checked, broken = app.audit.verify_chain()
     assert broken == [] and checked > len(stored)
     # The link is invisible to readers: the domain events are what they always were.
-    assert [e.type for e in app.history(run_id)][:3] == ["RunRequested", "RunPlanned", "JobQueued"]
+    assert [e.type for e in app.audit.history(run_id)][:3] == ["RunRequested", "RunPlanned", "JobQueued"]
 
 
 def test_the_events_table_refuses_update_and_delete_on_sqlite(sqlite_url: str) -> None:
@@ -98,58 +99,58 @@ def test_the_events_table_refuses_update_and_delete_on_sqlite(sqlite_url: str) -
             with pytest.raises(sqlite3.DatabaseError, match="append-only"):
                 conn.execute(statement)
     conn.close()
-    assert app.verify_chain(run_id)[1] == []
+    assert app.audit.verify_chain(run_id)[1] == []
 
 
 def test_an_event_altered_in_the_database_is_named_with_the_first_break(sqlite_url: str) -> None:
     app = open_app(sqlite_url)
     run_id = ran_a_run(app)
     other = ran_a_run(app, commit="b" * 40)
-    failed = next(e for e in app.stored_events(run_id) if e.topic.endswith("JobFailed"))
+    failed = next(e for e in app.store.stored_events(run_id) if e.topic.endswith("JobFailed"))
     with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as conn:
         conn.execute("DROP TRIGGER stored_events_no_update")  # what someone with the file can do
         conn.execute("UPDATE stored_events SET state = ? WHERE originator_id = ? AND originator_version = ?",
                      (failed.state.replace(b'"exit_code":1', b'"exit_code":0'), run_id.hex,
                       failed.originator_version))
     conn.close()
-    _, broken = app.verify_chain()
+    _, broken = app.audit.verify_chain()
     assert [(b.originator_id, b.version) for b in broken] == [(str(run_id), failed.originator_version)]
     assert "does not match" in broken[0].reason
-    assert app.verify_chain(other)[1] == []
+    assert app.audit.verify_chain(other)[1] == []
 
 
 def test_a_save_that_loses_a_race_leaves_the_chain_intact(sqlite_url: str) -> None:
     """Two writers decide on the same version: the loser's computed link must not be reused."""
     first, second = open_app(sqlite_url), open_app(sqlite_url)
     run_id = ran_a_run(first)
-    stale = second.get_run(run_id, ADMIN)
-    first.rerun(run_id, ADMIN)
+    stale = second.runs.get_run(run_id, ADMIN)
+    first.runs.rerun(run_id, ADMIN)
     stale.request_rerun(datetime.now(UTC), "admin")  # decided on what `second` saw before
     with pytest.raises(IntegrityError):
-        second.save(stale)
-    second.rerun(run_id, ADMIN)  # reloads, decides again, appends after `first`'s event
-    assert [e.type for e in second.history(run_id)][-2:] == ["RunRerunRequested", "RunRerunRequested"]
+        second.store.save(stale)
+    second.runs.rerun(run_id, ADMIN)  # reloads, decides again, appends after `first`'s event
+    assert [e.type for e in second.audit.history(run_id)][-2:] == ["RunRerunRequested", "RunRerunRequested"]
     for app in (first, second):
-        assert app.verify_chain()[1] == []
+        assert app.audit.verify_chain()[1] == []
 
 
 def test_a_long_run_loads_from_snapshots_to_the_state_its_events_give(sqlite_url: str) -> None:
     app = open_app(sqlite_url)
     run_id = ran_a_run(app, heartbeats=250)
-    run = app.get_run(run_id, ADMIN)
+    run = app.runs.get_run(run_id, ADMIN)
     assert run.version > 250
-    snapshots = list(app.snapshots.recorder.select_events(run_id))  # type: ignore[union-attr]
+    snapshots = list(app.store.snapshots.recorder.select_events(run_id))  # type: ignore[union-attr]
     assert [s.originator_version for s in snapshots] == [100, 200]
     # A fresh process (nothing remembered) loads from the newest snapshot and appends on it.
     fresh = open_app(sqlite_url)
-    assert aggregate_state(fresh.get_run(run_id, ADMIN)) == aggregate_state(run)
+    assert aggregate_state(fresh.runs.get_run(run_id, ADMIN)) == aggregate_state(run)
     for version in (1, 99, 100, 101, 150, 200, run.version):
-        from_snapshot = fresh.repository.get(run_id, version=version)
-        from_events = fresh.replay_events_only(run_id, version)
+        from_snapshot = fresh.store.repository.get(run_id, version=version)
+        from_events = fresh.audit.replay_events_only(run_id, version)
         assert aggregate_state(from_snapshot) == aggregate_state(from_events), version
-    fresh.cancel_run(run_id, ADMIN)
-    fresh.rerun(run_id, ADMIN)
-    assert fresh.verify_chain()[1] == []
+    fresh.runs.cancel_run(run_id, ADMIN)
+    fresh.runs.rerun(run_id, ADMIN)
+    assert fresh.audit.verify_chain()[1] == []
 
 
 # ----- PostgreSQL: the services' role, and the command line ---------------------------------

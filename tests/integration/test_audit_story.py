@@ -16,7 +16,9 @@ from typing import Any, NamedTuple
 import msgspec
 import pytest
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
+from commands.runs import ready_dispatch
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import RunNotFoundError
@@ -59,43 +61,43 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     app: tuple[LedgerApp, Clock],
 ) -> None:
     ledger, clock = app
-    ledger.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
+    ledger.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
                          pushes_per_minute=60, actor="admin")
-    ledger.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git", principal=ADMIN)
+    ledger.registry.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git", principal=ADMIN)
 
     moments: list[Moment] = []
 
     def seen(command: str) -> None:
-        run = ledger.get_run(run_id, ACME)
+        run = ledger.runs.get_run(run_id, ACME)
         moments.append(Moment(command, clock(), run.version, aggregate_state(run),
                               msgspec.json.encode(run_view(run))))
 
     def job(index: int) -> tuple[str, int]:
-        current = ledger.get_run(run_id, ACME).jobs[index]
+        current = ledger.runs.get_run(run_id, ACME).jobs[index]
         return str(current.id), current.attempt
 
     def start(index: int, runner: str) -> None:
         job_id, attempt = job(index)
         clock.tick()
-        result = ledger.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+        result = ledger.runs.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
         assert result.reply.ok, result.reply
         seen(f"start job {index} ({runner})")
 
     def beat(index: int, runner: str) -> None:
         job_id, attempt = job(index)
         clock.tick(5)
-        result = ledger.heartbeat(Heartbeat(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+        result = ledger.runs.heartbeat(Heartbeat(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
         assert result.reply.ok, result.reply
         seen(f"heartbeat job {index} ({runner})")
 
     clock.tick()
-    push = ledger.push("web", COMMIT, "refs/heads/main", ACME)
+    push = ledger.runs.push("web", COMMIT, "refs/heads/main", ACME)
     run_id = push.run_id
     assert not push.duplicate
     seen("push")
 
     clock.tick()
-    planned = ledger.plan_run(run_id, THREE_JOBS)
+    planned = ledger.runs.plan_run(run_id, THREE_JOBS)
     seen("plan")
     # What the command itself decided (in memory) is what a reload finds.
     assert aggregate_state(planned) == moments[-1].state
@@ -105,23 +107,23 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     start(0, "runner-1")
     beat(0, "runner-1")
     clock.tick()
-    finished = ledger.finish_job(FinishJob(run_id=str(run_id), job_id=lint, attempt=1, runner_id="runner-1",
+    finished = ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=lint, attempt=1, runner_id="runner-1",
                                            exit_code=0))
     assert finished.reply.ok
-    ready = ledger.ready_dispatch(ledger.get_run(run_id, ACME))
+    ready = ready_dispatch(ledger.runs.get_run(run_id, ACME))
     assert ready is not None and (ready.job_id, ready.attempt) == (test, 1)
     seen("finish job 0")
 
     # Job 2's first attempt: runner-1 claims it, beats once, then falls silent past its lease.
     start(1, "runner-1")
     beat(1, "runner-1")
-    lease_ends = ledger.get_run(run_id, ACME).job(test).lease_expires_at
+    lease_ends = ledger.runs.get_run(run_id, ACME).job(test).lease_expires_at
     assert lease_ends is not None
     clock.now = lease_ends - timedelta(seconds=1)  # a reaper with a fast clock: still held, a no-op
-    ledger.mark_lost(run_id, test, 1)
+    ledger.runs.mark_lost(run_id, test, 1)
     seen("early mark lost")
     clock.now = lease_ends + timedelta(seconds=1)
-    reaped = ledger.mark_lost(run_id, test, 1)
+    reaped = ledger.runs.mark_lost(run_id, test, 1)
     seen("mark lost job 1 attempt 1")
     assert aggregate_state(reaped) == moments[-1].state
     assert job(1) == (test, 2)
@@ -129,7 +131,7 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     # The retry runs on runner-2; runner-1 wakes up and reports attempt 1: refused, nothing recorded.
     start(1, "runner-2")
     clock.tick()
-    stale = ledger.finish_job(FinishJob(run_id=str(run_id), job_id=test, attempt=1, runner_id="runner-1",
+    stale = ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=test, attempt=1, runner_id="runner-1",
                                         exit_code=0))
     assert stale.reply.refused and not stale.reply.ok, stale.reply
     assert stale.changed is None
@@ -138,13 +140,13 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
 
     # The tenant cancels while attempt 2 runs; runner-2's own late report is refused in turn.
     clock.tick()
-    cancelled, running, _ = ledger.cancel_run(run_id, ACME)
+    cancelled, running, _ = ledger.runs.cancel_run(run_id, ACME)
     assert running is not None and (str(running.id), running.attempt, running.runner_id) == (test, 2, "runner-2")
     assert cancelled.status.value == "cancelled"
     seen("cancel")
     assert aggregate_state(cancelled) == moments[-1].state
     clock.tick()
-    late = ledger.finish_job(FinishJob(run_id=str(run_id), job_id=test, attempt=2, runner_id="runner-2",
+    late = ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=test, attempt=2, runner_id="runner-2",
                                        exit_code=0))
     assert late.reply.refused, late.reply
     seen("late finish by runner-2")
@@ -170,7 +172,7 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
         ("JobCancelled", ACME.name, (deploy, 0)),  # never queued: cancelled at attempt 0
         ("RunCancelled", ACME.name, None),
     ]
-    history = ledger.history(run_id)
+    history = ledger.audit.history(run_id)
     assert [(e.type, e.actor) for e in history] == [(t, a) for t, a, _ in expected]
     assert [e.version for e in history] == list(range(1, len(expected) + 1))
     assert {e.aggregate_id for e in history} == {str(run_id)}
@@ -217,16 +219,16 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
 
     # (b) as_of, by version and by time, gives back exactly what the system had at each moment.
     for moment in moments:
-        by_version_run = ledger.run_as_of(run_id, ACME, version=moment.version)
+        by_version_run = ledger.audit.run_as_of(run_id, ACME, version=moment.version)
         assert by_version_run.version == moment.version, moment.command
         assert aggregate_state(by_version_run) == moment.state, moment.command
         assert msgspec.json.encode(run_view(by_version_run)) == moment.view, moment.command
-        at_time = ledger.run_as_of(run_id, ACME, at=moment.at)
+        at_time = ledger.audit.run_as_of(run_id, ACME, at=moment.at)
         assert aggregate_state(at_time) == moment.state, moment.command
         assert msgspec.json.encode(run_view(at_time)) == moment.view, moment.command
     # ...and so does every version in between (no version of the stream is unreadable).
     for event in history:
-        assert ledger.run_as_of(run_id, ACME, version=event.version).version == event.version
+        assert ledger.audit.run_as_of(run_id, ACME, version=event.version).version == event.version
 
     # Some moments, spelled out: the lost attempt, then the retry queued on nobody.
     view = {m.command: msgspec.json.decode(m.view) for m in moments}
@@ -241,7 +243,7 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
     assert (retried["status"], retried["attempt"], retried["runner_id"]) == ("running", 2, "runner-2")
 
     # (c) The final version: the run is cancelled, attempt 2 of test with it, and deploy never ran.
-    final = msgspec.json.decode(msgspec.json.encode(run_view(ledger.run_as_of(run_id, ACME, version=16))))
+    final = msgspec.json.decode(msgspec.json.encode(run_view(ledger.audit.run_as_of(run_id, ACME, version=16))))
     assert final["status"] == "cancelled"
     assert final["finished_at"] is not None
     assert [(j["name"], j["status"], j["attempt"], j["runner_id"], j["exit_code"], j["error"])
@@ -254,8 +256,8 @@ def test_history_and_as_of_tell_the_story_of_a_retried_lost_and_cancelled_run(
 
     # Asking before the run existed, for version 0, or as another tenant, is "not found".
     with pytest.raises(RunNotFoundError, match="did not exist"):
-        ledger.run_as_of(run_id, ACME, at=at["push"] - timedelta(seconds=1))
+        ledger.audit.run_as_of(run_id, ACME, at=at["push"] - timedelta(seconds=1))
     with pytest.raises(RunNotFoundError, match="no version 0"):
-        ledger.run_as_of(run_id, ACME, version=0)
+        ledger.audit.run_as_of(run_id, ACME, version=0)
     with pytest.raises(RunNotFoundError):
-        ledger.run_as_of(run_id, Principal("tenant:other", "other"), version=1)
+        ledger.audit.run_as_of(run_id, Principal("tenant:other", "other"), version=1)

@@ -142,7 +142,7 @@ def write_history(database_url: str) -> tuple[dict[str, list[str]], int]:
                 runs_by_status.setdefault(status, []).append(str(run.id))
                 events += len(run.pending_events)
                 batch.append(run)
-            app.save(*batch)
+            app.store.save(*batch)
     finally:
         app.close()
     return runs_by_status, events

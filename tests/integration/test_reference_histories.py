@@ -56,19 +56,19 @@ def test_reference_history_replays_to_the_recorded_states(path: Path, tmp_path: 
     try:
         for stream in recorded["streams"]:
             aggregate_id = UUID(stream["aggregate_id"])
-            app.recorder.insert_events([
+            app.store.recorder.insert_events([
                 StoredEvent(originator_id=aggregate_id, originator_version=event["version"], topic=event["topic"],
                             state=event["state"].encode())
                 for event in stream["events"]
             ])
             for version, state in stream["states"].items():
-                replayed = app.repository.get(aggregate_id, version=int(version))
+                replayed = app.store.repository.get(aggregate_id, version=int(version))
                 assert as_recorded(aggregate_state(replayed), state) == state, f"{aggregate_id} at version {version}"
             # Every JobStarted reads as the newest shape, whichever version wrote it.
-            for event in app.history(aggregate_id):
+            for event in app.audit.history(aggregate_id):
                 if event.type == "JobStarted":
                     assert {"executor", "pool"} <= event.data.keys()
-        checked, broken = app.verify_chain()
+        checked, broken = app.audit.verify_chain()
         assert checked == sum(len(stream["events"]) for stream in recorded["streams"])
         if path.parent.name == "v1":  # written before events were chained
             assert broken and all("no chain link" in b.reason for b in broken)

@@ -47,9 +47,9 @@ def book(ledger: LedgerApp) -> SecretBook:
 
 def queued(ledger: LedgerApp) -> tuple[UUID, str, int]:
     """A run whose first job, which lists secrets, is queued: (run, job, attempt)."""
-    run_id = ledger.push("web", "a" * 40, "refs/heads/main", ADMIN).run_id
-    ledger.plan_run(run_id, WORKFLOW)
-    job = ledger.get_run(run_id, ADMIN).jobs[0]
+    run_id = ledger.runs.push("web", "a" * 40, "refs/heads/main", ADMIN).run_id
+    ledger.runs.plan_run(run_id, WORKFLOW)
+    job = ledger.runs.get_run(run_id, ADMIN).jobs[0]
     return run_id, str(job.id), job.attempt
 
 
@@ -58,7 +58,7 @@ def claim(ledger: LedgerApp, book: SecretBook, run_id: UUID, job_id: str, attemp
     """What the command service answers to a runner's claim, as the runner opens it."""
     command = StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
                        seal_to=recipient.public_key if recipient else None)
-    reply = book.seal_for_claim(command, ledger.start_job(command)).reply
+    reply = book.seal_for_claim(command, ledger.runs.start_job(command)).reply
     return reply.ok, open_secrets(reply, recipient or Recipient(), job_id, attempt)
 
 
@@ -75,16 +75,16 @@ def test_the_claiming_runner_opens_the_secrets_the_job_lists_and_nobody_else_get
     # Another runner's claim of the attempt is refused, and carries nothing.
     command = StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-2",
                        seal_to=Recipient().public_key)
-    reply = book.seal_for_claim(command, ledger.start_job(command)).reply
+    reply = book.seal_for_claim(command, ledger.runs.start_job(command)).reply
     assert reply.refused and reply.secrets is None and reply.secrets_error is None
 
 
 def test_a_job_that_lists_no_secret_gets_none(ledger: LedgerApp, book: SecretBook) -> None:
     run_id, job_id, attempt = queued(ledger)
     claim(ledger, book, run_id, job_id, attempt, "runner-1", Recipient())
-    ledger.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1",
+    ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1",
                                 exit_code=0))
-    plain = ledger.get_run(run_id, ADMIN).jobs[1]
+    plain = ledger.runs.get_run(run_id, ADMIN).jobs[1]
     ok, secrets = claim(ledger, book, run_id, str(plain.id), plain.attempt, "runner-1", Recipient())
     assert ok and secrets == JobSecrets({})
 
@@ -119,7 +119,7 @@ def test_a_job_whose_secrets_cannot_be_given_is_told_why(ledger: LedgerApp, book
 def test_no_stored_event_holds_a_value(ledger: LedgerApp, book: SecretBook) -> None:
     run_id, job_id, attempt = queued(ledger)
     claim(ledger, book, run_id, job_id, attempt, "runner-1", Recipient())
-    stored = b"".join(n.topic.encode() + n.state for n in ledger.notifications_after(0, 10_000))
+    stored = b"".join(n.topic.encode() + n.state for n in ledger.store.notifications_after(0, 10_000))
     assert b"Repository.SecretSet" in stored and b'"ciphertext":"v1.' in stored
     for value in (b"the-token", b"repository-shared", b"tenant-shared"):
         assert value not in stored

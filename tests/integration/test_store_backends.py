@@ -13,7 +13,8 @@ from uuid import UUID
 import pytest
 from eventsourcing.persistence import OperationalError
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import AlreadyExistsError, RepositoryNotFoundError
@@ -53,62 +54,62 @@ class StoreContract:
 
     @pytest.fixture
     def repository(self, ledger: LedgerApp) -> str:
-        ledger.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
+        ledger.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
                              pushes_per_minute=60, actor="admin")
-        ledger.register_repository("web", tenant_id="acme", clone_url="file:///x", principal=ADMIN)
+        ledger.registry.register_repository("web", tenant_id="acme", clone_url="file:///x", principal=ADMIN)
         return "web"
 
     def test_duplicate_push_returns_existing_run(self, ledger: LedgerApp, repository: str):
-        first = ledger.push(repository, COMMIT, "refs/heads/main", ADMIN)
-        again = ledger.push(repository, COMMIT.upper(), "refs/heads/other", ADMIN)
+        first = ledger.runs.push(repository, COMMIT, "refs/heads/main", ADMIN)
+        again = ledger.runs.push(repository, COMMIT.upper(), "refs/heads/other", ADMIN)
         assert (first.duplicate, again.duplicate) == (False, True)
         assert first.run_id == again.run_id
-        assert len(ledger.history(first.run_id)) == 1
+        assert len(ledger.audit.history(first.run_id)) == 1
 
     def test_push_to_another_tenants_repository_is_not_found(self, ledger: LedgerApp, repository: str):
         with pytest.raises(RepositoryNotFoundError):
-            ledger.push(repository, COMMIT, None, Principal("tenant:other", "other"))
+            ledger.runs.push(repository, COMMIT, None, Principal("tenant:other", "other"))
 
     def test_creating_a_tenant_twice_is_refused(self, ledger: LedgerApp, repository: str):
         with pytest.raises(AlreadyExistsError):
-            ledger.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
+            ledger.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=2, max_queued_runs=10,
                                  pushes_per_minute=60, actor="admin")
 
     def test_tokens_resolve_to_their_tenant_by_digest(self, ledger: LedgerApp, repository: str):
-        token = ledger.issue_token("acme", actor="admin")
-        assert ledger.tenant_of_token(token) == "acme"
-        assert ledger.tenant_of_token(token + "x") is None
+        token = ledger.registry.issue_token("acme", actor="admin")
+        assert ledger.registry.tenant_of_token(token) == "acme"
+        assert ledger.registry.tenant_of_token(token + "x") is None
 
     def test_version_conflict_reloads_and_decides_again(self, database_url: str, ledger: LedgerApp,
                                                         repository: str):
         run_id = self._planned_run(ledger, repository)
-        job_id = str(ledger.get_run(run_id, ADMIN).jobs[0].id)
+        job_id = str(ledger.runs.get_run(run_id, ADMIN).jobs[0].id)
         rival = LedgerApp(env=eventsourcing_env(database_url))
         decisions: list[int] = []
 
         def decide(run: Run) -> bool:
             decisions.append(run.version)
             if len(decisions) == 1:  # another process claims the job between our load and save
-                rival.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r2"))
+                rival.runs.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r2"))
             return run.start_job(job_id, 1, "r2", ledger.clock())
 
-        ledger._decide(run_id, decide)
+        ledger.runs._decide(run_id, decide)
         assert decisions[1] == decisions[0] + 1  # reloaded at the rival's version
-        history = [e.type for e in ledger.history(run_id)]
+        history = [e.type for e in ledger.audit.history(run_id)]
         assert history.count("JobStarted") == 1  # the second decision saw it done and appended nothing
-        refused = ledger.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r1")).reply
+        refused = ledger.runs.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=1, runner_id="r1")).reply
         assert refused.refused and not refused.ok
         rival.close()
 
     def test_projection_applies_each_event_once(self, ledger: LedgerApp, db: Database, repository: str):
         run_id = self._planned_run(ledger, repository)
-        run = ledger.get_run(run_id, ADMIN)
+        run = ledger.runs.get_run(run_id, ADMIN)
         first_job = str(run.jobs[0].id)
-        ledger.start_job(StartJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1"))
-        ledger.finish_job(FinishJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1",
+        ledger.runs.start_job(StartJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1"))
+        ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=first_job, attempt=1, runner_id="r1",
                                     exit_code=4))
         projection = RunsProjection(db)
-        events = list(ledger.events_after(0, 1000))
+        events = list(ledger.store.events_after(0, 1000))
         position = projection.apply(events[:3])
         assert projection.apply(events) == events[-1][0]
         assert projection.apply(events) == events[-1][0]  # a redelivery changes nothing
@@ -123,8 +124,8 @@ class StoreContract:
         assert [r.id for r in page.runs] == [str(run_id)] and page.next_cursor is None
 
     def test_runs_list_pages_newest_first(self, ledger: LedgerApp, db: Database, repository: str):
-        run_ids = [str(ledger.push(repository, f"{i:040x}", None, ADMIN).run_id) for i in range(5)]
-        RunsProjection(db).apply(ledger.events_after(0, 1000))
+        run_ids = [str(ledger.runs.push(repository, f"{i:040x}", None, ADMIN).run_id) for i in range(5)]
+        RunsProjection(db).apply(ledger.store.events_after(0, 1000))
         queries = RunQueries(db)
         seen, cursor = [], None
         while True:
@@ -137,7 +138,7 @@ class StoreContract:
     def test_a_write_whose_outcome_is_unknown_is_not_reported_as_a_conflict(self, ledger: LedgerApp,
                                                                             repository: str):
         """The store commits, then the connection is lost before the answer arrives."""
-        commit_for_real = ledger.recorder.insert_events
+        commit_for_real = ledger.store.recorder.insert_events
         lose_next_answer = [True]
 
         def commit_then_lose_the_answer(stored_events, **kwargs):
@@ -146,28 +147,28 @@ class StoreContract:
                 raise OperationalError("server closed the connection unexpectedly")
             return ids
 
-        ledger.recorder.insert_events = commit_then_lose_the_answer
-        pushed = ledger.push(repository, COMMIT, None, ADMIN)
+        ledger.store.recorder.insert_events = commit_then_lose_the_answer
+        pushed = ledger.runs.push(repository, COMMIT, None, ADMIN)
         assert pushed.duplicate is False  # our own write found, not "someone else's push"
-        assert ledger.push(repository, COMMIT, None, ADMIN).duplicate is True
+        assert ledger.runs.push(repository, COMMIT, None, ADMIN).duplicate is True
 
-        ledger.plan_run(pushed.run_id, WORKFLOW)
-        job_id = str(ledger.get_run(pushed.run_id, ADMIN).jobs[0].id)
+        ledger.runs.plan_run(pushed.run_id, WORKFLOW)
+        job_id = str(ledger.runs.get_run(pushed.run_id, ADMIN).jobs[0].id)
         lose_next_answer.append(True)
-        started = ledger.start_job(StartJob(run_id=str(pushed.run_id), job_id=job_id, attempt=1, runner_id="r1"))
+        started = ledger.runs.start_job(StartJob(run_id=str(pushed.run_id), job_id=job_id, attempt=1, runner_id="r1"))
         assert started.reply.ok and not started.reply.refused
-        assert [e.type for e in ledger.history(pushed.run_id)].count("JobStarted") == 1
+        assert [e.type for e in ledger.audit.history(pushed.run_id)].count("JobStarted") == 1
 
     def test_rebuild_verify_reports_a_row_altered_by_hand_and_rebuild_repairs_it(
         self, ledger: LedgerApp, db: Database, repository: str
     ):
         run_id = self._planned_run(ledger, repository)
         projection = RunsProjection(db)
-        history = [item for page in ledger.history_pages() for item in page]
+        history = [item for page in ledger.store.history_pages() for item in page]
         projection.apply(history)
 
         def events_after(position: int, limit: int) -> list:
-            return list(ledger.events_after(position, limit))
+            return list(ledger.store.events_after(position, limit))
 
         assert verify(db, events_after) == ([], history[-1][0])
         with db.transaction() as cursor:
@@ -184,16 +185,16 @@ class StoreContract:
         projection = RunsProjection(db)
 
         def events_after(position: int, limit: int) -> list:
-            return list(ledger.events_after(position, limit))
+            return list(ledger.store.events_after(position, limit))
 
         for n in range(30):
-            ledger.plan_run(ledger.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
+            ledger.runs.plan_run(ledger.runs.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
         done = threading.Event()
 
         def live_system() -> None:
             n = 30
             while not done.is_set():
-                ledger.plan_run(ledger.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
+                ledger.runs.plan_run(ledger.runs.push(repository, f"{n:040x}", None, ADMIN).run_id, WORKFLOW)
                 projection.catch_up(lambda position: events_after(position, 50))
                 n += 1
 
@@ -207,27 +208,27 @@ class StoreContract:
             worker.join()
         projection.catch_up(lambda position: events_after(position, 100_000))
         found, position = verify(db, events_after)
-        assert found == [] and position == ledger.recorder.max_notification_id()
-        requested = [e for page in ledger.history_pages() for _, e in page if isinstance(e, Run.RunRequested)]
+        assert found == [] and position == ledger.store.recorder.max_notification_id()
+        requested = [e for page in ledger.store.history_pages() for _, e in page if isinstance(e, Run.RunRequested)]
         assert len(db.query("SELECT id FROM lci_runs")) == len(requested) > 30
 
     def test_heartbeats_applied_in_one_batch_leave_the_last_lease(
         self, ledger: LedgerApp, db: Database, repository: str
     ):
         run_id = self._planned_run(ledger, repository)
-        job_id = str(ledger.get_run(run_id, ADMIN).jobs[0].id)
+        job_id = str(ledger.runs.get_run(run_id, ADMIN).jobs[0].id)
         ids = {"run_id": str(run_id), "job_id": job_id, "attempt": 1, "runner_id": "r1"}
-        ledger.start_job(StartJob(**ids))
-        leases = [ledger.heartbeat(Heartbeat(**ids)).reply.lease_expires_at for _ in range(12)]
-        RunsProjection(db).apply(item for page in ledger.history_pages() for item in page)
+        ledger.runs.start_job(StartJob(**ids))
+        leases = [ledger.runs.heartbeat(Heartbeat(**ids)).reply.lease_expires_at for _ in range(12)]
+        RunsProjection(db).apply(item for page in ledger.store.history_pages() for item in page)
         stored = db.query("SELECT lease_expires_at FROM lci_jobs WHERE id = ?", (job_id,))[0][0]
         assert stored == rfc3339(leases[-1])
-        assert verify(db, lambda position, limit: list(ledger.events_after(position, limit)))[0] == []
+        assert verify(db, lambda position, limit: list(ledger.store.events_after(position, limit)))[0] == []
 
     @staticmethod
     def _planned_run(ledger: LedgerApp, repository: str) -> UUID:
-        run_id = ledger.push(repository, COMMIT, "refs/heads/main", ADMIN).run_id
-        ledger.plan_run(run_id, WORKFLOW)
+        run_id = ledger.runs.push(repository, COMMIT, "refs/heads/main", ADMIN).run_id
+        ledger.runs.plan_run(run_id, WORKFLOW)
         return run_id
 
 

@@ -20,7 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
@@ -103,32 +104,32 @@ class Story:
     def push(self, workflow: bytes | None, ref: str = "refs/heads/main") -> UUID:
         self.commits += 1
         self.clock.tick()
-        run_id = self.app.push("web", f"{self.commits:040x}", ref, ADMIN).run_id
+        run_id = self.app.runs.push("web", f"{self.commits:040x}", ref, ADMIN).run_id
         self.aggregates.append(run_id)
         self.clock.tick()
-        self.app.plan_run(run_id, workflow, commit=(f"Change {self.commits}", "Ada Lovelace <ada@example.com>"))
+        self.app.runs.plan_run(run_id, workflow, commit=(f"Change {self.commits}", "Ada Lovelace <ada@example.com>"))
         return run_id
 
     def job(self, run_id: UUID, index: int) -> tuple[str, int]:
-        job = self.app.get_run(run_id, ADMIN).jobs[index]
+        job = self.app.runs.get_run(run_id, ADMIN).jobs[index]
         return str(job.id), job.attempt
 
     def start(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
         job_id, attempt = self.job(run_id, index)
         self.clock.tick()
         executor, pool = RUNNERS[runner]
-        self.app.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
+        self.app.runs.start_job(StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
                                     executor=executor, pool=pool))
 
     def beat(self, run_id: UUID, index: int, runner: str = "runner-1") -> None:
         job_id, attempt = self.job(run_id, index)
         self.clock.tick(5)
-        self.app.heartbeat(Heartbeat(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
+        self.app.runs.heartbeat(Heartbeat(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner))
 
     def finish(self, run_id: UUID, index: int, exit_code: int | None, runner: str = "runner-1", **kw) -> None:
         job_id, attempt = self.job(run_id, index)
         self.clock.tick()
-        self.app.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
+        self.app.runs.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
                                       exit_code=exit_code, **kw))
 
     def run_job(self, run_id: UUID, index: int, exit_code: int = 0, runner: str = "runner-1") -> None:
@@ -156,12 +157,12 @@ def runner_lost_then_retried(story: Story) -> None:
     story.start(run_id, 1, runner="runner-1")
     job_id, attempt = story.job(run_id, 1)
     story.clock.tick(120)  # past the 30 s lease, nothing heard
-    story.app.mark_lost(run_id, job_id, attempt)
+    story.app.runs.mark_lost(run_id, job_id, attempt)
     story.run_job(run_id, 1, runner="runner-2")
     story.start(run_id, 2, runner="runner-2")
     job_id, attempt = story.job(run_id, 2)
     story.clock.tick(120)
-    story.app.mark_lost(run_id, job_id, attempt)  # no retries left: fails "runner lost"
+    story.app.runs.mark_lost(run_id, job_id, attempt)  # no retries left: fails "runner lost"
 
 
 def timed_out(story: Story) -> None:
@@ -173,7 +174,7 @@ def timed_out(story: Story) -> None:
     job_id, attempt = story.job(run_id, 0)
     for _ in range(6):  # heartbeats keep the lease, the timeout still falls
         story.beat(run_id, 0, runner="runner-2")
-    story.app.enforce_timeout(run_id, job_id, attempt)
+    story.app.runs.enforce_timeout(run_id, job_id, attempt)
 
 
 def handed_back(story: Story) -> None:
@@ -182,11 +183,11 @@ def handed_back(story: Story) -> None:
     story.start(run_id, 0)
     job_id, attempt = story.job(run_id, 0)
     story.clock.tick(10)
-    story.app.hand_back(HandBack(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1"))
+    story.app.runs.hand_back(HandBack(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1"))
     story.start(run_id, 0, runner="runner-2")
     job_id, attempt = story.job(run_id, 0)
     story.clock.tick(120)
-    story.app.mark_lost(run_id, job_id, attempt)  # uses the one retry
+    story.app.runs.mark_lost(run_id, job_id, attempt)  # uses the one retry
     story.run_job(run_id, 0, runner="runner-2")
 
 
@@ -194,7 +195,7 @@ def not_picked_up(story: Story) -> None:
     run_id = story.push(ONE_JOB)
     job_id, attempt = story.job(run_id, 0)
     story.clock.tick(3601)
-    story.app.expire_queued(run_id, job_id, attempt)
+    story.app.runs.expire_queued(run_id, job_id, attempt)
 
 
 def cancelled_while_running(story: Story) -> None:
@@ -202,17 +203,17 @@ def cancelled_while_running(story: Story) -> None:
     story.run_job(run_id, 0)
     story.start(run_id, 1)
     story.clock.tick()
-    story.app.cancel_run(run_id, Principal("acme", "acme"))
+    story.app.runs.cancel_run(run_id, Principal("acme", "acme"))
 
 
 def rerun(story: Story) -> None:
     run_id = story.push(ONE_JOB)
     story.run_job(run_id, 0, exit_code=2)
     story.clock.tick()
-    second = story.app.rerun(run_id, ADMIN)
+    second = story.app.runs.rerun(run_id, ADMIN)
     story.aggregates.append(second)
     story.clock.tick()
-    story.app.plan_run(second, ONE_JOB)
+    story.app.runs.plan_run(second, ONE_JOB)
     story.run_job(second, 0)
 
 
@@ -247,7 +248,7 @@ def repository_deleted(story: Story) -> None:
     run_id = story.push(ONE_JOB)
     story.run_job(run_id, 0)
     story.clock.tick()
-    story.app.delete_repository("web", ADMIN)
+    story.app.registry.delete_repository("web", ADMIN)
 
 
 SCENARIOS: dict[str, Callable[[Story], None]] = {
@@ -281,24 +282,24 @@ def record(name: str, scenario: Callable[[Story], None]) -> dict:
     clock = Clock()
     with scratch_app(clock) as app:
         story = Story(app, clock)
-        app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
+        app.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=4, max_queued_runs=100,
                           pushes_per_minute=60, actor="admin")
-        app.update_tenant("acme", {"weight": 2, "max_concurrent_jobs": 8}, actor="admin")
-        revoked = app.issue_token("acme", actor="admin")
-        app.revoke_token("acme", token_aggregate_id(revoked), actor="admin")
-        token = app.issue_token("acme", actor="admin")
-        story.aggregates += [app.get_tenant("acme").id, token_aggregate_id(revoked), token_aggregate_id(token),
-                             app.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git",
+        app.registry.update_tenant("acme", {"weight": 2, "max_concurrent_jobs": 8}, actor="admin")
+        revoked = app.registry.issue_token("acme", actor="admin")
+        app.registry.revoke_token("acme", token_aggregate_id(revoked), actor="admin")
+        token = app.registry.issue_token("acme", actor="admin")
+        story.aggregates += [app.registry.get_tenant("acme").id, token_aggregate_id(revoked), token_aggregate_id(token),
+                             app.registry.register_repository("web", tenant_id="acme", clone_url="file:///srv/web.git",
                                                      principal=ADMIN).id]
         scenario(story)
         streams = []
         for aggregate_id in story.aggregates:
-            stored = app.recorder.select_events(aggregate_id)
+            stored = app.store.recorder.select_events(aggregate_id)
             streams.append({
                 "aggregate_id": str(aggregate_id),
                 "events": [{"version": e.originator_version, "topic": e.topic, "state": e.state.decode()}
                            for e in stored],
-                "states": {str(e.originator_version): aggregate_state(app.repository.get(aggregate_id,
+                "states": {str(e.originator_version): aggregate_state(app.store.repository.get(aggregate_id,
                                                                                          version=e.originator_version))
                            for e in stored},
             })

@@ -33,7 +33,7 @@ ATTEMPT_ENDS = TERMINAL_JOB | {"JobAttemptAbandoned"}
 
 
 def all_events(app: LedgerApp) -> list[tuple[int, Any]]:
-    return [item for page in app.history_pages() for item in page]
+    return [item for page in app.store.history_pages() for item in page]
 
 
 def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) -> list[str]:
@@ -150,7 +150,7 @@ def check_invariants(database_url: str, *, require_final: bool = True) -> list[s
     live = open_database(database_url)
     try:
         events = all_events(app)
-        differences, _ = verify(live, lambda position, limit: list(app.events_after(position, limit)))
+        differences, _ = verify(live, lambda position, limit: list(app.store.events_after(position, limit)))
         return check_history(events, require_final=require_final) + differences
     finally:
         live.close()

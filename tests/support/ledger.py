@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from commands.app import LedgerApp, Principal
+from commands.app import LedgerApp
+from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 
@@ -16,9 +17,9 @@ ADMIN = Principal("admin", None)
 def acme_ledger(postgres_url: str, *, max_concurrent_jobs: int = 4) -> Iterator[LedgerApp]:
     app = LedgerApp(env=eventsourcing_env(postgres_url))
     create_event_store(app, postgres_url)
-    app.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=max_concurrent_jobs, max_queued_runs=100,
-                      pushes_per_minute=60, actor="admin")
-    app.register_repository("web", tenant_id="acme", clone_url="file:///web", principal=ADMIN)
+    app.registry.create_tenant("acme", name="Acme", weight=1, max_concurrent_jobs=max_concurrent_jobs,
+                               max_queued_runs=100, pushes_per_minute=60, actor="admin")
+    app.registry.register_repository("web", tenant_id="acme", clone_url="file:///web", principal=ADMIN)
     try:
         yield app
     finally:

@@ -1,0 +1,318 @@
+"""The run commands: a push, the plan, cancel and re-run, the runners' fenced commands and the
+reaper's. Each loads its run, lets the aggregate decide (the guards live in the domain), and
+saves at the expected version through the one decide-and-retry path (`LedgerStore.decide`);
+a command whose effect already holds succeeds without appending.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import NamedTuple
+from uuid import UUID, uuid4
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+
+from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
+from commands.principal import Principal
+from commands.registry import Registry
+from domain.errors import (
+    InvalidTransitionError,
+    InvalidWorkflowError,
+    RepositoryDeletedError,
+    RunNotFoundError,
+    StaleAttemptError,
+)
+from domain.ids import run_id_for, tenant_aggregate_id
+from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
+from domain.registry import ANY_POOL, Tenant, pool_allowed
+from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
+from domain.status import JobStatus
+from domain.workflow import JobSpec, parse_workflow, ref_matches
+
+
+class Timing(NamedTuple):
+    """Limits recorded into each run when it is planned (settings)."""
+
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
+
+
+class CommandResult(NamedTuple):
+    """A runner command's answer, and the job as the command left it when it changed
+    something (for metrics)."""
+
+    reply: CommandReply
+    changed: Job | None = None
+
+
+class RunOrigin(NamedTuple):
+    """What a run's `RunRequested` says about where its jobs come from."""
+
+    run_id: str
+    tenant_id: str
+    repository_id: str
+    clone_url: str
+    commit: str
+    ref: str | None
+
+
+def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) -> JobDispatch:
+    """The message that offers one attempt of a job to the runners."""
+    return JobDispatch(
+        run_id=origin.run_id, job_id=job_id, attempt=attempt, job_name=spec.name, tenant_id=origin.tenant_id,
+        repository_id=origin.repository_id, clone_url=origin.clone_url, commit=origin.commit, ref=origin.ref,
+        script=spec.run, env=dict(spec.env), image=spec.image, timeout_seconds=spec.timeout_seconds,
+        idempotency_key=f"{origin.run_id}:{job_id}", resources=spec.resources, pool=spec.pool,
+    )
+
+
+def ready_dispatch(run: Run) -> JobDispatch | None:
+    """What a runner needs for the run's queued attempt, if one is queued."""
+    job = run.current_job
+    if job is None or job.status is not JobStatus.QUEUED:
+        return None
+    origin = RunOrigin(str(run.id), run.tenant_id, run.repository_id, run.clone_url, run.commit, run.ref)
+    return job_dispatch(origin, str(job.id), job.attempt, job.spec)
+
+
+class PushResult(NamedTuple):
+    run_id: UUID
+    duplicate: bool
+
+
+class RunCommands:
+    def __init__(self, store: LedgerStore, registry: Registry, clock: Callable[[], datetime],
+                 timing: Timing) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.timing = timing
+
+    def _decide(self, run_id: UUID, decide: Callable[[Run], bool]) -> Run:
+        def load() -> Run:
+            run = self.store.load(run_id, Run)
+            if run is None:
+                raise RunNotFoundError(f"run {run_id} not found")
+            return run
+
+        return self.store.decide(load, decide, f"run {run_id}")
+
+    # ----- a push, and the runs a user asks for ---------------------------------------------------
+
+    def push(
+        self, repository_id: str, commit: str, ref: str | None, principal: Principal,
+        admit: Callable[[Tenant], None] | None = None,
+    ) -> PushResult:
+        """Record a push at once; reading the workflow file happens later (the planner).
+
+        `admit` sees the repository's tenant first and may refuse (its quotas, its rate)."""
+        repository = self.registry.get_repository(repository_id, principal)
+        if admit is not None:
+            admit(self.registry.get_tenant(repository.tenant_id))
+        run = Run.request(
+            run_id=run_id_for(repository_id, commit), repository_id=repository_id,
+            tenant_id=repository.tenant_id, commit=commit.lower(), ref=ref, clone_url=repository.clone_url,
+            rerun=0, request_id=uuid4().hex, actor=principal.name, at=self.clock(),
+        )
+        return PushResult(run.id, duplicate=not self._create_run(run))
+
+    def _create_run(self, *aggregates: Aggregate) -> bool:
+        """Save a new run (with any aggregate saved alongside). False if it already existed.
+
+        If the outcome is unknown (the store went away around COMMIT), version 1 is read back:
+        our own request id there means our write landed.
+        """
+        run = aggregates[-1]
+        assert isinstance(run, Run)
+        try:
+            self.store.save_new(*aggregates)
+        except IntegrityError:
+            stored = self.store.load(run.id, Run)
+            return stored is not None and stored.request_id == run.request_id
+        except (OperationalError, InterfaceError):
+            self.store.wait_for_store()
+            stored = self.store.load(run.id, Run)
+            if stored is None:
+                raise  # it did not land: the caller gets a 503 and may retry
+            return stored.request_id == run.request_id
+        return True
+
+    def rerun(self, run_id: UUID | str, principal: Principal) -> UUID:
+        """A new run of the same commit; its number is allocated on the commit's first run.
+
+        Not `store.decide`: two aggregates are saved together (the number taken, the new run),
+        and an unknown outcome is settled by the new run's request id."""
+        source = self.get_run(run_id, principal)
+        if self.registry.get_repository(source.repository_id, principal, deleted=True).deleted:
+            raise RepositoryDeletedError(f"repository {source.repository_id!r} was deleted: its runs stay readable, "
+                                         "but none is re-run")
+        for _ in range(MAX_DECISION_ATTEMPTS):
+            first = self.store.load(run_id_for(source.repository_id, source.commit), Run)
+            assert first is not None
+            number = first.request_rerun(self.clock(), principal.name)
+            new_run = Run.request(
+                run_id=run_id_for(source.repository_id, source.commit, number),
+                repository_id=source.repository_id, tenant_id=source.tenant_id, commit=source.commit,
+                ref=source.ref, clone_url=source.clone_url, rerun=number, request_id=uuid4().hex,
+                actor=principal.name, at=self.clock(),
+            )
+            if self._create_run(first, new_run):
+                return new_run.id
+        raise ConcurrencyError(f"run {run_id}: too many concurrent re-runs")
+
+    def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None, bool]:
+        """Cancel the run; returns it, the job that was running (to be stopped now), and whether
+        this call cancelled it (False: it had ended already)."""
+        run = self.get_run(run_id, principal)
+        running: Job | None = None
+        cancelled = False
+
+        def decide(current: Run) -> bool:
+            nonlocal running, cancelled
+            job = current.current_job
+            running = job if job is not None and job.status is JobStatus.RUNNING else None
+            cancelled = current.cancel(self.clock(), principal.name)
+            return cancelled
+
+        return self._decide(run.id, decide), running, cancelled
+
+    def get_run(self, run_id: UUID | str, principal: Principal) -> Run:
+        try:
+            run = self.store.load(UUID(str(run_id)), Run)
+        except ValueError:
+            run = None
+        if run is None or not principal.can_see(run.tenant_id):
+            raise RunNotFoundError(f"run {run_id} not found")
+        return run
+
+    def load_run(self, run_id: UUID) -> Run:
+        """The run as it is now, for a service that already knows it may see it (a stream)."""
+        run = self.store.load(run_id, Run)
+        if run is None:
+            raise RunNotFoundError(f"run {run_id} not found")
+        return run
+
+    def get_run_version(self, run_id: UUID) -> int:
+        run = self.store.load(run_id, Run)
+        return run.version if run is not None else 0
+
+    # ----- the planner ----------------------------------------------------------------------------
+
+    def plan_run(self, run_id: UUID, workflow_file: bytes | None, *, actor: str = "planner",
+                 commit: tuple[str, str] | None = None) -> Run:
+        """Decide what the push runs, from the workflow file read at its commit; `commit`
+        (subject, author) is recorded first, in the same save."""
+
+        def decide(run: Run) -> bool:
+            at = self.clock()
+            if run.planned or run.status.is_final:
+                return False
+            if commit is not None:
+                run.describe_commit(*commit, at, actor)
+            if workflow_file is None:
+                return run.skip(f"no .ledgerci.yml at commit {run.commit}", at, actor)
+            try:
+                workflow = parse_workflow(workflow_file)
+            except InvalidWorkflowError as error:
+                return run.fail_before_start(str(error), at, actor)
+            if not ref_matches(workflow.branches, run.ref):
+                reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
+                return run.skip(reason, at, actor)
+            refused = self._pool_refusal(run.tenant_id, workflow.jobs)
+            if refused:
+                return run.fail_before_start(refused, at, actor)
+            return run.plan(
+                workflow.jobs, workflow.name, at, actor,
+                lease_seconds=self.timing.lease_seconds,
+                queue_timeout_seconds=self.timing.queue_timeout_seconds,
+            )
+
+        return self._decide(run_id, decide)
+
+    def _pool_refusal(self, tenant_id: str, jobs: list[JobSpec]) -> str | None:
+        """Why the tenant may not run these jobs where they ask to run, if it may not."""
+        tenant = self.store.load(tenant_aggregate_id(tenant_id), Tenant)
+        allowed = tenant.pools if tenant is not None else ANY_POOL
+        for job in jobs:
+            if not pool_allowed(allowed, job.pool):
+                return (f'job "{job.name}" asks for runner pool "{job.pool}"; tenant {tenant_id!r} '
+                        f"may use: {', '.join(allowed)}")
+        return None
+
+    def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
+        return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))
+
+    def dispatch_for(self, run_id: UUID, job_id: str, attempt: int) -> JobDispatch | None:
+        """The dispatch message for a queued attempt, or None if it is no longer queued."""
+        run = self.store.load(run_id, Run)
+        if run is None:
+            return None
+        ready = ready_dispatch(run)
+        if ready is None or ready.job_id != str(job_id) or ready.attempt != attempt:
+            return None
+        return ready
+
+    # ----- runner commands (fenced by attempt) ----------------------------------------------------
+
+    def start_job(self, command: StartJob) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock(),
+                                      executor=command.executor, pool=command.pool),
+            job_id=command.job_id,
+        )
+
+    def heartbeat(self, command: Heartbeat) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.heartbeat(command.job_id, command.attempt, command.runner_id, self.clock()),
+            job_id=command.job_id,
+        )
+
+    def finish_job(self, command: FinishJob) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.finish_job(
+                command.job_id, command.attempt, command.runner_id, command.exit_code,
+                self.clock(), command.error, timed_out=command.timed_out,
+            ),
+            job_id=command.job_id, with_deadlines=False,
+        )
+
+    def hand_back(self, command: HandBack) -> CommandResult:
+        return self._runner_command(
+            command.run_id,
+            lambda run: run.hand_back(command.job_id, command.attempt, command.runner_id, self.clock()),
+            job_id=command.job_id, with_deadlines=False,
+        )
+
+    def _runner_command(
+        self, run_id: str, decide: Callable[[Run], bool], job_id: str, with_deadlines: bool = True
+    ) -> CommandResult:
+        appended = False
+
+        def deciding(run: Run) -> bool:
+            nonlocal appended
+            appended = decide(run)
+            return appended
+
+        try:
+            run = self._decide(UUID(run_id), deciding)
+        except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
+            return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
+        job = run.job(job_id)
+        deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
+        return CommandResult(CommandReply(ok=True, **deadlines), job if appended else None)
+
+    # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------
+
+    def mark_lost(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.mark_lost(job_id, attempt, self.clock(), actor))
+
+    def enforce_timeout(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.enforce_timeout(job_id, attempt, self.clock(), actor))
+
+    def expire_queued(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.expire_queued(job_id, attempt, self.clock(), actor))
