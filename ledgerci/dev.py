@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from ledgerci.cli import configure_logging, run_until_signalled
 from ledgerci.client import GatewayClient
 from ledgerci.embedded_nats import EmbeddedNats
+from ledgerci.process import configure_logging, run_until_signalled
 from ledgerci.settings import Settings
 from sealing import Keyring
 
