@@ -78,16 +78,20 @@ def test_a_log_is_cut_at_its_cap_with_a_line_saying_so(fresh_nats_server) -> Non
 
 
 def test_a_failed_chunk_publish_does_not_stop_the_job(fresh_nats_server) -> None:
-    async def scenario() -> None:
+    async def scenario() -> LogStream:
         nc, logs = await _stream(fresh_nats_server.url, "lossy")
         await logs.write(b"before\n")
         await logs.flush()
         fresh_nats_server.kill()  # NATS is gone: publishing fails, the job's writes do not
         await logs.write(b"during\n")
-        await asyncio.wait_for(logs.close(), timeout=30)
+        await asyncio.wait_for(logs.close(), timeout=30)  # the job ends: its log does not hold it up
         await nc.close()
+        return logs
 
-    asyncio.run(scenario())
+    logs = asyncio.run(scenario())
+    assert logs.bytes_taken == len(b"before\nduring\n")  # every write of the job was taken
+    assert logs.bytes_sent == len(b"before\n")  # only the chunk published before the kill reached the stream
+    assert logs.sequence == 2  # the lost chunk kept its number: the gap is visible to a reader
 
 
 @pytest.fixture(autouse=True)
