@@ -98,7 +98,8 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from ledgerci.services import grant_role, nats_connection, store
+    from ledgerci.resources import nats_connection, store
+    from ledgerci.tools import grant_role
 
     settings = Settings.from_env()
 
@@ -113,7 +114,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from ledgerci.services import verify_audit_chain
+    from ledgerci.tools import verify_audit_chain
 
     try:
         run_id = None if args.all else UUID(args.run_id)
@@ -147,7 +148,7 @@ def _settings_of_an_existing_store() -> Settings | None:
 
 
 def _rebuild(args: argparse.Namespace) -> int:
-    from ledgerci.services import rebuild_read_models
+    from ledgerci.tools import rebuild_read_models
 
     settings = _settings_of_an_existing_store()
     if settings is None:

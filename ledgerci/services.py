@@ -9,15 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import cast
-from uuid import UUID
 
-import nats
-import psycopg
 import uvicorn
 from docker.errors import DockerException
 from nats.aio.client import Client as NATS
@@ -29,151 +25,44 @@ from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import serve_runner_commands
-from commands.runs import Timing
 from commands.scheduler import run_planner
-from commands.schema import create_event_store, grant_service_role
-from commands.secrets import SecretBook
-from commands.sqlite_store import writer_lock
-from commands.store import eventsourcing_env, is_postgres, sqlite_path
-from commands.streams import ensure_streams
+from commands.store import is_postgres, sqlite_path
 from commands.wake import run_woken
-from domain.messages import EVENTS_SUBJECT_PREFIX, events_of_type
+from domain.messages import events_of_type
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.health import Probes, nats_connected, serving
 from ledgerci.log_archiver import LogArchiver
+from ledgerci.resources import (
+    listen_for_commits,
+    nats_connection,
+    secret_book,
+    store,
+    wake_on_local_saves,
+    wake_on_published_events,
+)
 from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
 from projections.log_archive import ATTEMPT_ENDING_EVENT_NAMES, LogArchive
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
-from projections.rebuild import switch_over
-from projections.rebuild import verify as verify_read_models
 from projections.runs import RunsProjection
-from projections.schema import create_read_model_tables
-from projections.sql import Database, open_database
+from projections.sql import Database
 from runner.agent import RunnerAgent
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
 from runner.executor import Executor
 from runner.local import LocalExecutor
-from sealing import Keyring, KeyringError
 
 log = logging.getLogger("ledgerci")
 
-# Any fixed number: migrations of every process take this PostgreSQL advisory lock.
-MIGRATION_LOCK_ID = 7_334_001
-EVENTS_CHANNEL = "ledgerci_events"
-EMBEDDED_WORKER_THREADS = 32  # eventsourcing NOTIFYs the events table's name on insert
-
-
-# ----- resources -----------------------------------------------------------------------------
-
-def open_ledger(settings: Settings) -> LedgerApp:
-    return LedgerApp(
-        env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size),
-        timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
-        audit_key=settings.audit_key.encode(),
-    )
-
-
-def secret_book(settings: Settings, ledger: LedgerApp) -> SecretBook:
-    """Secrets under LEDGERCI_SECRET_KEY; without one, using them answers that it is not set."""
-    if not settings.secret_key:
-        return SecretBook(ledger, None)
-    try:
-        return SecretBook(ledger, Keyring.from_setting(settings.secret_key))
-    except KeyringError as wrong:
-        raise SystemExit(str(wrong)) from None
-
-
-def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
-    """Create the event store's and the read models' tables if they are missing."""
-    if not is_postgres(settings.database_url):
-        create_event_store(ledger, settings.database_url)
-        create_read_model_tables(db)
-        return
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
-        try:
-            create_event_store(ledger, settings.database_url)
-            create_read_model_tables(db)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
-
-
-async def connect_nats(settings: Settings, name: str) -> NATS:
-    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
-    return await nats.connect(
-        servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-        connect_timeout=5, allow_reconnect=True,
-    )
-
-
-@asynccontextmanager
-async def store(settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[tuple[LedgerApp, Database]]:
-    """The event store and the read-model database; tables made first if asked (or if
-    LEDGERCI_AUTO_MIGRATE is on)."""
-    ledger = await asyncio.to_thread(open_ledger, settings)
-    # On SQLite the read models write to the event store's file: they take its writer lock.
-    shared_lock = None if is_postgres(settings.database_url) else writer_lock(sqlite_path(settings.database_url))
-    db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size,
-                                 writer_lock=shared_lock)
-    try:
-        if settings.auto_migrate if migrate_schema is None else migrate_schema:
-            await asyncio.to_thread(migrate, settings, ledger, db)
-        yield ledger, db
-    finally:
-        db.close()
-        ledger.close()
-
-
-@asynccontextmanager
-async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
-    nc = await connect_nats(settings, name)
-    try:
-        await ensure_streams(nc.jetstream(), settings.stream_replicas)
-        yield nc
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
-
-
-# ----- wake-ups --------------------------------------------------------------------------------
-
-async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """PostgreSQL: wake on the NOTIFY that every insert of events sends."""
-    while not stop.is_set():
-        try:
-            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
-                wake.set()  # anything committed while we were not listening
-                async for _ in conn.notifies():
-                    wake.set()
-        except (psycopg.Error, OSError):
-            log.warning("lost the LISTEN connection; reconnecting")
-            await asyncio.sleep(0.5)
-
-
-def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
-    """SQLite has no NOTIFY: saves made in this process wake the relay directly."""
-    loop = asyncio.get_running_loop()
-    ledger.store.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
-
-
-async def wake_on_published_events(nc: NATS, wake: asyncio.Event,
-                                   subject: str = f"{EVENTS_SUBJECT_PREFIX}.>") -> None:
-    """The projector (and the log archiver) wake when the relay has published something."""
-
-    async def on_event(_msg) -> None:
-        wake.set()
-
-    await nc.subscribe(subject, cb=on_event)
+EMBEDDED_WORKER_THREADS = 32
 
 
 # ----- the services ---------------------------------------------------------------------------
 
-async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, nc: NATS) -> None:
+async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                        nc: NATS) -> None:
     wake = asyncio.Event()
     relay = Relay(ledger, nc.jetstream(), settings.stream_replicas)
     async with asyncio.TaskGroup() as group:
@@ -334,50 +223,16 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         announcer.cancel()
 
 
-async def rebuild_read_models(settings: Settings, *, verify: bool) -> int:
-    """`ledgerci projections rebuild [--verify]`: 0 when done (or no difference), 1 otherwise.
-
-    Both build fresh tables from the whole history while the system keeps working; --verify
-    compares them with the live ones, a plain rebuild switches over to them."""
-    async with store(settings) as (ledger, db):
-        started = time.perf_counter()
-
-        def events_after(position: int, limit: int) -> list:
-            return list(ledger.store.events_after(position, limit))
-
-        if verify:
-            found, position = await asyncio.to_thread(verify_read_models, db, events_after)
-            for line in found:
-                print(line)
-            print(f"{len(found)} difference(s) between the read model and the history up to position {position}")
-            return 1 if found else 0
-        applied, position = await asyncio.to_thread(switch_over, db, events_after)
-        elapsed = time.perf_counter() - started
-        print(f"rebuilt the read model from {applied} events up to position {position} and switched over in "
-              f"{elapsed:.1f}s ({applied / max(elapsed, 1e-9):.0f} events/s)")
-        return 0
-
-
-async def verify_audit_chain(settings: Settings, run_id: UUID | None) -> int:
-    """`ledgerci audit verify [RUN_ID|--all]`: 0 when every chain is intact, 1 otherwise."""
-    async with store(settings, migrate_schema=False) as (ledger, _):
-        started = time.perf_counter()
-        checked, broken = await asyncio.to_thread(ledger.audit.verify_chain, run_id)
-        elapsed = time.perf_counter() - started
-        for found in broken:
-            print(f"BROKEN {found}")
-        what = f"run {run_id}" if run_id else "every stream"
-        if checked == 0 and run_id is not None:
-            print(f"run {run_id}: no events")
-            return 1
-        print(f"{what}: {checked} events checked in {elapsed:.1f}s, "
-              f"{len(broken)} broken stream(s)" + ("" if broken else ", every chain intact"))
-        return 1 if broken else 0
-
-
-async def grant_role(settings: Settings, role: str) -> None:
-    async with store(settings, migrate_schema=True) as (ledger, _):
-        await asyncio.to_thread(grant_service_role, ledger, settings.database_url, role)
+# The services that work on the store, by the name `ledgerci NAME` runs; the runner is apart:
+# it never opens the database (`runner_service`).
+StoreService = Callable[[Settings, asyncio.Event, LedgerApp, Database, NATS], Awaitable[None]]
+STORE_SERVICES: dict[str, StoreService] = {
+    "relay": relay_service,
+    "projector": projector_service,
+    "scheduler": scheduler_service,
+    "reaper": reaper_service,
+    "gateway": gateway_service,
+}
 
 
 # ----- entry points ----------------------------------------------------------------------------
@@ -400,18 +255,7 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
             return
         ledger, db = await stack.enter_async_context(store(settings))
         probes.add("store", lambda: db.query("SELECT 1"))
-        if name == "relay":
-            await relay_service(settings, stop, ledger, nc)
-        elif name == "projector":
-            await projector_service(settings, stop, ledger, db, nc)
-        elif name == "scheduler":
-            await scheduler_service(settings, stop, ledger, db, nc)
-        elif name == "reaper":
-            await reaper_service(settings, stop, ledger, db, nc)
-        elif name == "gateway":
-            await gateway_service(settings, stop, ledger, db, nc)
-        else:
-            raise ValueError(f"unknown service {name!r}")
+        await STORE_SERVICES[name](settings, stop, ledger, db, nc)
 
 
 async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
@@ -426,10 +270,9 @@ async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
         ledger, db = await stack.enter_async_context(store(settings))
         nc = await stack.enter_async_context(nats_connection(settings, "ledgerci-dev"))
         async with asyncio.TaskGroup() as group:
-            group.create_task(relay_service(settings, stop, ledger, nc))
-            group.create_task(projector_service(settings, stop, ledger, db, nc))
-            group.create_task(scheduler_service(settings, stop, ledger, db, nc))
-            group.create_task(reaper_service(settings, stop, ledger, db, nc))
+            for name, service in STORE_SERVICES.items():
+                if name != "gateway":  # it starts last, below, and says when it is ready
+                    group.create_task(service(settings, stop, ledger, db, nc))
             # The runner is a process of its own (ledgerci.runner_process): the second core.
             group.create_task(run_runner_process(settings, stop))
             group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))

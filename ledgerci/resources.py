@@ -1,0 +1,136 @@
+"""What every service process opens: the event store and read-model database (tables made
+under a lock), the NATS connection (streams made), and the wake-ups that stand for "something
+was committed" on each store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+import psycopg
+from nats.aio.client import Client as NATS
+
+from commands.app import LedgerApp
+from commands.runs import Timing
+from commands.schema import create_event_store
+from commands.secrets import SecretBook
+from commands.sqlite_store import writer_lock
+from commands.store import eventsourcing_env, is_postgres, sqlite_path
+from commands.streams import ensure_streams
+from domain.messages import EVENTS_SUBJECT_PREFIX
+from ledgerci.settings import Settings
+from projections.schema import create_read_model_tables
+from projections.sql import Database, open_database
+from sealing import Keyring, KeyringError
+
+log = logging.getLogger("ledgerci")
+
+# Any fixed number: migrations of every process take this PostgreSQL advisory lock.
+MIGRATION_LOCK_ID = 7_334_001
+EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's name on insert
+
+
+def open_ledger(settings: Settings) -> LedgerApp:
+    return LedgerApp(
+        env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size),
+        timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
+        audit_key=settings.audit_key.encode(),
+    )
+
+
+def secret_book(settings: Settings, ledger: LedgerApp) -> SecretBook:
+    """Secrets under LEDGERCI_SECRET_KEY; without one, using them answers that it is not set."""
+    if not settings.secret_key:
+        return SecretBook(ledger, None)
+    try:
+        return SecretBook(ledger, Keyring.from_setting(settings.secret_key))
+    except KeyringError as wrong:
+        raise SystemExit(str(wrong)) from None
+
+
+def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
+    """Create the event store's and the read models' tables if they are missing."""
+    if not is_postgres(settings.database_url):
+        create_event_store(ledger, settings.database_url)
+        create_read_model_tables(db)
+        return
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            create_event_store(ledger, settings.database_url)
+            create_read_model_tables(db)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+
+
+async def connect_nats(settings: Settings, name: str) -> NATS:
+    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
+    return await nats.connect(
+        servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        connect_timeout=5, allow_reconnect=True,
+    )
+
+
+@asynccontextmanager
+async def store(settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[tuple[LedgerApp, Database]]:
+    """The event store and the read-model database; tables made first if asked (or if
+    LEDGERCI_AUTO_MIGRATE is on)."""
+    ledger = await asyncio.to_thread(open_ledger, settings)
+    # On SQLite the read models write to the event store's file: they take its writer lock.
+    shared_lock = None if is_postgres(settings.database_url) else writer_lock(sqlite_path(settings.database_url))
+    db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size,
+                                 writer_lock=shared_lock)
+    try:
+        if settings.auto_migrate if migrate_schema is None else migrate_schema:
+            await asyncio.to_thread(migrate, settings, ledger, db)
+        yield ledger, db
+    finally:
+        db.close()
+        ledger.close()
+
+
+@asynccontextmanager
+async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
+    nc = await connect_nats(settings, name)
+    try:
+        await ensure_streams(nc.jetstream(), settings.stream_replicas)
+        yield nc
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
+
+
+# ----- wake-ups --------------------------------------------------------------------------------
+
+async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """PostgreSQL: wake on the NOTIFY that every insert of events sends."""
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                wake.set()  # anything committed while we were not listening
+                async for _ in conn.notifies():
+                    wake.set()
+        except (psycopg.Error, OSError):
+            log.warning("lost the LISTEN connection; reconnecting")
+            await asyncio.sleep(0.5)
+
+
+def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
+    """SQLite has no NOTIFY: saves made in this process wake the relay directly."""
+    loop = asyncio.get_running_loop()
+    ledger.store.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
+
+
+async def wake_on_published_events(nc: NATS, wake: asyncio.Event,
+                                   subject: str = f"{EVENTS_SUBJECT_PREFIX}.>") -> None:
+    """The projector (and the log archiver) wake when the relay has published something."""
+
+    async def on_event(_msg) -> None:
+        wake.set()
+
+    await nc.subscribe(subject, cb=on_event)
