@@ -9,7 +9,7 @@ $(BIN)/ledgerci: pyproject.toml
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: install dev test lint bench
+.PHONY: install dev test unit lint bench
 install: $(BIN)/ledgerci
 
 PORT ?= 8080
@@ -22,6 +22,11 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The fast loop: the domain, the workflow parser, the CLI's printing and the pure parts of the
+# services, no processes started (a few seconds).
+unit: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 bench: install
 	$(BIN)/python -m bench.latency --runs 200
