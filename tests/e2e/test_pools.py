@@ -64,4 +64,4 @@ def test_a_tenant_limited_to_some_pools_cannot_use_the_others(tmp_path: Path, ad
 
     assert run["status"] == "failed" and run["jobs"] == []
     assert run["error"] == 'job "train" asks for runner pool "gpu"; tenant \'limited\' may use: default'
-    assert [e["type"] for e in admin.events(run["id"])] == ["RunRequested", "RunFailed"]
+    assert [e["type"] for e in admin.events(run["id"])] == ["RunRequested", "CommitRead", "RunFailed"]
