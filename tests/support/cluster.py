@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,7 +45,10 @@ class LedgerCluster:
     def log_path(self, name: str) -> Path:
         return self.base_dir / f"{name}.log"
 
-    def start(self, name: str, *, env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, *, env: dict[str, str] | None = None,
+              wrap: Callable[[list[str]], list[str]] | None = None) -> None:
+        """Start service `name` (`runner#2`: a second runner); `wrap` changes how its command
+        runs (e.g. inside a network partition, tests/support/partition.py)."""
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         service_env = {**self.env, "LEDGERCI_DATA_DIR": str(data_dir), **(env or {})}
@@ -58,8 +61,9 @@ class LedgerCluster:
             service_env.pop("LEDGERCI_SECRET_KEY", None)  # nor the key: secrets reach it sealed to its claim
             service_env.setdefault("LEDGERCI_RUNNER_ID", name.replace("#", "-"))
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
+        argv = [sys.executable, "-m", "ledgerci.cli", name.split("#")[0]]
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "ledgerci.cli", name.split("#")[0]],
+            wrap(argv) if wrap else argv,
             env=service_env, stdout=log, stderr=subprocess.STDOUT,
         )
         if name.startswith("gateway"):
@@ -111,13 +115,14 @@ class LedgerCluster:
         self.start(name)
 
     @contextmanager
-    def running(self) -> Iterator[LedgerCluster]:
-        """Every service started, and stopped on the way out, also when one did not come up in
-        time (a loaded machine): the ones that did would otherwise outlive the test, retrying a
-        nats-server that is gone, for ever."""
+    def running(self, services: tuple[str, ...] = SERVICES) -> Iterator[LedgerCluster]:
+        """The services started (every one by default), and stopped on the way out, also when
+        one did not come up in time (a loaded machine): the ones that did would otherwise
+        outlive the test, retrying a nats-server that is gone, for ever."""
         self.base_dir.mkdir(parents=True)
         try:
-            self.start_all()
+            for name in services:
+                self.start(name)
             yield self
         finally:
             self.stop_all()

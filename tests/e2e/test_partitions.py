@@ -1,0 +1,66 @@
+"""Network partitions (issue 18): a service cut off from the network while it works, then
+healed. Every service is a separate process on PostgreSQL and a real nats-server; the cut is
+real (iptables drops what the partitioned process sends, tests/support/partition.py). Every
+test ends with the invariant checker over the full event history."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_faults import FAULT_ENV, LEASE_SECONDS, assert_invariants, pid_in, repository, slow_first_attempt
+from tests.e2e.test_faults import wait_for as wait_until
+from tests.support.api import Api
+from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+from tests.support.partition import Partition
+from tests.support.processes import pid_alive
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def partition() -> Iterator[Partition]:
+    with Partition.new() as made:
+        yield made
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
+    """Every service but the runners, which each test starts where it wants them."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url, extra_env=FAULT_ENV)
+    with cluster.running(("relay", "projector", "scheduler", "reaper", "gateway")):
+        yield cluster
+
+
+def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
+        tmp_path: Path, cluster: LedgerCluster, partition: Partition) -> None:
+    admin = Api(cluster.url, ADMIN_TOKEN)
+    cluster.start("runner", wrap=partition.wrap)  # the only runner: the first attempt is its
+    pid_file = tmp_path / "attempt1.pid"
+    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=1))
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+    assert admin.run(run_id)["jobs"][0]["runner_id"] == "runner"
+
+    partition.cut()
+    # Unheard past its lease, the runner stops the job itself: nothing may run on for an
+    # attempt the system has given to someone else.
+    wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the cut-off runner to kill its job")
+    cluster.start("runner#2")
+    run = admin.wait_run(run_id, timeout=60)
+    assert run["status"] == "succeeded", admin.explain(run_id)
+    assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, "runner-2")
+
+    partition.heal()
+    time.sleep(3 * LEASE_SECONDS)  # the healed runner's queued words, if it (wrongly) had any, arrive by now
+    history = admin.events(run_id)
+    abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
+    assert [(e["data"]["attempt"], e["data"]["kind"], e["actor"]) for e in abandoned] == [(1, "runner_lost", "reaper")]
+    after = history[history.index(abandoned[0]):]
+    late = [(e["type"], e["actor"]) for e in after if e["actor"] == "runner:runner"]
+    assert late == [], f"the cut-off runner changed the run after its attempt was given up: {late}"
+    assert [e["type"] for e in history].count("JobSucceeded") == 1
+    assert_invariants(cluster)
