@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def partition() -> Iterator[Partition]:
-    with Partition.new() as made:
+    with Partition.around() as made:
         yield made
 
 
@@ -62,5 +62,39 @@ def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
     after = history[history.index(abandoned[0]):]
     late = [(e["type"], e["actor"]) for e in after if e["actor"] == "runner:runner"]
     assert late == [], f"the cut-off runner changed the run after its attempt was given up: {late}"
+    assert [e["type"] for e in history].count("JobSucceeded") == 1
+    assert_invariants(cluster)
+
+
+def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_runs_once(
+        tmp_path: Path, cluster: LedgerCluster, fresh_nats_server) -> None:
+    """One direction dropped: the runner's heartbeats reach the command service (and extend its
+    lease), but no reply reaches the runner. Not knowing whether it still holds the attempt, it
+    must stop at the lease it last heard of; the attempt is then given up and runs elsewhere."""
+    admin = Api(cluster.url, ADMIN_TOKEN)
+    cluster.start("runner")
+    pid_file = tmp_path / "attempt1.pid"
+    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=1))
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    pid = pid_in(pid_file)
+
+    with Partition.toward(cluster.processes["runner"].pid, fresh_nats_server.port) as one_way:
+        one_way.cut()
+        cut_at = len(admin.events(run_id))
+        wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the runner that hears nothing to kill its job")
+        heard = [e for e in admin.events(run_id)[cut_at:]
+                 if e["type"] == "JobLeaseExtended" and e["actor"] == "runner:runner"]
+        assert heard, "the runner's heartbeats should still have reached the command service"
+        cluster.start("runner#2")
+        run = admin.wait_run(run_id, timeout=60)
+    assert run["status"] == "succeeded", admin.explain(run_id)
+    assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, "runner-2")
+
+    time.sleep(3 * LEASE_SECONDS)  # healed: whatever the runner still had to say has arrived
+    history = admin.events(run_id)
+    abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
+    assert [(e["data"]["attempt"], e["data"]["kind"]) for e in abandoned] == [(1, "runner_lost")]
+    after = history[history.index(abandoned[0]):]
+    assert [e["type"] for e in after if e["actor"] == "runner:runner"] == []
     assert [e["type"] for e in history].count("JobSucceeded") == 1
     assert_invariants(cluster)

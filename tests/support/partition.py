@@ -1,12 +1,16 @@
-"""Network partitions for tests, made with iptables' owner match (this machine has no
-`tc netem`).
+"""Network partitions for tests, made with iptables (this machine has no `tc netem`).
 
-A process started through `Partition.wrap` runs under a group id of its own (`setpriv
---regid`, the user stays root so it reads its files as before). `cut()` drops every packet a
-socket of that group sends, loopback included; since TCP needs the process's ACKs, nothing
-reaches it either, so the process is cut off from everything: NATS, the store, its jobs'
-network. `heal()` removes the rule and TCP's retransmissions carry on where they stopped.
-Needs root and iptables (CI runs as root; docker.io brings iptables).
+- `Partition.around()`: a process started through `wrap` runs under a group id of its own
+  (`setpriv --regid`; the user stays root, so it reads its files as before). `cut()` drops
+  every packet a socket of that group sends, loopback included; since TCP needs the process's
+  ACKs, nothing reaches it either: it is cut off from everything (NATS, the store, its jobs'
+  network).
+- `Partition.toward(pid, port)`: one direction only. `cut()` drops what the server on `port`
+  sends to `pid`'s connections, so what the process sends still arrives (the server's ACKs
+  are lost, so TCP sends it again, and the server drops the repeats), but no reply comes back.
+
+`heal()` removes the rules, and TCP's retransmissions carry on where they stopped. Needs root
+and iptables (CI runs as root; docker.io brings iptables).
 """
 
 from __future__ import annotations
@@ -18,16 +22,33 @@ from contextlib import contextmanager
 
 
 class Partition:
-    def __init__(self, gid: int) -> None:
+    def __init__(self, rules: list[list[str]], gid: int | None = None) -> None:
+        self.rules = rules
         self.gid = gid
-        self.rule = ["OUTPUT", "-m", "owner", "--gid-owner", str(gid), "-j", "DROP"]
         self.is_cut = False
 
     @classmethod
     @contextmanager
-    def new(cls) -> Iterator[Partition]:
-        """A partition of a group no one else uses; healed on the way out, whatever happened."""
-        partition = cls(random.randint(61000, 64999))
+    def around(cls) -> Iterator[Partition]:
+        """Around whatever is started through `wrap`; healed on the way out, whatever happened."""
+        gid = random.randint(61000, 64999)  # a group no one else uses
+        with cls._healed(cls([["OUTPUT", "-m", "owner", "--gid-owner", str(gid), "-j", "DROP"]], gid)) as made:
+            yield made
+
+    @classmethod
+    @contextmanager
+    def toward(cls, pid: int, port: int) -> Iterator[Partition]:
+        """Between the server on local `port` and process `pid`: its replies dropped."""
+        local_ports = connections_of(pid, port)
+        assert local_ports, f"process {pid} has no connection to port {port}"
+        rules = [["OUTPUT", "-p", "tcp", "--sport", str(port), "--dport", str(local), "-j", "DROP"]
+                 for local in local_ports]
+        with cls._healed(cls(rules)) as made:
+            yield made
+
+    @staticmethod
+    @contextmanager
+    def _healed(partition: Partition) -> Iterator[Partition]:
         try:
             yield partition
         finally:
@@ -36,15 +57,26 @@ class Partition:
 
     def wrap(self, argv: list[str]) -> list[str]:
         """`argv` run inside the partition (and so are the processes it starts)."""
+        assert self.gid is not None, "only a partition made with around() wraps a command"
         return ["setpriv", f"--regid={self.gid}", "--clear-groups", "--", *argv]
 
     def cut(self) -> None:
-        _iptables("-I", *self.rule)
+        for rule in self.rules:
+            _iptables("-I", *rule)
         self.is_cut = True
 
     def heal(self) -> None:
-        _iptables("-D", *self.rule)
+        for rule in self.rules:
+            _iptables("-D", *rule)
         self.is_cut = False
+
+
+def connections_of(pid: int, port: int) -> list[int]:
+    """The local ports of `pid`'s established TCP connections to `port` on this machine."""
+    listing = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{port} )"],
+                             check=True, capture_output=True, text=True).stdout
+    # Columns: Recv-Q Send-Q Local:Port Peer:Port Process (users:(("python",pid=N,fd=M)))
+    return [int(line.split()[2].rsplit(":", 1)[1]) for line in listing.splitlines() if f"pid={pid}," in line]
 
 
 def _iptables(*args: str) -> None:
