@@ -35,6 +35,8 @@ from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
 from projections.registry import RegistryQueries
 
+# How long NATS may take to answer a ping before the gateway says it is not ready.
+NATS_READY_SECONDS = 1.0
 # Larger bodies are refused with 413 before they are read; the largest real one is a few KiB.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
 
@@ -74,7 +76,13 @@ def create_app(deps: GatewayDeps) -> Litestar:
          responses={503: ResponseSpec(Health, description="the store or NATS is unreachable")})
     async def readyz() -> Response[Health]:
         """Readiness: the event store and NATS are reachable."""
-        checks = {"nats": "ok" if deps.nc.is_connected else "disconnected"}
+        # A round trip, not the client's own idea of its connection: a connection cut without a
+        # word (a partition) still looks connected until its pings go unanswered, minutes later.
+        try:
+            await deps.nc.flush(timeout=NATS_READY_SECONDS)
+            checks = {"nats": "ok"}
+        except Exception as failed:  # readiness reports, it does not raise
+            checks = {"nats": f"unreachable: {type(failed).__name__}"}
         try:
             await asyncio.wait_for(asyncio.to_thread(deps.queries.db.query, "SELECT 1"), timeout=2)
             checks["store"] = "ok"

@@ -98,3 +98,39 @@ def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_r
     assert [e["type"] for e in after if e["actor"] == "runner:runner"] == []
     assert [e["type"] for e in history].count("JobSucceeded") == 1
     assert_invariants(cluster)
+
+
+def test_a_gateway_cut_off_from_nats_says_it_is_not_ready_yet_takes_pushes_and_cancels(
+        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
+    """The gateway loses NATS (not HTTP, not the store): its readiness says so at once, pushes
+    still land in the store and run (the relay publishes them, not the gateway), and a cancel
+    still stops the running job, though the gateway cannot tell the runner: the runner's next
+    heartbeat is refused. Healed, it is ready again."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url, extra_env=FAULT_ENV)
+    with Partition.around(port=fresh_nats_server.port) as cut_from_nats, \
+            cluster.running(("relay", "projector", "scheduler", "reaper")):
+        cluster.start("runner", env={"LEDGERCI_RUNNER_SLOTS": "2"})  # the quick run beside the slow one
+        cluster.start("gateway", wrap=cut_from_nats.wrap)
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        pid_file = tmp_path / "attempt1.pid"
+        repository_id, repo, slow = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=0))
+        running = admin.push(repository_id, slow).json()["run_id"]
+        pid = pid_in(pid_file)
+        assert admin.http.get("/readyz").status_code == 200
+
+        cut_from_nats.cut()
+        not_ready = admin.http.get("/readyz")
+        assert not_ready.status_code == 503 and not_ready.json()["checks"]["nats"].startswith("unreachable")
+        assert not_ready.json()["checks"]["store"] == "ok"
+        quick = repo.commit({".ledgerci.yml": "jobs:\n  - name: quick\n    run: 'true'\n", "n": "2"})
+        pushed = admin.push(repository_id, quick)
+        assert pushed.status_code == 202, pushed.text
+        assert admin.wait_run(pushed.json()["run_id"], timeout=60)["status"] == "succeeded"
+        cancelled = admin.http.post(f"/api/v1/runs/{running}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["cancelled"] is True, admin.explain(running)
+        wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the cancelled job's process to be killed")
+
+        cut_from_nats.heal()
+        wait_until(lambda: admin.http.get("/readyz").status_code == 200, 60, "the healed gateway to be ready")
+        assert admin.run(running)["status"] == "cancelled"
+        assert_invariants(cluster)

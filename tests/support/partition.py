@@ -4,7 +4,8 @@
   (`setpriv --regid`; the user stays root, so it reads its files as before). `cut()` drops
   every packet a socket of that group sends, loopback included; since TCP needs the process's
   ACKs, nothing reaches it either: it is cut off from everything (NATS, the store, its jobs'
-  network).
+  network). `around(port=N)` cuts only its connections to the server on local port N (the
+  gateway from NATS, say, while HTTP and the store still reach it).
 - `Partition.toward(pid, port)`: one direction only. `cut()` drops what the server on `port`
   sends to `pid`'s connections, so what the process sends still arrives (the server's ACKs
   are lost, so TCP sends it again, and the server drops the repeats), but no reply comes back.
@@ -29,10 +30,13 @@ class Partition:
 
     @classmethod
     @contextmanager
-    def around(cls) -> Iterator[Partition]:
-        """Around whatever is started through `wrap`; healed on the way out, whatever happened."""
+    def around(cls, port: int | None = None) -> Iterator[Partition]:
+        """Around whatever is started through `wrap` (only its traffic to local `port`, if
+        given); healed on the way out, whatever happened."""
         gid = random.randint(61000, 64999)  # a group no one else uses
-        with cls._healed(cls([["OUTPUT", "-m", "owner", "--gid-owner", str(gid), "-j", "DROP"]], gid)) as made:
+        only = ["-p", "tcp", "--dport", str(port)] if port else []
+        rule = ["OUTPUT", "-m", "owner", "--gid-owner", str(gid), *only, "-j", "DROP"]
+        with cls._healed(cls([rule], gid)) as made:
             yield made
 
     @classmethod
