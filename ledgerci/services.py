@@ -24,7 +24,7 @@ from commands.dead_letter import serve_dead_letters
 from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
-from commands.runner_service import serve_runner_commands
+from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
 from commands.scheduler import run_planner
 from commands.store import is_postgres, sqlite_path
 from commands.wake import run_woken
@@ -122,7 +122,9 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
     mirrors = GitMirrors(settings.data_dir / "mirrors")
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger)))
+            # Replicas on PostgreSQL step aside while their store stalls; the embedded one never.
+            stalled_after = STALLED_AFTER_SECONDS if is_postgres(settings.database_url) else None
+            group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger), stalled_after))
             group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
             group.create_task(admission_service(settings, stop, ledger, db, nc))
     finally:
