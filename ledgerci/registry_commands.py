@@ -41,6 +41,8 @@ def _add_tenant_commands(tenant: Any) -> None:
         sub.add_argument("--max-concurrent-jobs", type=int, help="jobs of the tenant running at once")
         sub.add_argument("--max-queued-runs", type=int, help="runs waiting at once; a push beyond answers 429")
         sub.add_argument("--pushes-per-minute", type=int, help="pushes accepted a minute; beyond, 429")
+        sub.add_argument("--pools", metavar="POOL,...",
+                         help="the runner pools its jobs may ask for, comma-separated; * for any (the default)")
     create.add_argument("--token-out", action="store_true", help="also issue a token and print it (shown once)")
     action("show", "a tenant's weight and quotas", _tenant_show)
     action("token", "issue a new token for the tenant (shown once)", _tenant_token)
@@ -68,15 +70,21 @@ def _client(args: argparse.Namespace) -> GatewayClient:
 # ----- tenants --------------------------------------------------------------------------------
 
 def _tenant_settings(args: argparse.Namespace) -> dict[str, object]:
-    return {name: getattr(args, name) for name in _TENANT_SETTINGS if getattr(args, name) is not None}
+    settings: dict[str, object] = {name: getattr(args, name) for name in _TENANT_SETTINGS
+                                   if getattr(args, name) is not None}
+    if args.pools is not None:
+        settings["pools"] = [pool.strip() for pool in args.pools.split(",") if pool.strip()]
+    return settings
 
 
 def _print_tenant(tenant: dict, args: argparse.Namespace, what: str) -> None:
     if args.json:
         print_json(tenant)
         return
+    pools = tenant.get("pools") or ["*"]
     print(f"tenant {tenant['id']} {what}: weight {tenant['weight']}, at most {tenant['max_concurrent_jobs']} jobs "
-          f"running, {tenant['max_queued_runs']} runs queued, {tenant['pushes_per_minute']} pushes a minute")
+          f"running, {tenant['max_queued_runs']} runs queued, {tenant['pushes_per_minute']} pushes a minute, "
+          f"runner pools: {'any' if '*' in pools else ', '.join(pools)}")
     if "token" in tenant:
         _print_token(tenant)
 

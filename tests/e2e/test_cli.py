@@ -219,6 +219,10 @@ def test_repositories_and_tenants_are_listed_shown_and_deleted(tenant, system: L
     tenants = admin("tenant", "list")
     assert tenants.returncode == 0 and tenant_id in tenants.stdout
     assert cli("tenant", "list").returncode == 1  # the admin's
+    assert "runner pools: any" in admin("tenant", "show", tenant_id).stdout
+    pooled = admin("tenant", "update", tenant_id, "--pools", "default, gpu")
+    assert pooled.returncode == 0 and "runner pools: default, gpu" in pooled.stdout, pooled.stderr
+    assert "runner pools: default, gpu" in admin("tenant", "show", tenant_id).stdout
     other, _ = Api(system.url, ADMIN_TOKEN).tenant(f"o-{uuid.uuid4().hex[:8]}")
     assert "404" in admin("repo", "show", "nosuch").stderr
     deleted = cli("repo", "delete", repository_id)
