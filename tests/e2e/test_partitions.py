@@ -72,9 +72,14 @@ def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
 
 def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_runs_once(
         tmp_path: Path, cluster: LedgerCluster, fresh_nats_server) -> None:
-    """One direction dropped: the runner's heartbeats reach the command service (and extend its
-    lease), but no reply reaches the runner. Not knowing whether it still holds the attempt, it
-    must stop at the lease it last heard of; the attempt is then given up and runs elsewhere."""
+    """One direction dropped: what the runner sends still leaves it, but no reply reaches it.
+    Not knowing whether it still holds the attempt, it must stop at the lease it last heard of;
+    the attempt is then given up and runs elsewhere, once.
+
+    Whether its heartbeats still land is up to TCP, not us: with no ACK coming back, after the
+    first retransmission timeout only the oldest unacknowledged segment is sent again, so
+    messages written later may never leave (they did on a quiet machine, not in CI). So the test
+    asserts only what the runner must do, not that it was heard."""
     admin = Api(cluster.url, ADMIN_TOKEN)
     cluster.start("runner")
     pid_file = tmp_path / "attempt1.pid"
@@ -83,13 +88,8 @@ def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_r
     pid = pid_in(pid_file)
 
     with Partition.toward(cluster.processes["runner"].pid, fresh_nats_server.port) as one_way:
-        # Counted before the cut: counting after it raced the heartbeats it should count.
-        before_cut = len(admin.events(run_id))
         one_way.cut()
         wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the runner that hears nothing to kill its job")
-        heard = [e for e in admin.events(run_id)[before_cut:]
-                 if e["type"] == "JobLeaseExtended" and e["actor"] == "runner:runner"]
-        assert heard, f"the runner's heartbeats should still have reached the command service: {admin.explain(run_id)}"
         cluster.start("runner#2")
         run = admin.wait_run(run_id, timeout=60)
     assert run["status"] == "succeeded", admin.explain(run_id)

@@ -7,8 +7,9 @@
   network). `around(port=N)` cuts only its connections to the server on local port N (the
   gateway from NATS, say, while HTTP and the store still reach it).
 - `Partition.toward(pid, port)`: one direction only. `cut()` drops what the server on `port`
-  sends to `pid`'s connections, so what the process sends still arrives (the server's ACKs
-  are lost, so TCP sends it again, and the server drops the repeats), but no reply comes back.
+  sends to `pid`'s connections: no reply comes back. What the process sends still leaves it at
+  first, but with no ACK coming back TCP soon resends only its oldest unacknowledged segment,
+  so later messages may not leave at all: a test may not count on them arriving.
 
 `heal()` removes the rules, and TCP's retransmissions carry on where they stopped. Needs root
 and iptables (CI runs as root; docker.io brings iptables).
