@@ -39,35 +39,47 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[Le
         yield cluster
 
 
-def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
-        tmp_path: Path, cluster: LedgerCluster, partition: Partition) -> None:
-    admin = Api(cluster.url, ADMIN_TOKEN)
-    cluster.start("runner", wrap=partition.wrap)  # the only runner: the first attempt is its
+def push_slow_job(admin: Api, tmp_path: Path) -> tuple[str, int]:
+    """A run whose first attempt sleeps (retried once): its id and the attempt's process."""
     pid_file = tmp_path / "attempt1.pid"
     repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=1))
     run_id = admin.push(repository_id, commit).json()["run_id"]
-    pid = pid_in(pid_file)
-    assert admin.run(run_id)["jobs"][0]["runner_id"] == "runner"
+    return run_id, pid_in(pid_file)
 
-    partition.cut()
-    # Unheard past its lease, the runner stops the job itself: nothing may run on for an
-    # attempt the system has given to someone else.
-    wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the cut-off runner to kill its job")
+
+def the_job_moves_to_another_runner(cluster: LedgerCluster, admin: Api, run_id: str, pid: int) -> None:
+    """The runner that lost touch stops the job itself (nothing may run on for an attempt the
+    system gives to someone else); a second runner then runs it as attempt 2."""
+    wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the runner that lost touch to kill its job")
     cluster.start("runner#2")
     run = admin.wait_run(run_id, timeout=60)
     assert run["status"] == "succeeded", admin.explain(run_id)
     assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, "runner-2")
 
-    partition.heal()
+
+def assert_the_first_runner_said_nothing_once_healed(cluster: LedgerCluster, admin: Api, run_id: str) -> None:
     time.sleep(3 * LEASE_SECONDS)  # the healed runner's queued words, if it (wrongly) had any, arrive by now
     history = admin.events(run_id)
     abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
     assert [(e["data"]["attempt"], e["data"]["kind"], e["actor"]) for e in abandoned] == [(1, "runner_lost", "reaper")]
     after = history[history.index(abandoned[0]):]
     late = [(e["type"], e["actor"]) for e in after if e["actor"] == "runner:runner"]
-    assert late == [], f"the cut-off runner changed the run after its attempt was given up: {late}"
+    assert late == [], f"the runner changed the run after its attempt was given up: {late}"
     assert [e["type"] for e in history].count("JobSucceeded") == 1
     assert_invariants(cluster)
+
+
+def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
+        tmp_path: Path, cluster: LedgerCluster, partition: Partition) -> None:
+    admin = Api(cluster.url, ADMIN_TOKEN)
+    cluster.start("runner", wrap=partition.wrap)  # the only runner: the first attempt is its
+    run_id, pid = push_slow_job(admin, tmp_path)
+    assert admin.run(run_id)["jobs"][0]["runner_id"] == "runner"
+
+    partition.cut()
+    the_job_moves_to_another_runner(cluster, admin, run_id, pid)
+    partition.heal()
+    assert_the_first_runner_said_nothing_once_healed(cluster, admin, run_id)
 
 
 def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_runs_once(
@@ -82,27 +94,12 @@ def test_a_runner_heard_by_nats_but_hearing_no_reply_stops_its_job_and_the_job_r
     asserts only what the runner must do, not that it was heard."""
     admin = Api(cluster.url, ADMIN_TOKEN)
     cluster.start("runner")
-    pid_file = tmp_path / "attempt1.pid"
-    repository_id, _, commit = repository(admin, tmp_path, slow_first_attempt(pid_file, retries=1))
-    run_id = admin.push(repository_id, commit).json()["run_id"]
-    pid = pid_in(pid_file)
+    run_id, pid = push_slow_job(admin, tmp_path)
 
     with Partition.toward(cluster.processes["runner"].pid, fresh_nats_server.port) as one_way:
         one_way.cut()
-        wait_until(lambda: not pid_alive(pid), 4 * LEASE_SECONDS + 5, "the runner that hears nothing to kill its job")
-        cluster.start("runner#2")
-        run = admin.wait_run(run_id, timeout=60)
-    assert run["status"] == "succeeded", admin.explain(run_id)
-    assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, "runner-2")
-
-    time.sleep(3 * LEASE_SECONDS)  # healed: whatever the runner still had to say has arrived
-    history = admin.events(run_id)
-    abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
-    assert [(e["data"]["attempt"], e["data"]["kind"]) for e in abandoned] == [(1, "runner_lost")]
-    after = history[history.index(abandoned[0]):]
-    assert [e["type"] for e in after if e["actor"] == "runner:runner"] == []
-    assert [e["type"] for e in history].count("JobSucceeded") == 1
-    assert_invariants(cluster)
+        the_job_moves_to_another_runner(cluster, admin, run_id, pid)
+    assert_the_first_runner_said_nothing_once_healed(cluster, admin, run_id)
 
 
 def test_a_gateway_cut_off_from_nats_says_it_is_not_ready_yet_takes_pushes_and_cancels(
