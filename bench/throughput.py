@@ -6,6 +6,7 @@ at once by 8 client threads, and the rate is counted from the events' own timest
 first JobStarted to the last JobSucceeded.
 
     .venv/bin/python -m bench.throughput --runs 400 --runners 1 2 4
+    .venv/bin/python -m bench.throughput --runs 400 --runners 1 --slots 8 --profile /tmp/profiles
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
@@ -21,23 +23,28 @@ import httpx
 import psycopg
 
 from bench.harness import Bench, bench_cluster
+from bench.profiling import sampled, summary
 from tests.support.api import FINAL
 
 WORKFLOW = "jobs:\n  - name: noop\n    run: 'true'\n"
 
 
-def measure(runs: int, runners: int) -> tuple[float, float]:
+def measure(runs: int, runners: int, slots: int, profile: Path | None) -> tuple[float, float]:
     names = ("relay", "projector", "scheduler", "reaper", "gateway",
              *("runner" if n == 0 else f"runner#{n + 1}" for n in range(runners)))
-    with bench_cluster(names, {}) as bench:
+    with bench_cluster(names, {"LEDGERCI_RUNNER_SLOTS": str(slots)}) as bench:
         commits = bench.repo.many_commits({".ledgerci.yml": WORKFLOW}, runs)
         counted_before = round_trips(bench)
-        with ThreadPoolExecutor(8) as pool:
-            run_ids = list(pool.map(lambda c: bench.api.push(bench.repository_id, c).json()["run_id"], commits))
-        deadline = time.monotonic() + 600
-        for run_id in run_ids:
-            remaining = max(deadline - time.monotonic(), 1)
-            bench.api.wait_run(run_id, until=lambda r: r["status"] in FINAL, timeout=remaining)
+        pids = {name: process.pid for name, process in bench.cluster.processes.items()}
+        with sampled(pids, profile / f"{runners}x{slots}") if profile else nullcontext() as stacks:
+            with ThreadPoolExecutor(8) as pool:
+                run_ids = list(pool.map(lambda c: bench.api.push(bench.repository_id, c).json()["run_id"], commits))
+            deadline = time.monotonic() + 600
+            for run_id in run_ids:
+                remaining = max(deadline - time.monotonic(), 1)
+                bench.api.wait_run(run_id, until=lambda r: r["status"] in FINAL, timeout=remaining)
+        for name, stacks_file in (stacks or {}).items():
+            print(f"  profile of {name} ({stacks_file}):\n{summary(stacks_file)}")
         started, finished = [], []
         for run_id in run_ids:
             for event in bench.api.events(run_id):
@@ -94,11 +101,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--runners", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--slots", type=int, default=1, help="job slots per runner process")
+    parser.add_argument("--profile", type=Path, help="sample every service with py-spy; stacks go here")
     args = parser.parse_args()
-    print("| runner processes (1 slot each) | jobs | seconds | jobs/s |")
+    print(f"| runner processes ({args.slots} slot(s) each) | jobs | seconds | jobs/s |")
     print("| --- | --- | --- | --- |")
     for runners in args.runners:
-        rate, elapsed = measure(args.runs, runners)
+        rate, elapsed = measure(args.runs, runners, args.slots, args.profile)
         print(f"| {runners} | {args.runs} | {elapsed:.1f} | {rate:.1f} |", flush=True)
 
 
