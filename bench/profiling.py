@@ -32,7 +32,7 @@ def sampled(pids: dict[str, int], out_dir: Path, rate: int = 250) -> Iterator[di
     """Sample each process until the block ends; yields where each one's stacks will be."""
     binary = py_spy()
     if binary is None:
-        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install -e '.[bench]'")
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {name: out_dir / f"{name.replace('#', '-')}.txt" for name in pids}
     samplers = [subprocess.Popen([binary, "record", "-p", str(pid), "-o", str(files[name]), "-f", "raw",
