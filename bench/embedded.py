@@ -7,6 +7,7 @@ workflow as fast as the answers come. Counts every answer by status code, then w
 every run has ended and counts jobs from the read model.
 
     .venv/bin/python -m bench.embedded --clients 16 --pushes 500
+    .venv/bin/python -m bench.embedded --clients 16 --pushes 100 --profile /tmp/profiles
 
 Pushes/s is accepted pushes over the push phase; jobs/s is jobs ended over first push to last
 run ended (the backlog drains after the pushes stop, so that is the sustained rate).
@@ -24,10 +25,12 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import httpx
 
+from bench.profiling import children, sampled, summary
 from tests.support.git_repo import GitRepo
 from tests.support.processes import free_port
 
@@ -35,7 +38,7 @@ WORKFLOW = "jobs:\n  - name: build\n    run: 'true'\n  - name: test\n    run: 't
 TOKEN = "bench-admin-token"
 
 
-def measure(clients: int, pushes: int, slots: int, source: Path) -> dict[str, object]:
+def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path | None = None) -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="ledgerci-bench-embedded-"))
     port = free_port()
     log = open(base / "dev.log", "wb")  # noqa: SIM115
@@ -69,13 +72,18 @@ def measure(clients: int, pushes: int, slots: int, source: Path) -> dict[str, ob
                         if response.status_code >= 300:
                             errors[response.text[:160]] += 1
 
-        started = time.monotonic()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(client, [commits[n::clients] for n in range(clients)]))
-        pushed = time.monotonic()
-        accepted = sum(count for code, count in answers.items() if 200 <= code < 300)
-        ended = _wait_all_ended(http, accepted, dev)
-        finished = time.monotonic()
+        # The dev process and its children (the runner; nats-server is not Python: no samples).
+        pids = {"dev": dev.pid, **{f"child-{pid}": pid for pid in children(dev.pid)}}
+        with sampled(pids, profile) if profile else nullcontext() as stacks:
+            started = time.monotonic()
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(client, [commits[n::clients] for n in range(clients)]))
+            pushed = time.monotonic()
+            accepted = sum(count for code, count in answers.items() if 200 <= code < 300)
+            ended = _wait_all_ended(http, accepted, dev)
+            finished = time.monotonic()
+        for name, stacks_file in (stacks or {}).items():
+            print(f"  profile of {name} ({stacks_file}):\n{summary(stacks_file)}")
         return {
             "answers": dict(answers), "errors": dict(errors), "accepted": accepted,
             "push_seconds": pushed - started, "pushes_per_s": accepted / (pushed - started),
@@ -149,8 +157,9 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=8, help="LEDGERCI_RUNNER_SLOTS of the embedded runner")
     parser.add_argument("--source", type=Path, default=Path.cwd(),
                         help="the ledgerci checkout to run (to compare two commits side by side)")
+    parser.add_argument("--profile", type=Path, help="sample the dev process and the runner with py-spy")
     args = parser.parse_args()
-    result = measure(args.clients, args.pushes, args.slots, args.source.absolute())
+    result = measure(args.clients, args.pushes, args.slots, args.source.absolute(), args.profile)
     print(f"clients {args.clients} x pushes {args.pushes} (slots {args.slots}), source {args.source}")
     print(f"  answers: {result['answers']}")
     for text, count in result["errors"].items():  # type: ignore[attr-defined]

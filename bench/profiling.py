@@ -48,6 +48,19 @@ def sampled(pids: dict[str, int], out_dir: Path, rate: int = 250) -> Iterator[di
             sampler.wait(timeout=30)
 
 
+def children(parent: int) -> list[int]:
+    """The processes whose parent is `parent`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry.name))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def summary(stacks_file: Path, top: int = 12) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()

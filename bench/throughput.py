@@ -23,7 +23,7 @@ import httpx
 import psycopg
 
 from bench.harness import Bench, bench_cluster
-from bench.profiling import sampled, summary
+from bench.profiling import children, sampled, summary
 from tests.support.api import FINAL
 
 WORKFLOW = "jobs:\n  - name: noop\n    run: 'true'\n"
@@ -58,7 +58,7 @@ def measure(runs: int, runners: int, slots: int, profile: Path | None) -> tuple[
         elapsed = (max(finished) - min(started)).total_seconds()
         cpu = {name: cpu_seconds(process.pid) for name, process in bench.cluster.processes.items()}
         postmaster = bench.postgres.pid or 0
-        cpu["postgres (all backends)"] = sum(cpu_seconds(pid) for pid in (postmaster, *_children(postmaster)))
+        cpu["postgres (all backends)"] = sum(cpu_seconds(pid) for pid in (postmaster, *children(postmaster)))
         cpu["nats-server"] = cpu_seconds(bench.nats_server.pid or 0)
         print("  CPU ms per job: " + ", ".join(f"{name} {seconds * 1000 / runs:.1f}"
                                              for name, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])))
@@ -83,18 +83,6 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
     return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
-                    found.append(int(entry.name))
-            except (OSError, ValueError):
-                continue
-    return found
 
 
 def main() -> None:

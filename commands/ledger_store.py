@@ -25,6 +25,7 @@ from eventsourcing.persistence import (
 )
 
 from commands.chain import ChainedMapper
+from commands.recent_events import RecentEvents
 from commands.snapshots import SNAPSHOT_INTERVALS, SnapshottingRepository, SnapshotTranscoder
 from commands.store import APP_NAME
 from domain.errors import AlreadyExistsError, DomainError
@@ -48,6 +49,7 @@ class LedgerStore(Application):
         self.audit_key = audit_key  # read by construct_mapper, during Application.__init__
         super().__init__(env=dict(env) if env else None)
         self._save_listeners: list[Callable[[], None]] = []
+        self._recent = RecentEvents(self._read_events_after)
 
     # ----- eventsourcing's hooks -------------------------------------------------------------
 
@@ -175,7 +177,13 @@ class LedgerStore(Application):
         for page in self.notification_pages(page_size):
             yield [(notification.id, self.mapper.to_domain_event(notification)) for notification in page]
 
-    def events_after(self, position: int, limit: int) -> Iterator[tuple[int, object]]:
-        """(position, domain event) pairs after `position`, in the store's global order."""
-        for notification in self.notifications_after(position, limit):
-            yield notification.id, self.mapper.to_domain_event(notification)
+    def events_after(self, position: int, limit: int) -> list[tuple[int, object]]:
+        """(position, domain event) pairs after `position`, in the store's global order: up to
+        `limit` of them, maybe fewer while there are more (read until an answer is empty).
+
+        The followers of one process share what was read and decoded (commands.recent_events)."""
+        return self._recent.events_after(position, limit)
+
+    def _read_events_after(self, position: int, limit: int) -> list[tuple[int, object]]:
+        return [(notification.id, self.mapper.to_domain_event(notification))
+                for notification in self.notifications_after(position, limit)]
