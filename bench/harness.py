@@ -26,9 +26,10 @@ class Bench:
 
 
 @contextmanager
-def bench_cluster(services: tuple[str, ...], extra_env: dict[str, str]) -> Iterator[Bench]:
+def bench_cluster(services: tuple[str, ...], extra_env: dict[str, str],
+                  postgres_settings: dict[str, str] | None = None) -> Iterator[Bench]:
     base = make_base_dir("ledgerci-bench-")
-    postgres = PostgresServer.create(base, fsync=True)
+    postgres = PostgresServer.create(base, fsync=True, settings=postgres_settings)
     nats_server = NatsServer.create(base, sync_always=True)
     cluster_dir = Path(tempfile.mkdtemp(prefix="ledgerci-bench-cluster-"))
     cluster = LedgerCluster(cluster_dir, postgres.url, nats_server.url,

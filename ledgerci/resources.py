@@ -21,7 +21,6 @@ from commands.secrets import SecretBook
 from commands.sqlite_store import writer_lock
 from commands.store import eventsourcing_env, is_postgres, sqlite_path
 from commands.streams import ensure_streams
-from domain.messages import EVENTS_SUBJECT_PREFIX
 from ledgerci.settings import Settings
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
@@ -106,31 +105,40 @@ async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
 
 # ----- wake-ups --------------------------------------------------------------------------------
 
-async def listen_for_commits(database_url: str, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """PostgreSQL: wake on the NOTIFY that every insert of events sends."""
+@asynccontextmanager
+async def waking_on_commits(settings: Settings, ledger: LedgerApp, stop: asyncio.Event,
+                            *wakes: asyncio.Event) -> AsyncIterator[None]:
+    """Every follower of the store (relay, projector, log archiver, admission) is woken the
+    same way: when something is committed. On PostgreSQL by the NOTIFY every insert of events
+    sends (one LISTEN connection for all the followers of a process); on SQLite, which has no
+    NOTIFY, by the saves of this process (`ledgerci dev` runs every writer in one process)."""
+    if not is_postgres(settings.database_url):
+        loop = asyncio.get_running_loop()
+        ledger.store.on_saved(lambda: loop.call_soon_threadsafe(_ring, wakes))
+        yield
+        return
+    listener = asyncio.create_task(_listen_for_commits(settings.database_url, wakes, stop))
+    try:
+        yield
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+
+
+def _ring(wakes: tuple[asyncio.Event, ...]) -> None:
+    for wake in wakes:
+        wake.set()
+
+
+async def _listen_for_commits(database_url: str, wakes: tuple[asyncio.Event, ...], stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
-                wake.set()  # anything committed while we were not listening
+                _ring(wakes)  # anything committed while we were not listening
                 async for _ in conn.notifies():
-                    wake.set()
+                    _ring(wakes)
         except (psycopg.Error, OSError):
             log.warning("lost the LISTEN connection; reconnecting")
             await asyncio.sleep(0.5)
-
-
-def wake_on_local_saves(ledger: LedgerApp, wake: asyncio.Event) -> None:
-    """SQLite has no NOTIFY: saves made in this process wake the relay directly."""
-    loop = asyncio.get_running_loop()
-    ledger.store.on_saved(lambda: loop.call_soon_threadsafe(wake.set))
-
-
-async def wake_on_published_events(nc: NATS, wake: asyncio.Event,
-                                   subject: str = f"{EVENTS_SUBJECT_PREFIX}.>") -> None:
-    """The projector (and the log archiver) wake when the relay has published something."""
-
-    async def on_event(_msg) -> None:
-        wake.set()
-
-    await nc.subscribe(subject, cb=on_event)

@@ -28,24 +28,21 @@ from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
 from commands.scheduler import run_planner
 from commands.store import is_postgres, sqlite_path
 from commands.wake import run_woken
-from domain.messages import events_of_type
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.health import Probes, nats_connected, serving
 from ledgerci.log_archiver import LogArchiver
 from ledgerci.resources import (
-    listen_for_commits,
     nats_connection,
     secret_book,
     store,
-    wake_on_local_saves,
-    wake_on_published_events,
+    waking_on_commits,
 )
 from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
-from projections.log_archive import ATTEMPT_ENDING_EVENT_NAMES, LogArchive
+from projections.log_archive import LogArchive
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
 from projections.sql import Database
@@ -65,15 +62,8 @@ async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerA
                         nc: NATS) -> None:
     wake = asyncio.Event()
     relay = Relay(ledger, nc.jetstream(), settings.stream_replicas)
-    async with asyncio.TaskGroup() as group:
-        if is_postgres(settings.database_url):
-            listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
-        else:
-            wake_on_local_saves(ledger, wake)
-            listener = None
+    async with waking_on_commits(settings, ledger, stop, wake):
         await run_woken(relay.publish_pending, wake, stop, settings.idle_check_seconds)
-        if listener:
-            listener.cancel()
 
 
 async def projector_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
@@ -82,17 +72,12 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     projection = RunsProjection(db)
 
     async def step() -> int:
-        return await asyncio.to_thread(projection.catch_up,
-                                       lambda position: list(ledger.store.events_after(position, 500)))
+        return await asyncio.to_thread(projection.catch_up, lambda position: ledger.store.events_after(position, 500))
 
-    # The log archiver shares the process: it follows the same history, woken only by the
-    # events that end an attempt.
+    # The log archiver shares the process, and with it the events read (commands.recent_events).
     archiver = LogArchiver(ledger, nc.jetstream(), LogArchive(db))
     archive_wake = asyncio.Event()
-    await wake_on_published_events(nc, wake)
-    for event_type in ATTEMPT_ENDING_EVENT_NAMES:
-        await wake_on_published_events(nc, archive_wake, events_of_type(event_type))
-    async with asyncio.TaskGroup() as group:
+    async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
         group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
         group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
 
@@ -136,19 +121,14 @@ async def admission_service(settings: Settings, stop: asyncio.Event, ledger: Led
     """Weighted fair admission, led by one scheduler replica (commands.admission)."""
     wake = asyncio.Event()
     leadership: Leadership
-    async with asyncio.TaskGroup() as group:
-        if is_postgres(settings.database_url):
-            leadership = PostgresLeadership(settings.database_url)
-            listener = group.create_task(listen_for_commits(settings.database_url, wake, stop))
-        else:
-            leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
-            wake_on_local_saves(ledger, wake)
-            listener = None
+    if is_postgres(settings.database_url):
+        leadership = PostgresLeadership(settings.database_url)
+    else:
+        leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
+    async with waking_on_commits(settings, ledger, stop, wake):
         await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
                             reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds,
                             stream_replicas=settings.stream_replicas)
-        if listener:
-            listener.cancel()
 
 
 async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:
