@@ -245,7 +245,9 @@ async def stream_positions(nats_url: str) -> list[int]:
     try:
         js = nc.jetstream()
         info = await _answered(lambda: js.stream_info(EVENTS_STREAM))
-        positions = []
+        positions: list[int] = []
+        if info.state.messages == 0:
+            return positions  # an empty stream reports first_seq 0, which get_msg refuses
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
             message = await _answered(lambda seq=seq: js.get_msg(EVENTS_STREAM, seq))
             positions.append(int(message.headers["Nats-Msg-Id"]))
