@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.profiling import children, sampled, summary
+from bench.profiling import children, cpu_seconds, sampled, summary
 from tests.support.git_repo import GitRepo
 from tests.support.processes import free_port
 
@@ -74,6 +74,7 @@ def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path |
 
         # The dev process and its children (the runner; nats-server is not Python: no samples).
         pids = {"dev": dev.pid, **{f"child-{pid}": pid for pid in children(dev.pid)}}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         with sampled(pids, profile) if profile else nullcontext() as stacks:
             started = time.monotonic()
             with ThreadPoolExecutor(clients) as pool:
@@ -82,6 +83,7 @@ def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path |
             accepted = sum(count for code, count in answers.items() if 200 <= code < 300)
             ended = _wait_all_ended(http, accepted, dev)
             finished = time.monotonic()
+        cpu = {_process_name(pid, name): cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         for name, stacks_file in (stacks or {}).items():
             print(f"  profile of {name} ({stacks_file}):\n{summary(stacks_file)}")
         return {
@@ -89,6 +91,7 @@ def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path |
             "push_seconds": pushed - started, "pushes_per_s": accepted / (pushed - started),
             "runs_ended": ended, "jobs": 2 * ended, "all_seconds": finished - started,
             "jobs_per_s": 2 * ended / (finished - started),
+            "cpu_ms_per_job": {name: 1000 * seconds / max(1, 2 * ended) for name, seconds in cpu.items()},
         }
     finally:
         dev.send_signal(signal.SIGINT)
@@ -98,6 +101,18 @@ def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path |
             dev.kill()
         log.close()
         print(f"  (ledgerci dev's log: {base / 'dev.log'})", file=sys.stderr)
+
+
+def _process_name(pid: int, fallback: str) -> str:
+    """`dev`, or what a child runs (`runner`, `nats-server`), read from its command line."""
+    if fallback == "dev":
+        return fallback
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return fallback
+    words = [Path(word.decode()).name for word in argv if word]
+    return "runner" if "runner" in words else words[0] if words else fallback
 
 
 def _wait_ready(url: str, dev: subprocess.Popen[bytes]) -> None:
@@ -168,6 +183,10 @@ def main() -> None:
           f"{result['pushes_per_s']:.1f} pushes/s")
     print(f"  {result['runs_ended']} runs succeeded, {result['jobs']} jobs in {result['all_seconds']:.1f} s "
           f"from the first push: {result['jobs_per_s']:.1f} jobs/s")
+    cpu: dict[str, float] = result["cpu_ms_per_job"]  # type: ignore[assignment]
+    print("  CPU ms per job (the process and the children it reaped): "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))
+          + f"; total {sum(cpu.values()):.1f}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ callees hold the most (inclusive), which is the question "which of our code path
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,16 @@ def children(parent: int) -> list[int]:
             except (OSError, ValueError):
                 continue
     return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (and its reaped children: job processes) used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(stacks_file: Path, top: int = 12) -> str:

@@ -13,7 +13,6 @@ first JobStarted to the last JobSucceeded.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -24,7 +23,7 @@ import httpx
 import psycopg
 
 from bench.harness import Bench, bench_cluster
-from bench.profiling import children, sampled, summary
+from bench.profiling import children, cpu_seconds, sampled, summary
 from tests.support.api import FINAL
 
 WORKFLOW = "jobs:\n  - name: noop\n    run: 'true'\n"
@@ -107,16 +106,6 @@ def round_trips(bench: Bench) -> dict[str, float]:
     varz = httpx.get(f"{bench.nats_server.monitor_url}/varz", timeout=5).json()
     return {"PostgreSQL transactions": float(row[0] if row else 0), "NATS messages in": float(varz["in_msgs"]),
             "NATS messages out": float(varz["out_msgs"])}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process (and its reaped children: job processes) used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -5,15 +5,30 @@ test ends with the invariant checker over the full event history."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import nats
 import pytest
 
-from tests.e2e.test_faults import FAULT_ENV, LEASE_SECONDS, assert_invariants, pid_in, repository, slow_first_attempt
+from domain.messages import EVENTS_STREAM, JOBS_STREAM
+from tests.e2e.test_faults import (
+    FAULT_ENV,
+    LEASE_SECONDS,
+    assert_invariants,
+    many_commits,
+    pid_in,
+    repository,
+    slow_first_attempt,
+    stream_leader,
+)
 from tests.e2e.test_faults import wait_for as wait_until
+from tests.e2e.test_walking_skeleton import store_positions, stream_positions
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.fairness import count_jobs, history, one_job, tenant_with_backlog
@@ -173,3 +188,88 @@ def test_an_admission_leader_cut_off_from_postgresql_stops_releasing_and_the_quo
         assert max(running) == 2, "the quota was never reached: the test proves nothing"
         assert check_invariants(database_url) == []  # includes the quota, start by start
         assert cluster.log_path(leader).read_text().count("took over") == 1  # it did not lead again
+
+
+SHORT_JOBS = ("jobs:\n  - name: a\n    run: 'sleep 0.2'\n    retries: 2\n"
+              "  - name: b\n    run: 'sleep 0.2'\n    retries: 2\n")
+
+
+def test_a_nats_node_cut_off_from_the_other_two_loses_no_event_or_dispatch_and_runs_no_job_twice(
+        tmp_path: Path, postgres_url: str, nats_cluster) -> None:
+    """Three nats-servers, every stream with 3 replicas. n0 leads the EVENTS and JOBS streams
+    and is cut off from n1 and n2, while clients on both sides still reach their node: a
+    runner and a gateway that know only n0, every other service only n1 and n2. The majority
+    elects new stream leaders and goes on: pushes through either gateway run, each job once.
+    Healed, n0 catches up, the minority's clients carry on, and the EVENTS stream holds every
+    stored event once, in order."""
+    n0, *majority = nats_cluster.nodes
+    with Partition.from_peers(n0.cluster_port, [node.cluster_port for node in majority]) as cut_off:
+        nats_cluster.stop(0)
+        n0.wrap = cut_off.wrap
+        nats_cluster.start_node(0)
+        nats_cluster.wait_healthy(30)
+        majority_url = ",".join(node.url for node in majority)
+        cluster = LedgerCluster(tmp_path / "cluster", postgres_url, majority_url,
+                                extra_env={**FAULT_ENV, "LEDGERCI_STREAM_REPLICAS": "3"})
+        with cluster.running(("relay", "projector", "scheduler", "reaper", "gateway")):
+            cluster.start("runner")
+            cluster.start("runner#2", env={"LEDGERCI_NATS_URL": n0.url})
+            cluster.start("gateway#2", env={"LEDGERCI_NATS_URL": n0.url})
+            admin = Api(cluster.url, ADMIN_TOKEN)
+            minority_gateway = Api(cluster.gateway_url("gateway#2"), ADMIN_TOKEN)
+            repository_id, commits = many_commits(admin, tmp_path, 24, SHORT_JOBS)
+            for stream in (EVENTS_STREAM, JOBS_STREAM):
+                asyncio.run(lead_from(nats_cluster.url, stream, n0.server_name))
+            run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:8]]
+            wait_until(lambda: any(admin.run(r)["status"] == "succeeded" for r in run_ids), 60, "a first run to end")
+
+            cut_off.cut()
+            for i, commit in enumerate(commits[8:16]):
+                pushed = (minority_gateway if i % 2 else admin).push(repository_id, commit)
+                assert pushed.status_code == 202, pushed.text
+                run_ids.append(pushed.json()["run_id"])
+            for run_id in run_ids:
+                assert admin.wait_run(run_id, timeout=120)["status"] == "succeeded", admin.explain(run_id)
+            for stream in (EVENTS_STREAM, JOBS_STREAM):
+                leader = asyncio.run(stream_leader(majority_url, stream))
+                assert leader != n0.server_name, f"{stream} is still led by the cut-off node"
+
+            cut_off.heal()
+            nats_cluster.wait_healthy(60)
+            run_ids += [minority_gateway.push(repository_id, c).json()["run_id"] for c in commits[16:]]
+            for run_id in run_ids:
+                assert admin.wait_run(run_id, timeout=120)["status"] == "succeeded", admin.explain(run_id)
+            assert cluster.processes["runner#2"].poll() is None, "the runner on the cut-off side exited"
+            stored = store_positions(cluster.env["LEDGERCI_DATABASE_URL"])
+            wait_until(lambda: asyncio.run(stream_positions(nats_cluster.url)) == stored, 30,
+                       "the EVENTS stream to hold every stored event once, in order")
+            wait_until(lambda: (n0.stream_state(EVENTS_STREAM) or {}).get("last_seq") == len(stored), 30,
+                       "the healed node's copy of EVENTS to catch up")
+            events = [e for run_id in run_ids for e in admin.events(run_id)]
+            assert sum(e["type"] == "JobSucceeded" for e in events) == 2 * len(commits)
+            starters = {e["data"]["runner_id"] for e in events if e["type"] == "JobStarted"}
+            assert starters == {"runner", "runner-2"}, f"a side's runner ran nothing: {starters}"
+            assert_invariants(cluster)
+
+
+async def lead_from(nats_url: str, stream: str, server_name: str) -> None:
+    """Step the stream's leader down until `server_name` leads it (asking for it as the
+    preferred node, which servers that know the placement option honour at once)."""
+    nc = await nats.connect(servers=nats_url.split(","))
+    try:
+        js = nc.jetstream()
+        for _ in range(20):
+            try:
+                info = await js.stream_info(stream)
+            except nats.js.errors.NotFoundError:  # not made yet by the services starting
+                await asyncio.sleep(1)
+                continue
+            if info.cluster and info.cluster.leader == server_name:
+                return
+            request = json.dumps({"placement": {"preferred": server_name}}).encode()
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", request, timeout=5)
+            await asyncio.sleep(1)  # a new leader is elected
+        raise AssertionError(f"{server_name} never came to lead {stream}")
+    finally:
+        await nc.close()

@@ -241,7 +241,7 @@ def test_killing_a_service_mid_run_loses_and_duplicates_nothing(
 
 
 async def stream_positions(nats_url: str) -> list[int]:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url.split(","))
     try:
         js = nc.jetstream()
         info = await _answered(lambda: js.stream_info(EVENTS_STREAM))

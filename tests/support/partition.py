@@ -6,6 +6,10 @@
   ACKs, nothing reaches it either: it is cut off from everything (NATS, the store, its jobs'
   network). `around(port=N)` cuts only its connections to the server on local port N (the
   gateway from NATS, say, while HTTP and the store still reach it).
+- `Partition.from_peers(own_port, peer_ports)`: one node of a cluster (a nats-server started
+  through `wrap`) cut off from its peers while its clients still reach it. `cut()` drops what
+  the node sends from its cluster port and to its peers' cluster ports, so every route to or
+  from it stops (TCP needs its ACKs both ways); its client connections are untouched.
 - `Partition.toward(pid, port)`: one direction only. `cut()` drops what the server on `port`
   sends to `pid`'s connections: no reply comes back. What the process sends still leaves it at
   first, but with no ACK coming back TCP soon resends only its oldest unacknowledged segment,
@@ -34,10 +38,21 @@ class Partition:
     def around(cls, port: int | None = None) -> Iterator[Partition]:
         """Around whatever is started through `wrap` (only its traffic to local `port`, if
         given); healed on the way out, whatever happened."""
-        gid = random.randint(61000, 64999)  # a group no one else uses
+        gid = _unused_gid()
         only = ["-p", "tcp", "--dport", str(port)] if port else []
         rule = ["OUTPUT", "-m", "owner", "--gid-owner", str(gid), *only, "-j", "DROP"]
         with cls._healed(cls([rule], gid)) as made:
+            yield made
+
+    @classmethod
+    @contextmanager
+    def from_peers(cls, own_port: int, peer_ports: list[int]) -> Iterator[Partition]:
+        """Around a cluster node started through `wrap`: its routes cut, its clients kept."""
+        gid = _unused_gid()
+        owned = ["OUTPUT", "-m", "owner", "--gid-owner", str(gid), "-p", "tcp"]
+        rules = [[*owned, "--sport", str(own_port), "-j", "DROP"]]
+        rules += [[*owned, "--dport", str(port), "-j", "DROP"] for port in peer_ports]
+        with cls._healed(cls(rules, gid)) as made:
             yield made
 
     @classmethod
@@ -74,6 +89,10 @@ class Partition:
         for rule in self.rules:
             _iptables("-D", *rule)
         self.is_cut = False
+
+
+def _unused_gid() -> int:
+    return random.randint(61000, 64999)  # a group no one else uses
 
 
 def connections_of(pid: int, port: int) -> list[int]:

@@ -825,6 +825,8 @@ class NatsServer(_Process):
         self.sync_always = sync_always
         self.binary = find_nats_server_binary()
         self._paused = False
+        # How the next start runs the server's command (e.g. `Partition.wrap`), if not as is.
+        self.wrap: Callable[[list[str]], list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"NatsServer(port={self.port}, directory={str(self.directory)!r})"
@@ -870,7 +872,8 @@ class NatsServer(_Process):
         monitoring port reports) and ``/healthz?js-enabled-only=true`` answers ok."""
         self._log_marker("start")
         self._paused = False
-        self._spawn([str(self.binary), "-c", str(self.config_path)])
+        argv = [str(self.binary), "-c", str(self.config_path)]
+        self._spawn(self.wrap(argv) if self.wrap else argv)
         deadline = time.monotonic() + _START_TIMEOUT
         problem: str | None = "not started"
         while time.monotonic() < deadline:
