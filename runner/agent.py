@@ -38,6 +38,7 @@ from domain.messages import (
 )
 from gitcache import GitError, GitMirrors
 from runner.executor import Execution, Executor, Outcome
+from runner.leftovers import kill_left_over_jobs, remove_left_over_workspaces
 from runner.logs import MAX_LOG_BYTES, LogStream
 from runner.presence import announce_presence
 from runner.secrets import JobSecrets, open_secrets
@@ -59,7 +60,8 @@ class Refused(Exception):
     """The command service refused the command: this attempt is not ours any more."""
 
 
-def job_environment(dispatch: JobDispatch, workdir: Path, secrets: dict[str, str] | None = None) -> dict[str, str]:
+def job_environment(dispatch: JobDispatch, workdir: Path, runner_id: str,
+                    secrets: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of API.md, on a clean base: the runner's own variables never leak in."""
     base = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
@@ -77,6 +79,8 @@ def job_environment(dispatch: JobDispatch, workdir: Path, secrets: dict[str, str
         "LEDGERCI_REPOSITORY_ID": dispatch.repository_id,
         "LEDGERCI_COMMIT": dispatch.commit,
         "LEDGERCI_REF": dispatch.ref or "",
+        # With LEDGERCI_JOB_ID, how a restarted runner knows its jobs' left-over processes.
+        "LEDGERCI_RUNNER_ID": runner_id,
     }
     # The file's env and the secrets may not override what ledgerci itself promises the job.
     return {**base, **dispatch.env, **(secrets or {}), **ledgerci}
@@ -117,7 +121,11 @@ class RunnerAgent:
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("runner %s serves pool %s with %d slots", self.runner_id, self.pool, self.slots)
+        # A previous life of this runner may have died mid-job: what its jobs left goes first.
+        killed = kill_left_over_jobs(self.runner_id)
+        removed = remove_left_over_workspaces(self.workspaces)
+        log.info("runner %s serves pool %s with %d slots (%d left-over job processes killed, %d workspaces "
+                 "removed)", self.runner_id, self.pool, self.slots, len(killed), len(removed))
         grace = asyncio.create_task(self._grace_after(stop))
         try:
             async with asyncio.TaskGroup() as group:
@@ -292,7 +300,8 @@ class RunnerAgent:
             # checkout or a slot counts.
             remaining = (timeout_at - _now()).total_seconds() if timeout_at else dispatch.timeout_seconds
             execution = Execution(
-                script=dispatch.script, env=job_environment(dispatch, workdir, secrets.values), workdir=workdir,
+                script=dispatch.script, env=job_environment(dispatch, workdir, self.runner_id, secrets.values),
+                workdir=workdir,
                 image=dispatch.image, timeout_seconds=max(remaining, 0.0), resources=dispatch.resources,
                 labels={"run": dispatch.run_id, "job": dispatch.job_id, "attempt": str(dispatch.attempt),
                         "tenant": dispatch.tenant_id},

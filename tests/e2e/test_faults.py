@@ -204,6 +204,36 @@ def test_killed_runner_job_is_retried_or_fails_runner_lost(tmp_path: Path, clust
     assert_invariants(cluster)
 
 
+def test_a_runner_restarted_after_a_kill_kills_what_its_job_left_running_and_its_workspace(
+        tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    """The job's shell dies with its runner, but what it started in the background lives on,
+    racing the retry elsewhere. The runner's next life kills it before taking a job."""
+    pid_file, orphan_file = tmp_path / "attempt1.pid", tmp_path / "orphan.pid"
+    workflow = ("jobs:\n  - name: slow\n    retries: 1\n    run: |\n"
+                "      if [ \"$LEDGERCI_ATTEMPT\" = 1 ]; then\n"
+                f"        (exec sleep 300) & echo $! > {orphan_file}; echo $$ > {pid_file}; wait\n"
+                "      fi\n")
+    repository_id, _, commit = repository(admin, tmp_path, workflow)
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    shell, orphan = pid_in(pid_file), pid_in(orphan_file)
+    holder = admin.run(run_id)["jobs"][0]["runner_id"]
+    name = "runner" if holder == "runner" else holder.replace("-", "#")
+    workspaces = cluster.base_dir / name / "workspaces"
+    first_workspace = f"{admin.run(run_id)['jobs'][0]['id']}-1"
+    assert [p.name for p in workspaces.iterdir()] == [first_workspace]
+    cluster.kill(name)
+    wait_for(lambda: not pid_alive(shell), 5, "the job's shell to die with its runner")
+    assert pid_alive(orphan), "the background process died with the runner: this test proves nothing"
+
+    cluster.start(name)
+    wait_for(lambda: not pid_alive(orphan), 30, "the restarted runner to kill what its job left running")
+    assert not (workspaces / first_workspace).exists()
+    log = cluster.log_path(name).read_text()
+    assert f"killing process {orphan} (sleep 300)" in log and f"removing workspace {first_workspace}" in log
+    assert admin.wait_run(run_id, timeout=30)["status"] == "succeeded", admin.explain(run_id)
+    assert_invariants(cluster)
+
+
 def test_timeout_kills_the_process_and_fails_the_job(tmp_path: Path, cluster: LedgerCluster, admin: Api):
     pid_file = tmp_path / "job.pid"
     workflow = f"jobs:\n  - name: forever\n    timeout: 2s\n    run: echo $$ > {pid_file}; exec sleep 60\n"
