@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -176,6 +177,41 @@ def test_stopped_runner_finishes_a_job_that_ends_within_the_grace_period(tmp_pat
     assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 1, "runner")
     assert "finished" in admin.log(job["id"])
     assert 1.0 < took < 20, took  # it waited for the job, and no longer
+    assert_invariants(cluster)
+
+
+def test_a_runner_told_to_stop_with_a_dispatch_in_flight_neither_loses_it_nor_leaves_an_empty_attempt(
+        tmp_path: Path, cluster: LedgerCluster, admin: Api):
+    """GitLab's runner once dropped a job it had been handed when it shut down gracefully: the
+    job failed with an empty log. Here the only runner is frozen while the dispatch reaches it,
+    and told to stop (SIGTERM, then SIGCONT) with the message unread. It stops without running
+    it or runs it within its grace period; either way the job runs once and succeeds, no
+    attempt fails, and an attempt it gave back used no retry."""
+    cluster.kill("runner#2")
+    marker = tmp_path / "ran"
+    workflow = f"jobs:\n  - name: only\n    run: echo \"$LEDGERCI_RUNNER_ID\" >> {marker}; echo done\n"
+    repository_id, _, commit = repository(admin, tmp_path, workflow)
+    wait_for(lambda: "serves pool" in cluster.log_path("runner").read_text(), 30, "the runner to be up")
+    cluster.pause("runner")  # its pull request is out: the dispatch can reach it, unread
+    run_id = admin.push(repository_id, commit).json()["run_id"]
+    admin.wait_run(run_id, until=lambda run: bool(run["jobs"]) and run["jobs"][0]["status"] == "queued")
+    stopping = cluster.processes["runner"]
+    stopping.send_signal(signal.SIGTERM)
+    cluster.resume("runner")
+    assert stopping.wait(timeout=30) == 0, cluster.log_path("runner").read_text()[-3000:]
+    cluster.processes.pop("runner")
+    cluster.start("runner#2")
+
+    run = admin.wait_run(run_id, timeout=60)
+    assert run["status"] == "succeeded", admin.explain(run_id)
+    history = admin.events(run_id)
+    assert [e["type"] for e in history].count("JobSucceeded") == 1
+    assert not [e for e in history if e["type"] == "JobFailed"]
+    abandoned = [e["data"]["kind"] for e in history if e["type"] == "JobAttemptAbandoned"]
+    assert set(abandoned) <= {"runner_stopped"}, admin.explain(run_id)
+    assert len(marker.read_text().split()) == 1, "the job's command ran more than once"
+    job = run["jobs"][0]
+    assert "done" in admin.log(job["id"])
     assert_invariants(cluster)
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -273,3 +274,38 @@ async def lead_from(nats_url: str, stream: str, server_name: str) -> None:
         raise AssertionError(f"{server_name} never came to lead {stream}")
     finally:
         await nc.close()
+
+
+def test_the_same_push_through_a_gateway_cut_off_from_postgresql_and_through_another_makes_one_run(
+        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
+    """The git service retries a push through the other gateway while the first one hangs on a
+    store it cannot reach. The cut-off gateway answers 503 at its deadline (never 500), the
+    other accepts, and once healed the first one's stalled write and a retry through it land
+    on the same run: one run, planned once."""
+    pg_port = urlsplit(postgres_url).port
+    assert pg_port
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url, extra_env=FAULT_ENV)
+    with Partition.around(port=pg_port) as cut_from_store, \
+            cluster.running(("relay", "projector", "scheduler", "reaper", "gateway", "runner")):
+        cluster.start("gateway#2", wrap=cut_from_store.wrap)
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        cut_off = Api(cluster.gateway_url("gateway#2"), ADMIN_TOKEN)
+        repository_id, _, commit = repository(admin, tmp_path, "jobs:\n  - name: a\n    run: 'true'\n")
+
+        cut_from_store.cut()
+        with ThreadPoolExecutor(1) as pool:
+            stalled = pool.submit(cut_off.push, repository_id, commit)
+            accepted = admin.push(repository_id, commit)
+            assert accepted.status_code == 202, accepted.text
+            assert stalled.result().status_code == 503, stalled.result().text
+        run_id = accepted.json()["run_id"]
+        cut_from_store.heal()
+
+        retried = wait_until(lambda: (answer := cut_off.push(repository_id, commit)).status_code < 500 and answer,
+                             60, "the healed gateway to answer the retried push")
+        assert retried.status_code in (200, 202) and retried.json()["run_id"] == run_id, retried.text
+        assert admin.wait_run(run_id)["status"] == "succeeded", admin.explain(run_id)
+        runs = admin.http.get("/api/v1/runs", params={"repository_id": repository_id}).json()["runs"]
+        assert [run["id"] for run in runs] == [run_id]
+        assert [e["type"] for e in admin.events(run_id)].count("RunPlanned") == 1
+        assert_invariants(cluster)

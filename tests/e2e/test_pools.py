@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.api import Api
-from tests.support.cluster import LedgerCluster
+from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
+from tests.support.invariants import check_invariants
 
 pytestmark = pytest.mark.e2e
 
@@ -65,3 +66,27 @@ def test_a_tenant_limited_to_some_pools_cannot_use_the_others(tmp_path: Path, ad
     assert run["status"] == "failed" and run["jobs"] == []
     assert run["error"] == 'job "train" asks for runner pool "gpu"; tenant \'limited\' may use: default'
     assert [e["type"] for e in admin.events(run["id"])] == ["RunRequested", "CommitRead", "RunFailed"]
+
+
+def test_a_job_no_runner_can_take_says_why_then_fails_not_picked_up_at_its_deadline(
+        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
+    """The failure users of other CI systems report most: a job "pending" forever with no
+    reason. Here it says why it waits, and fails "not picked up" when its queue deadline
+    passes; the run ends and nothing after it starts."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url, extra_env={
+        "LEDGERCI_QUEUE_TIMEOUT_SECONDS": "3", "LEDGERCI_REAPER_INTERVAL_SECONDS": "0.2"})
+    with cluster.running():
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        api, repository_id, commit = setup_tenant(admin, tmp_path, "nobody-has-gpus")
+        run_id = api.push(repository_id, commit).json()["run_id"]
+        waiting = api.wait_run(run_id, until=lambda run: run["jobs"] and run["jobs"][1]["waiting"] is not None)
+        assert waiting["jobs"][1]["waiting"] == 'no runner of pool "gpu" is alive'
+        run = api.wait_run(run_id, timeout=30)
+        assert run["status"] == "failed", admin.explain(run_id)
+        build, train = run["jobs"]
+        assert (build["status"], train["status"], train["error"]) == ("succeeded", "failed", "not picked up")
+        assert train["started_at"] is None and train["runner_id"] is None
+        history = api.events(run_id)
+        failed = [e for e in history if e["type"] == "JobFailed"]
+        assert [(e["data"]["error"], e["actor"]) for e in failed] == [("not picked up", "reaper")]
+        assert check_invariants(cluster.env["LEDGERCI_DATABASE_URL"]) == []
