@@ -52,9 +52,22 @@ def ran_behind(admin: Api, repo: GitRepo, repository_id: str, pool: str = "defau
 Cancelled = tuple[str, Callable[[], None]]  # the run to cancel, and what to do after the cancel
 
 
+def pushed(admin: Api, tmp_path: Path, first: str, pool: str = "default") -> tuple[str, GitRepo, str]:
+    """A new repository whose workflow is `workflow(first, pool)`, pushed: its id, the repository
+    and the run."""
+    repository_id, repo, commit = repository(admin, tmp_path, workflow(first, pool))
+    return repository_id, repo, admin.push(repository_id, commit).json()["run_id"]
+
+
+def pushed_sleeping(admin: Api, tmp_path: Path, seconds: int) -> tuple[str, GitRepo, str, int]:
+    """`pushed`, its first job sleeping `seconds`, and the pid of that job's process."""
+    pid_file = tmp_path / "job.pid"
+    repository_id, repo, run_id = pushed(admin, tmp_path, f"echo $$ > {pid_file}; exec sleep {seconds}")
+    return repository_id, repo, run_id, pid_in(pid_file)
+
+
 def queued_with_no_runner_of_its_pool(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
-    repository_id, repo, commit = repository(admin, tmp_path, workflow("'true'", pool="nobody"))
-    run_id = admin.push(repository_id, commit).json()["run_id"]
+    repository_id, repo, run_id = pushed(admin, tmp_path, "'true'", pool="nobody")
     admin.wait_run(run_id, until=lambda run: bool(run["jobs"]) and run["jobs"][0]["waiting"] is not None)
 
     def afterwards() -> None:  # a runner of the pool comes: it must not run the cancelled job
@@ -65,9 +78,8 @@ def queued_with_no_runner_of_its_pool(cluster: LedgerCluster, admin: Api, tmp_pa
 
 def handed_to_a_frozen_runner(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
     marker = tmp_path / "started"
-    repository_id, repo, commit = repository(admin, tmp_path, workflow(f"touch {marker}"))
     cluster.pause("runner")  # its pull request is out: the dispatch may reach it, nothing is claimed
-    run_id = admin.push(repository_id, commit).json()["run_id"]
+    repository_id, repo, run_id = pushed(admin, tmp_path, f"touch {marker}")
     admin.wait_run(run_id, until=lambda run: jobs(run)[:1] == ["queued"])
 
     def afterwards() -> None:
@@ -78,10 +90,7 @@ def handed_to_a_frozen_runner(cluster: LedgerCluster, admin: Api, tmp_path: Path
 
 
 def running(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
-    pid_file = tmp_path / "job.pid"
-    repository_id, _, commit = repository(admin, tmp_path, workflow(f"echo $$ > {pid_file}; exec sleep 60"))
-    run_id = admin.push(repository_id, commit).json()["run_id"]
-    pid = pid_in(pid_file)
+    _, _, run_id, pid = pushed_sleeping(admin, tmp_path, seconds=60)
 
     def afterwards() -> None:
         wait_for(lambda: not pid_alive(pid), 2.0, "the cancelled job's process to be killed")
@@ -89,10 +98,7 @@ def running(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
 
 
 def ended_but_not_reported(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
-    pid_file = tmp_path / "job.pid"
-    repository_id, repo, commit = repository(admin, tmp_path, workflow(f"echo $$ > {pid_file}; exec sleep 1"))
-    run_id = admin.push(repository_id, commit).json()["run_id"]
-    pid = pid_in(pid_file)
+    repository_id, repo, run_id, pid = pushed_sleeping(admin, tmp_path, seconds=1)
     cluster.pause("runner")  # the job's process goes on and exits 0; its runner cannot report it
     wait_for(lambda: not pid_alive(pid), 10, "the job's process to exit while its runner is frozen")
 
@@ -103,8 +109,7 @@ def ended_but_not_reported(cluster: LedgerCluster, admin: Api, tmp_path: Path) -
 
 
 def already_ended(cluster: LedgerCluster, admin: Api, tmp_path: Path) -> Cancelled:
-    repository_id, _, commit = repository(admin, tmp_path, workflow("'true'"))
-    run_id = admin.push(repository_id, commit).json()["run_id"]
+    _, _, run_id = pushed(admin, tmp_path, "'true'")
     assert admin.wait_run(run_id)["status"] == "succeeded", admin.explain(run_id)
     return run_id, lambda: None
 
