@@ -48,7 +48,7 @@ from commands.work_queue import Offered, WorkQueue
 from domain.messages import JobDispatch, dispatch_msg_id
 from domain.registry import Tenant
 from domain.run import ATTEMPT_ENDING_EVENTS, RUN_ENDING_EVENTS, Run
-from domain.workflow import JobSpec
+from domain.workflow import JobSpec, priority_rank
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,15 @@ class AdmissionLeader:
 
     def _load(self, jobs: list[UnfinishedJob]) -> None:
         pools: dict[str, dict[str, str]] = {}
+        ranks: dict[str, dict[str, int]] = {}
         owners: dict[str, str] = {}
         for job in jobs:
             pools.setdefault(job.run_id, {})[job.job_id] = job.pool
+            ranks.setdefault(job.run_id, {})[job.job_id] = priority_rank(job.priority)
             owners[job.run_id] = job.tenant_id
         for run_id, run_pools in pools.items():
             self._know_tenant(owners[run_id])
-            self.share.route(run_id, owners[run_id], run_pools)
+            self.share.route(run_id, owners[run_id], run_pools, ranks[run_id])
         # Oldest first, as they were queued (a job not queued yet only gives its run's route).
         for job in sorted(jobs, key=lambda j: j.queued_at.timestamp() if j.queued_at else 0.0):
             if job.status == "queued":
@@ -228,7 +230,7 @@ class AdmissionLeader:
             if route is None:
                 self._route_from_store(UUID(run_id))
             else:
-                self.share.route(run_id, route.tenant_id, {job_id: spec.pool for job_id, spec in specs.items()})
+                self.share.route(run_id, route.tenant_id, *_places(specs))
             if run_id in self.origins:
                 self.specs[run_id] = specs
         elif isinstance(event, Run.JobQueued):
@@ -255,7 +257,7 @@ class AdmissionLeader:
         """A run whose start we did not follow (requested before the takeover's snapshot)."""
         run = self.app.runs.load_run(run_id)
         self._know_tenant(run.tenant_id)
-        self.share.route(str(run.id), run.tenant_id, {str(job.id): job.spec.pool for job in run.jobs})
+        self.share.route(str(run.id), run.tenant_id, *_places({str(job.id): job.spec for job in run.jobs}))
 
     def _know_tenant(self, tenant_id: str, *, reload: bool = False) -> None:
         if reload or not self.share.knows_tenant(tenant_id):
@@ -328,3 +330,9 @@ class AdmissionLeader:
             if dispatch is not None:
                 found.append((item, dispatch))
         return found
+
+
+def _places(specs: dict[str, JobSpec]) -> tuple[dict[str, str], dict[str, int]]:
+    """Where each job of a run queues: its pool, and its priority tier's rank."""
+    return ({job_id: spec.pool for job_id, spec in specs.items()},
+            {job_id: priority_rank(spec.priority) for job_id, spec in specs.items()})

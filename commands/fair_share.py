@@ -15,7 +15,9 @@ free slots. Three rules, in this order:
    kept as the tie-break, so equal tenants spread over free slots one each.
    A tenant that was idle starts at the lowest virtual time of the busy ones: idleness is not
    banked as credit to flood the runners with later.
-3. Within a tenant, oldest first.
+3. Within a tenant, the highest priority tier first (`priority` of the workflow, capped by
+   the tenant's `max_priority`), and oldest first within a tier. Priority never moves a job
+   ahead of another tenant's: rules 1 and 2 choose the tenant, this rule its job.
 
 A decision looks at the tenants with queued work in the pool, never at the queued jobs:
 O(tenants), whether 10 or 10,000 jobs wait (bench/fairness.py measures it).
@@ -32,12 +34,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
+from domain.workflow import DEFAULT_PRIORITY, PRIORITIES, priority_rank
+
 # Until a tenant's jobs have ended a few times, a release is charged this many seconds.
 DEFAULT_EXPECTED_SECONDS = 1.0
 # Weight of the newest duration in the expected-duration average.
 EXPECTED_SMOOTHING = 0.2
 
 AttemptKey = tuple[str, int]  # (job id, attempt)
+DEFAULT_RANK = priority_rank(DEFAULT_PRIORITY)
 
 
 class State(Enum):
@@ -54,7 +59,8 @@ class Attempt:
     tenant_id: str
     pool: str
     state: State
-    order: int  # the order it was queued in: oldest first within a tenant
+    order: int  # the order it was queued in: oldest first within a tenant's tier
+    rank: int = DEFAULT_RANK  # its priority tier's rank (domain.workflow.PRIORITIES): highest first
     released_at: float = 0.0  # monotonic, when last offered (for the re-offer)
     started_at: datetime | None = None
     charged: float = 0.0  # seconds charged to the tenant at release
@@ -68,6 +74,31 @@ class Attempt:
         return self.job_id, self.attempt
 
 
+class TieredQueue:
+    """A tenant's queued attempts in one pool: one first-in-first-out queue per priority tier."""
+
+    def __init__(self) -> None:
+        self.tiers: list[deque[Attempt]] = [deque() for _ in PRIORITIES]
+
+    def __len__(self) -> int:
+        return sum(len(tier) for tier in self.tiers)
+
+    def append(self, item: Attempt) -> None:
+        self.tiers[item.rank].append(item)
+
+    def head(self) -> Attempt:
+        """The next to go: the oldest of the highest tier that has any (the queue is not empty)."""
+        return next(tier[0] for tier in reversed(self.tiers) if tier)
+
+    def remove(self, item: Attempt) -> None:
+        tier = self.tiers[item.rank]
+        if tier and tier[0] is item:
+            tier.popleft()  # the usual case: the oldest leaves first
+        else:
+            with contextlib.suppress(ValueError):
+                tier.remove(item)  # cancelled or expired while waiting: rare
+
+
 @dataclass
 class TenantShare:
     weight: int = 1
@@ -75,7 +106,7 @@ class TenantShare:
     virtual: float = 0.0  # runner seconds / weight received so far (see rule 2)
     occupied: int = 0  # released + running attempts, every pool
     expected_seconds: float = DEFAULT_EXPECTED_SECONDS
-    queues: dict[str, deque[Attempt]] = field(default_factory=dict)  # pool -> oldest first
+    queues: dict[str, TieredQueue] = field(default_factory=dict)  # pool -> its queued attempts
 
     @property
     def has_queued(self) -> bool:
@@ -92,6 +123,7 @@ class RunRoute:
 
     tenant_id: str
     pools: dict[str, str]  # job id -> pool
+    ranks: dict[str, int] = field(default_factory=dict)  # job id -> priority rank, if not the default
 
 
 class FairShare:
@@ -117,8 +149,8 @@ class FairShare:
         share.weight = max(weight, 1)
         share.max_concurrent_jobs = max_concurrent_jobs
 
-    def route(self, run_id: str, tenant_id: str, pools: dict[str, str]) -> None:
-        self.routes[run_id] = RunRoute(tenant_id, pools)
+    def route(self, run_id: str, tenant_id: str, pools: dict[str, str], ranks: dict[str, int] | None = None) -> None:
+        self.routes[run_id] = RunRoute(tenant_id, pools, ranks or {})
 
     def forget_run(self, run_id: str) -> None:
         self.routes.pop(run_id, None)
@@ -134,9 +166,9 @@ class FairShare:
             share.virtual = max(share.virtual, min((t.virtual for t in self.tenants.values() if t.busy),
                                                    default=share.virtual))
         item = Attempt(run_id, job_id, attempt, route.tenant_id, route.pools.get(job_id, "default"),
-                       State.QUEUED, next(self._order))
+                       State.QUEUED, next(self._order), route.ranks.get(job_id, DEFAULT_RANK))
         self.attempts[item.key] = item
-        share.queues.setdefault(item.pool, deque()).append(item)
+        share.queues.setdefault(item.pool, TieredQueue()).append(item)
         self._queued_by_pool.setdefault(item.pool, set()).add(item.tenant_id)
         return item
 
@@ -193,7 +225,7 @@ class FairShare:
             share_id = self._next_tenant(pool)
             if share_id is None:
                 break
-            item = self.tenants[share_id].queues[pool][0]
+            item = self.tenants[share_id].queues[pool].head()
             self._occupy(item)
             self._mark_released(item)
             chosen.append(item)
@@ -206,7 +238,7 @@ class FairShare:
             share = self.tenants[tenant_id]
             if share.occupied >= share.max_concurrent_jobs:
                 continue
-            rank = (share.virtual, share.occupied / share.weight, share.queues[pool][0].order)
+            rank = (share.virtual, share.occupied / share.weight, share.queues[pool].head().order)
             if best is None or rank < best:
                 best, best_id = rank, tenant_id
         return best_id
@@ -252,11 +284,7 @@ class FairShare:
         queue = share.queues.get(item.pool)
         if queue is None:
             return
-        if queue and queue[0] is item:
-            queue.popleft()  # the usual case: the oldest leaves first
-        else:
-            with contextlib.suppress(ValueError):
-                queue.remove(item)  # cancelled or expired while waiting: rare
+        queue.remove(item)
         if not queue:
             self._queued_by_pool[item.pool].discard(item.tenant_id)
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID, uuid4
 
+import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
@@ -29,7 +30,7 @@ from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDis
 from domain.registry import ANY_POOL, Tenant, pool_allowed
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
-from domain.workflow import JobSpec, parse_workflow, ref_matches
+from domain.workflow import JobSpec, capped_priority, parse_workflow, ref_matches
 
 
 class Timing(NamedTuple):
@@ -220,26 +221,17 @@ class RunCommands:
             if not ref_matches(workflow.branches, run.ref):
                 reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
                 return run.skip(reason, at, actor)
-            refused = self._pool_refusal(run.tenant_id, workflow.jobs)
+            tenant = self.store.load(tenant_aggregate_id(run.tenant_id), Tenant)
+            refused = _pool_refusal(run.tenant_id, tenant, workflow.jobs)
             if refused:
                 return run.fail_before_start(refused, at, actor)
             return run.plan(
-                workflow.jobs, workflow.name, at, actor,
+                _within_tenant_cap(workflow.jobs, tenant), workflow.name, at, actor,
                 lease_seconds=self.timing.lease_seconds,
                 queue_timeout_seconds=self.timing.queue_timeout_seconds,
             )
 
         return self._decide(run_id, decide)
-
-    def _pool_refusal(self, tenant_id: str, jobs: list[JobSpec]) -> str | None:
-        """Why the tenant may not run these jobs where they ask to run, if it may not."""
-        tenant = self.store.load(tenant_aggregate_id(tenant_id), Tenant)
-        allowed = tenant.pools if tenant is not None else ANY_POOL
-        for job in jobs:
-            if not pool_allowed(allowed, job.pool):
-                return (f'job "{job.name}" asks for runner pool "{job.pool}"; tenant {tenant_id!r} '
-                        f"may use: {', '.join(allowed)}")
-        return None
 
     def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
         return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))
@@ -316,3 +308,22 @@ class RunCommands:
 
     def expire_queued(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
         return self._decide(run_id, lambda run: run.expire_queued(job_id, attempt, self.clock(), actor))
+
+
+def _pool_refusal(tenant_id: str, tenant: Tenant | None, jobs: list[JobSpec]) -> str | None:
+    """Why the tenant may not run these jobs where they ask to run, if it may not."""
+    allowed = tenant.pools if tenant is not None else ANY_POOL
+    for job in jobs:
+        if not pool_allowed(allowed, job.pool):
+            return (f'job "{job.name}" asks for runner pool "{job.pool}"; tenant {tenant_id!r} '
+                    f"may use: {', '.join(allowed)}")
+    return None
+
+
+def _within_tenant_cap(jobs: list[JobSpec], tenant: Tenant | None) -> list[JobSpec]:
+    """The jobs at the priority their file asks for, lowered to the tenant's cap if above it:
+    a workflow file cannot raise itself over what the admin allows its tenant."""
+    if tenant is None:
+        return jobs
+    return [msgspec.structs.replace(job, priority=capped_priority(job.priority, tenant.max_priority))
+            for job in jobs]

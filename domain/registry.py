@@ -13,6 +13,7 @@ import msgspec
 from eventsourcing.domain import Aggregate
 
 from domain.ids import repository_aggregate_id, tenant_aggregate_id, token_aggregate_id
+from domain.workflow import Priority
 
 
 class StoredSecret(msgspec.Struct, frozen=True):
@@ -96,6 +97,8 @@ class Tenant(SecretHolder):
         self.max_queued_runs = max_queued_runs
         self.pushes_per_minute = pushes_per_minute
         self.pools: list[str] = list(ANY_POOL)  # the runner pools its jobs may use; "*" is any
+        # The highest priority its workflow files may ask for (they get this, if they ask more).
+        self.max_priority: Priority = "high"
         self.secrets: dict[str, StoredSecret] = {}
 
     @classmethod
@@ -127,7 +130,8 @@ class Tenant(SecretHolder):
 
     # ----- changes (recorded as events, so the audit trail says who changed a quota when) -----
 
-    POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute", "pools")
+    POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute", "pools",
+                     "max_priority")
 
     def update(self, changes: dict[str, object], at: datetime, actor: str) -> bool:
         """Change the name, weight or quotas; only what differs is recorded. Idempotent."""

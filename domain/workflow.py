@@ -40,6 +40,20 @@ _IDENTIFIER_RULE = 'use letters, digits and "_", not starting with a digit'
 
 When = Literal["on_success", "on_failure", "always"]
 _WHEN: tuple[When, ...] = get_args(When)
+# A run's place in its tenant's own queue (never against other tenants: fair share decides
+# that). Lowest first, so that a tier's index is its rank.
+Priority = Literal["low", "normal", "high"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+DEFAULT_PRIORITY: Priority = "normal"
+
+
+def priority_rank(priority: str) -> int:
+    return PRIORITIES.index(cast(Priority, priority))
+
+
+def capped_priority(asked: Priority, cap: Priority) -> Priority:
+    """What a run gets: what its file asks for, never above its tenant's cap."""
+    return asked if priority_rank(asked) <= priority_rank(cap) else cap
 
 
 class Resources(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -69,6 +83,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     when: When = "on_success"
     allow_failure: bool = False
     pool: str = DEFAULT_POOL  # the runners that may run it
+    priority: Priority = DEFAULT_PRIORITY  # the run's (workflow-level), capped by the tenant's
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +91,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     image: str | None = None
     env: dict[str, str] = {}
     branches: list[str] | None = None
+    priority: Priority = DEFAULT_PRIORITY
     jobs: list[JobSpec]
 
 
@@ -107,6 +123,7 @@ class _RawWorkflow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     image: str | None = None
     env: dict[str, Any] = {}
     on: _RawOn | None = None
+    priority: str = DEFAULT_PRIORITY
     jobs: list[_RawJob]
 
 
@@ -128,7 +145,7 @@ def parse_workflow(text: str | bytes) -> Workflow:
         raise InvalidWorkflowError("the file is empty; expected a mapping with `jobs`", line=1)
     if not isinstance(located.data, dict):
         raise InvalidWorkflowError(
-            f"expected a mapping at the top level (name, image, env, on, jobs), "
+            f"expected a mapping at the top level (name, image, env, on, priority, jobs), "
             f"got {_type_words(type(located.data).__name__)}",
             line=located.line_of(()),
         )
@@ -174,12 +191,15 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
         for i, pattern in enumerate(branches):
             if not pattern:
                 raise _error("a branch pattern must not be empty", ("on", "branches", i), at)
+    if raw.priority not in PRIORITIES:
+        raise _error(f'expected one of: high, normal, low, got "{raw.priority}"', ("priority",), at)
+    priority = cast(Priority, raw.priority)
     if not 1 <= len(raw.jobs) <= MAX_JOBS:
         raise _error(f"expected 1 to {MAX_JOBS} jobs, got {len(raw.jobs)}", ("jobs",), at)
     jobs: list[JobSpec] = []
     first_line: dict[str, int | None] = {}
     for i, job in enumerate(raw.jobs):
-        spec = _job(job, ("jobs", i), image, env, at)
+        spec = msgspec.structs.replace(_job(job, ("jobs", i), image, env, at), priority=priority)
         if spec.name in first_line:
             raise _error(
                 f'duplicate job name "{spec.name}" (first at line {first_line[spec.name]})',
@@ -188,7 +208,7 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
             )
         first_line[spec.name] = at.line_of(("jobs", i, "name"))
         jobs.append(spec)
-    return Workflow(name=raw.name, image=image, env=env, branches=branches, jobs=jobs)
+    return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority, jobs=jobs)
 
 
 def _job(

@@ -10,6 +10,7 @@ from msgspec import Meta
 
 from domain.messages import EventMessage
 from domain.secrets import MAX_VALUE_CHARS, MIN_VALUE_CHARS, NAME_PATTERN
+from domain.workflow import Priority
 
 Identifier = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="1-64 of A-Z a-z 0-9 _ . -")]
 CommitSha = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{40}$", description="40 hex digits")]
@@ -48,6 +49,7 @@ class RerunResponse(msgspec.Struct, kw_only=True):
 
 PoolName = Annotated[str, Meta(pattern=r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$", description='a pool name, or "*" for any')]
 Pools = Annotated[list[PoolName], Meta(min_length=1, max_length=64, description="runner pools a tenant's jobs may use")]
+MaxPriority = Annotated[Priority, Meta(description="the highest priority its workflow files may ask for")]
 
 
 class TenantRequest(Body):
@@ -58,6 +60,7 @@ class TenantRequest(Body):
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
     pools: Pools | None = None
+    max_priority: MaxPriority | None = None
 
 
 class TenantUpdate(Body):
@@ -69,6 +72,7 @@ class TenantUpdate(Body):
     max_queued_runs: Annotated[int, Meta(ge=1)] | None = None
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
     pools: Pools | None = None
+    max_priority: MaxPriority | None = None
 
 
 class TenantResponse(msgspec.Struct, kw_only=True):
@@ -79,6 +83,7 @@ class TenantResponse(msgspec.Struct, kw_only=True):
     max_queued_runs: int
     pushes_per_minute: int
     pools: list[str]  # the runner pools its jobs may use; ["*"]: any
+    max_priority: str  # the highest priority its workflow files may ask for
 
 
 class TokenResponse(msgspec.Struct, kw_only=True):

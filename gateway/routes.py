@@ -51,7 +51,7 @@ def tenant_response(tenant: Tenant) -> TenantResponse:
     return TenantResponse(
         id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
         max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
-        pushes_per_minute=tenant.pushes_per_minute, pools=list(tenant.pools),
+        pushes_per_minute=tenant.pushes_per_minute, pools=list(tenant.pools), max_priority=tenant.max_priority,
     )
 
 
@@ -106,9 +106,11 @@ class AdminController(Controller):
             pushes_per_minute=data.pushes_per_minute or defaults.pushes_per_minute,
             actor=principal_of(request).name,
         )
-        if data.pools is not None:  # recorded as a change right after: the created event keeps its shape
-            tenant = await blocking(ledger.registry.update_tenant, data.id, {"pools": data.pools},
-                                    actor=principal_of(request).name)
+        # Recorded as a change right after: the created event keeps its shape.
+        later = {name: value for name, value in (("pools", data.pools), ("max_priority", data.max_priority))
+                 if value is not None}
+        if later:
+            tenant = await blocking(ledger.registry.update_tenant, data.id, later, actor=principal_of(request).name)
         return tenant_response(tenant)
 
     @get("/tenants", operation_id="listTenants", guards=[require_admin], responses=errors(403))

@@ -56,7 +56,7 @@ def run_view(run: Run) -> RunView:
                 id=str(job.id), name=job.name, status=job.status.value, attempt=job.attempt,
                 runner_id=job.runner_id, exit_code=job.exit_code, queued_at=_time(job.queued_at),
                 started_at=_time(job.started_at), finished_at=_time(job.finished_at), error=job.error,
-                pool=job.spec.pool,
+                pool=job.spec.pool, priority=job.spec.priority,
             )
             for job in run.jobs
         ],

@@ -11,7 +11,8 @@ from ledgerci.client import ClientError, GatewayClient, add_client_options
 from ledgerci.printing import print_json, print_table
 
 Handler = Callable[[argparse.Namespace], int]
-_TENANT_SETTINGS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute")
+_TENANT_SETTINGS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute",
+                    "max_priority")
 
 
 def add_registry_commands(commands: Any) -> None:
@@ -37,12 +38,15 @@ def _add_tenant_commands(tenant: Any) -> None:
     update = action("update", "change a tenant's name, weight or quotas (recorded as an event)", _tenant_update)
     for sub in (create, update):
         sub.add_argument("--name", help="a display name (default: the id)")
-        sub.add_argument("--weight", type=int, help="priority tier: a share of the runners in proportion to it")
+        sub.add_argument("--weight", type=int, help="its share of the runners, in proportion to other tenants' weights")
         sub.add_argument("--max-concurrent-jobs", type=int, help="jobs of the tenant running at once")
         sub.add_argument("--max-queued-runs", type=int, help="runs waiting at once; a push beyond answers 429")
         sub.add_argument("--pushes-per-minute", type=int, help="pushes accepted a minute; beyond, 429")
         sub.add_argument("--pools", metavar="POOL,...",
                          help="the runner pools its jobs may ask for, comma-separated; * for any (the default)")
+        sub.add_argument("--max-priority", choices=("high", "normal", "low"),
+                         help="the highest `priority` its workflow files get (a file asking more gets this; "
+                              "default high)")
     create.add_argument("--token-out", action="store_true", help="also issue a token and print it (shown once)")
     action("show", "a tenant's weight and quotas", _tenant_show)
     action("token", "issue a new token for the tenant (shown once)", _tenant_token)
@@ -84,7 +88,8 @@ def _print_tenant(tenant: dict, args: argparse.Namespace, what: str) -> None:
     pools = tenant.get("pools") or ["*"]
     print(f"tenant {tenant['id']} {what}: weight {tenant['weight']}, at most {tenant['max_concurrent_jobs']} jobs "
           f"running, {tenant['max_queued_runs']} runs queued, {tenant['pushes_per_minute']} pushes a minute, "
-          f"runner pools: {'any' if '*' in pools else ', '.join(pools)}")
+          f"runner pools: {'any' if '*' in pools else ', '.join(pools)}, "
+          f"priority at most {tenant.get('max_priority', 'high')}")
     if "token" in tenant:
         _print_token(tenant)
 

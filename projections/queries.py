@@ -23,6 +23,7 @@ class JobView(msgspec.Struct, kw_only=True):
     finished_at: str | None
     error: str | None
     pool: str = "default"
+    priority: str = "normal"  # the run's tier in its tenant's queue (high, normal, low)
     waiting: str | None = None  # why a queued job is not running yet, beyond waiting its turn
 
 
@@ -61,7 +62,7 @@ class JobLocation(msgspec.Struct, kw_only=True):
 _RUN_COLUMNS = ("id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error, "
                 "commit_subject, commit_author")
 _JOB_COLUMNS = (
-    "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error, pool"
+    "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error, pool, priority"
 )
 
 
@@ -77,7 +78,7 @@ def _job(row: tuple) -> JobView:
     return JobView(
         id=row[0], name=row[1], status=row[2], attempt=row[3], runner_id=row[4],
         exit_code=row[5], queued_at=row[6], started_at=row[7], finished_at=row[8], error=row[9],
-        pool=row[10],
+        pool=row[10], priority=row[11],
     )
 
 
@@ -210,6 +211,7 @@ class UnfinishedJob(msgspec.Struct, frozen=True):
     job_id: str
     tenant_id: str
     pool: str
+    priority: str
     status: str  # pending | queued | running
     attempt: int
     queued_at: datetime | None
@@ -229,13 +231,13 @@ class AdmissionQueries:
         rows = self.db.query(
             "WITH tracked AS (SELECT position FROM lci_tracking WHERE projection = 'runs') "
             "SELECT tracked.position, j.run_id, j.id, j.tenant_id, j.pool, j.status, j.attempt, j.queued_at, "
-            "j.started_at FROM tracked LEFT JOIN lci_jobs j ON j.status IN ('pending', 'queued', 'running')"
+            "j.started_at, j.priority FROM tracked LEFT JOIN lci_jobs j ON j.status IN ('pending', 'queued', 'running')"
         )
         if not rows:
             return 0, []
         jobs = [
-            UnfinishedJob(run_id=r[1], job_id=r[2], tenant_id=r[3], pool=r[4], status=r[5], attempt=r[6],
-                          queued_at=_parse_time(r[7]), started_at=_parse_time(r[8]))
+            UnfinishedJob(run_id=r[1], job_id=r[2], tenant_id=r[3], pool=r[4], priority=r[9], status=r[5],
+                          attempt=r[6], queued_at=_parse_time(r[7]), started_at=_parse_time(r[8]))
             for r in rows if r[2] is not None
         ]
         return int(rows[0][0]), jobs

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from domain.run import Run
 from domain.status import JobStatus, RunStatus
-from domain.workflow import DEFAULT_POOL
+from domain.workflow import DEFAULT_POOL, DEFAULT_PRIORITY
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
 from projections.timestamps import rfc3339
@@ -132,10 +132,10 @@ class RunsProjection:
         for index, job in enumerate(event.jobs):
             # The tenant comes from the run's row in the same statement: no round trip to wait on.
             cursor.execute(
-                "INSERT INTO lci_jobs (id, run_id, tenant_id, idx, name, status, attempt, pool) "
-                "SELECT ?, id, tenant_id, ?, ?, ?, 0, ? FROM lci_runs WHERE id = ? ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO lci_jobs (id, run_id, tenant_id, idx, name, status, attempt, pool, priority) "
+                "SELECT ?, id, tenant_id, ?, ?, ?, 0, ?, ? FROM lci_runs WHERE id = ? ON CONFLICT (id) DO NOTHING",
                 (job["id"], index, job["spec"]["name"], JobStatus.PENDING.value,
-                 job["spec"].get("pool", DEFAULT_POOL), run_id),
+                 job["spec"].get("pool", DEFAULT_POOL), job["spec"].get("priority", DEFAULT_PRIORITY), run_id),
             )
 
     @handle.register

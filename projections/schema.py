@@ -42,7 +42,8 @@ TABLES = [
         pick_up_by TEXT,
         lease_expires_at TEXT,
         timeout_at TEXT,
-        pool TEXT NOT NULL DEFAULT 'default'
+        pool TEXT NOT NULL DEFAULT 'default',
+        priority TEXT NOT NULL DEFAULT 'normal'
     )""",
     "CREATE INDEX IF NOT EXISTS lci_runs_by_tenant_status ON lci_runs (tenant_id, status)",
     "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
@@ -86,6 +87,7 @@ def create_read_model_tables(db: Database) -> None:
 # Columns added after a table first shipped: tables made by an older version get them here
 # (the default is right for every row an older version wrote).
 ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'"),
+                 ("lci_jobs", "priority", "TEXT NOT NULL DEFAULT 'normal'"),
                  ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT")]
 
 

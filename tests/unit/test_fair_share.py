@@ -11,6 +11,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 from commands.fair_share import FairShare
+from domain.workflow import priority_rank
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -179,6 +180,36 @@ def test_within_a_tenant_the_oldest_goes_first_and_a_cancelled_attempt_leaves_th
 
     assert [item.job_id for item in share.release("default", 3)] == ["a", "c"]
     assert share.pools_with_queued() == []
+
+
+def test_within_a_tenant_a_higher_tier_goes_first_and_oldest_first_within_a_tier() -> None:
+    share = FairShare()
+    tenants(share, t=1)
+    high, normal, low = (priority_rank(p) for p in ("high", "normal", "low"))
+    ranks = {"n1": normal, "l1": low, "n2": normal, "h1": high, "l2": low, "h2": high}
+    share.route("r", "t", dict.fromkeys(ranks, "default"), ranks)
+    for job_id in ranks:
+        share.queued("r", job_id, 1)
+    share.ended("h1", 1, EPOCH)  # cancelled while it waited
+
+    assert [item.job_id for item in share.release("default", 1)] == ["h2"]
+    assert [item.job_id for item in share.release("default", 9)] == ["n1", "n2", "l1", "l2"]
+
+
+def test_priority_never_moves_a_job_ahead_of_another_tenants_share() -> None:
+    """Tenant b's high-priority jobs order b's own queue; a and b still alternate."""
+    share = FairShare()
+    tenants(share, a=1, b=1)
+    pool = Pool(share, slots=1)
+    pool.queue("a", 6)
+    for n in range(6):
+        share.route(f"b-high-{n}", "b", {f"b-high-{n}": "default"}, {f"b-high-{n}": priority_rank("high")})
+        share.queued(f"b-high-{n}", f"b-high-{n}", 1)
+    pool.run_out()
+
+    order = [tenant for _, tenant in pool.started]
+    assert order.count("a") == order.count("b") == 6
+    assert all(order[i] != order[i + 1] for i in range(len(order) - 1)), order
 
 
 def test_each_pool_fills_only_its_own_slots() -> None:

@@ -15,6 +15,7 @@ from domain.workflow import (
     JobSpec,
     Resources,
     Workflow,
+    capped_priority,
     parse_workflow,
     ref_matches,
 )
@@ -109,6 +110,30 @@ def test_defaults_apply_when_fields_are_left_out() -> None:
     assert (job.timeout_seconds, job.retries, job.when, job.image) == (3600, 0, "on_success", None)
 
 
+def test_the_workflow_priority_is_every_jobs_and_normal_when_left_out() -> None:
+    assert {job.priority for job in parse("jobs: [{name: a, run: x}, {name: b, run: y}]").jobs} == {"normal"}
+    prioritised = parse("priority: high\njobs: [{name: a, run: x}, {name: b, run: y}]")
+    assert prioritised.priority == "high" and {job.priority for job in prioritised.jobs} == {"high"}
+
+
+def test_an_unknown_priority_names_its_line_and_the_tiers() -> None:
+    error = refused("""\
+        jobs: [{name: a, run: x}]
+        priority: urgent
+    """)
+
+    assert (error.line, error.field) == (2, "priority")
+    assert 'expected one of: high, normal, low, got "urgent"' in error.message
+
+
+@pytest.mark.parametrize(("asked", "cap", "gets"), [
+    ("high", "high", "high"), ("high", "normal", "normal"), ("normal", "low", "low"),
+    ("low", "high", "low"), ("normal", "normal", "normal"),
+])
+def test_a_run_gets_the_priority_it_asks_for_never_above_its_tenants_cap(asked, cap, gets) -> None:
+    assert capped_priority(asked, cap) == gets
+
+
 # -- unknown, missing and malformed fields ------------------------------------------------------
 
 
@@ -130,7 +155,7 @@ def test_unknown_top_level_key_lists_the_top_level_fields() -> None:
     """)
 
     assert (error.line, error.field) == (2, "job")
-    assert "expected one of: name, image, env, on, jobs" in error.message
+    assert "expected one of: name, image, env, on, priority, jobs" in error.message
 
 
 def test_unknown_key_inside_on_and_resources_is_refused() -> None:
