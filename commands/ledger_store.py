@@ -9,7 +9,7 @@ registry, the run commands and the audit reads (`commands/registry.py`, `command
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -109,25 +109,40 @@ class LedgerStore(Application):
 
     def decide(self, load: Callable[[], A], decide: Callable[[A], bool], what: str) -> A:
         """Load, let `decide` trigger events, save at the expected version; on a conflict
-        reload and decide again. The one optimistic-retry path of every command.
+        reload and decide again.
 
-        `load` raises when the aggregate is not there (or not the caller's). The same reload
-        covers a write whose outcome is unknown (the connection dropped around COMMIT): if it
-        did apply, deciding again finds the effect already there and appends nothing, so our
-        own write is never reported as a conflict.
+        `load` raises when the aggregate is not there (or not the caller's)."""
+        loaded: list[A] = []
+
+        def decision() -> list[Aggregate]:
+            loaded[:] = [load()]
+            return loaded if decide(loaded[0]) else []
+
+        self.decide_together(decision, what)
+        return loaded[0]
+
+    def decide_together(self, decision: Callable[[], Sequence[Aggregate]], what: str) -> None:
+        """The one optimistic-retry path of every command: `decision` loads what it needs,
+        triggers events and returns the aggregates it changed (none: nothing to do), which
+        are saved in one transaction, each at its expected version. On a conflict with any
+        of them, everything is loaded and decided again.
+
+        The same reload covers a write whose outcome is unknown (the connection dropped
+        around COMMIT): if it did apply, deciding again finds the effect already there and
+        appends nothing, so our own write is never reported as a conflict.
         """
         for _ in range(MAX_DECISION_ATTEMPTS):
-            aggregate = load()
-            if not decide(aggregate):
-                return aggregate
+            changed = decision()
+            if not changed:
+                return
             try:
-                self.save(aggregate)
+                self.save(*changed)
             except IntegrityError:
                 continue  # another writer appended first (or we did): decide again
             except (OperationalError, InterfaceError):
                 self.wait_for_store()
                 continue
-            return aggregate
+            return
         raise ConcurrencyError(f"{what}: too many concurrent writers")
 
     def save_new(self, *aggregates: Aggregate) -> None:

@@ -1,7 +1,8 @@
 """The run commands: a push, the plan, cancel and re-run, the runners' fenced commands and the
 reaper's. Each loads its run, lets the aggregate decide (the guards live in the domain), and
 saves at the expected version through the one decide-and-retry path (`LedgerStore.decide`);
-a command whose effect already holds succeeds without appending.
+a command whose effect already holds succeeds without appending. A decision that ends a run
+of a concurrency group also hands the group on, in the same save (commands/concurrency.py).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
+from commands.concurrency import ConcurrencyGroups
 from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
 from commands.principal import Principal
 from commands.registry import Registry
+from domain.concurrency import group_name
 from domain.errors import (
     InvalidTransitionError,
     InvalidWorkflowError,
@@ -30,7 +33,7 @@ from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDis
 from domain.registry import ANY_POOL, Tenant, pool_allowed
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
-from domain.workflow import JobSpec, capped_priority, parse_workflow, ref_matches
+from domain.workflow import JobSpec, Workflow, capped_priority, parse_workflow, ref_matches
 
 
 class Timing(NamedTuple):
@@ -90,15 +93,27 @@ class RunCommands:
         self.registry = registry
         self.clock = clock
         self.timing = timing
+        self.groups = ConcurrencyGroups(store)
 
-    def _decide(self, run_id: UUID, decide: Callable[[Run], bool]) -> Run:
-        def load() -> Run:
+    def _decide(self, run_id: UUID, decide: Callable[[Run], bool | list[Aggregate]]) -> Run:
+        """Load the run, let `decide` trigger events (returning whether it did, or the other
+        aggregates it changed alongside), and save all of it at the expected versions; if the
+        run ended, its concurrency group is handed on in the same save."""
+        decided: list[Run] = []
+
+        def decision() -> list[Aggregate]:
             run = self.store.load(run_id, Run)
             if run is None:
                 raise RunNotFoundError(f"run {run_id} not found")
-            return run
+            decided[:] = [run]
+            outcome = decide(run)
+            if outcome is False:
+                return []
+            alongside = [] if outcome is True else outcome
+            return [run, *alongside, *self.groups.settle(run, self.clock(), "concurrency")]
 
-        return self.store.decide(load, decide, f"run {run_id}")
+        self.store.decide_together(decision, f"run {run_id}")
+        return decided[0]
 
     # ----- a push, and the runs a user asks for ---------------------------------------------------
 
@@ -206,7 +221,7 @@ class RunCommands:
         """Decide what the push runs, from the workflow file read at its commit; `commit`
         (subject, author) is recorded first, in the same save."""
 
-        def decide(run: Run) -> bool:
+        def decide(run: Run) -> bool | list[Aggregate]:
             at = self.clock()
             if run.planned or run.status.is_final:
                 return False
@@ -225,13 +240,23 @@ class RunCommands:
             refused = _pool_refusal(run.tenant_id, tenant, workflow.jobs)
             if refused:
                 return run.fail_before_start(refused, at, actor)
-            return run.plan(
-                _within_tenant_cap(workflow.jobs, tenant), workflow.name, at, actor,
-                lease_seconds=self.timing.lease_seconds,
-                queue_timeout_seconds=self.timing.queue_timeout_seconds,
-            )
+            return self._plan(run, workflow, _within_tenant_cap(workflow.jobs, tenant), at, actor)
 
         return self._decide(run_id, decide)
+
+    def _plan(self, run: Run, workflow: Workflow, jobs: list[JobSpec], at: datetime,
+              actor: str) -> bool | list[Aggregate]:
+        """Record the plan; a run of a concurrency group joins it first (and may wait)."""
+        timing = self.timing._asdict()  # lease_seconds, queue_timeout_seconds
+        if workflow.concurrency is None:
+            return run.plan(jobs, workflow.name, at, actor, **timing)
+        group = group_name(workflow.concurrency.group, repository=run.repository_id, ref=run.ref,
+                           commit=run.commit, workflow=workflow.name)
+        joined = self.groups.join(run, group, workflow.concurrency, at, actor)
+        if joined.refusal is not None:
+            return run.fail_before_start(joined.refusal, at, actor)
+        run.plan(jobs, workflow.name, at, actor, group=group, waits=joined.waits, **timing)
+        return joined.changed
 
     def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
         return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))

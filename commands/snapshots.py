@@ -24,12 +24,14 @@ import msgspec
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, Transcoding, UUIDAsHex
 
+from domain.concurrency_group import ConcurrencyGroup
 from domain.run import Job, Run
 from domain.status import JobStatus, RunStatus
 from domain.workflow import JobSpec
 
 SNAPSHOT_EVERY = 100
-SNAPSHOT_INTERVALS: dict[type, int] = {Run: SNAPSHOT_EVERY}
+# A busy concurrency group gains three events per run of it, for ever.
+SNAPSHOT_INTERVALS: dict[type, int] = {Run: SNAPSHOT_EVERY, ConcurrencyGroup: SNAPSHOT_EVERY}
 
 
 class _TimedeltaAsSeconds(Transcoding):

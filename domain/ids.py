@@ -34,3 +34,8 @@ def token_digest(token: str) -> str:
 def token_aggregate_id(token: str) -> UUID:
     """A token's aggregate id derives from its digest, so a lookup is one keyed read."""
     return uuid5(LEDGERCI_NAMESPACE, f"token\n{token_digest(token)}")
+
+
+def concurrency_group_id(tenant_id: str, group: str) -> UUID:
+    """Groups are per tenant: two tenants' groups of the same name are two streams."""
+    return uuid5(LEDGERCI_NAMESPACE, f"concurrency-group\n{tenant_id}\n{group}")

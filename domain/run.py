@@ -71,6 +71,10 @@ class Run(Aggregate):
     # fields of RunRequested) so a run replayed or snapshotted before they existed reads None.
     commit_subject = None
     commit_author = None
+    # Set by RunJoinedGroup, RunGotGroup and RunSuperseded/RunDropped (concurrency groups).
+    concurrency_group = None  # the group's name, as expanded for this run
+    waiting_for_group = False  # planned, its first job held back until the group is its
+    superseded_by = None  # the newer run of its group that cancelled (or dropped) it
 
     class RunRequested(Aggregate.Created):
         repository_id: str
@@ -178,11 +182,15 @@ class Run(Aggregate):
         *,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS,
+        group: str | None = None,
+        waits: bool = False,
     ) -> bool:
         """Record the jobs the workflow file asks for, and queue the first. Idempotent.
 
         The lease and queue limits in force are recorded too, so every later deadline of
-        this run is computed from its own history, the same on every replay.
+        this run is computed from its own history, the same on every replay. A run of a
+        concurrency `group` records that it joined it; if it `waits` (the group is held), its
+        first job is queued only when its turn comes (`take_group_turn`).
         """
         if self.planned or self.status.is_final:
             return False
@@ -194,7 +202,38 @@ class Run(Aggregate):
             self.RunPlanned, timestamp=at, workflow_name=workflow_name, jobs=planned, actor=actor,
             lease_seconds=lease_seconds, queue_timeout_seconds=queue_timeout_seconds,
         )
+        if group is not None:
+            self.trigger_event(self.RunJoinedGroup, timestamp=at, group=group, waits=waits, actor=actor)
+        if not waits:
+            self._advance(at, actor)
+        return True
+
+    def take_group_turn(self, at: datetime, actor: str) -> bool:
+        """The run waited for its concurrency group and now holds it: its first job is queued."""
+        if not self.waiting_for_group or self.status.is_final:
+            return False
+        self.trigger_event(self.RunGotGroup, timestamp=at, group=self.concurrency_group, actor=actor)
         self._advance(at, actor)
+        return True
+
+    def supersede(self, by_run: UUID | str, at: datetime, actor: str) -> bool:
+        """A newer run of its group cancels this one (`cancel_in_progress`): everything not
+        ended is cancelled now, except a running job that is not `interruptible`, which
+        finishes first; the run then ends cancelled without starting another job."""
+        if self.status.is_final or self.superseded_by is not None:
+            return False
+        self.trigger_event(self.RunSuperseded, timestamp=at, by_run=str(by_run), actor=actor)
+        job = self.current_job
+        if job is None or job.status is not JobStatus.RUNNING or job.spec.interruptible:
+            self.cancel(at, actor)
+        return True
+
+    def drop(self, by_run: UUID | str, at: datetime, actor: str) -> bool:
+        """A newer run replaces this one, which was waiting for its group (`queue: single`)."""
+        if self.status.is_final or not self.waiting_for_group:
+            return False
+        self.trigger_event(self.RunDropped, timestamp=at, by_run=str(by_run), actor=actor)
+        self.cancel(at, actor)
         return True
 
     def describe_commit(self, subject: str, author: str, at: datetime, actor: str) -> bool:
@@ -393,6 +432,9 @@ class Run(Aggregate):
         """Queue the next job that should run, skipping those whose `when` says no; or end."""
         if self.current_job is not None or self.status.is_final:
             return
+        if self.superseded_by is not None:
+            self.cancel(at, actor)  # its last job was not interruptible: it has finished now
+            return
         for job in self.jobs:
             if job.status is not JobStatus.PENDING:
                 continue
@@ -468,6 +510,43 @@ class Run(Aggregate):
         def apply(self, run: Run) -> None:
             run.status = RunStatus.CANCELLED
             run.finished_at = self.timestamp
+            if run.waiting_for_group:
+                run.waiting_for_group = False  # an instance attribute only for runs that joined a group
+
+    class RunJoinedGroup(Aggregate.Event):
+        group: str
+        waits: bool  # the group was held: the first job waits for the run's turn
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.concurrency_group = self.group
+            run.waiting_for_group = self.waits
+
+    class RunGotGroup(Aggregate.Event):
+        group: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.waiting_for_group = False
+
+    class RunSuperseded(Aggregate.Event):
+        by_run: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.superseded_by = self.by_run
+            run.error = superseded_reason(self.by_run)
+
+    class RunDropped(Aggregate.Event):
+        """It waited for its group and a newer run took its place (`queue: single`)."""
+
+        by_run: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.superseded_by = self.by_run
+            run.waiting_for_group = False
+            run.error = superseded_reason(self.by_run)
 
     class RunRerunRequested(Aggregate.Event):
         rerun: int
@@ -587,6 +666,16 @@ class Run(Aggregate):
 
         def apply(self, run: Run) -> None:
             _end(run.job(self.job_id), JobStatus.SKIPPED, None, None, self.timestamp)
+
+
+def superseded_reason(by_run: str) -> str:
+    """What a user reads on a run its concurrency group's newer run cancelled or replaced."""
+    return f"superseded by run {by_run}"
+
+
+def waiting_reason(group: str) -> str:
+    """What a user reads on a run whose first job waits for its concurrency group."""
+    return f'waiting for concurrency group "{group}"'
 
 
 def _should_run(when: str, earlier_failure: bool) -> bool:

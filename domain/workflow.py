@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, cast, get_args
 
 import msgspec
 
+from domain.concurrency import QUEUE_MODES, Concurrency, QueueMode, template_problem
 from domain.errors import InvalidWorkflowError
 from domain.yaml_lines import Located, Path, compose_with_lines, format_path
 
@@ -84,6 +85,8 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     allow_failure: bool = False
     pool: str = DEFAULT_POOL  # the runners that may run it
     priority: Priority = DEFAULT_PRIORITY  # the run's (workflow-level), capped by the tenant's
+    # False: a newer run of the concurrency group (cancel_in_progress) lets it finish once started.
+    interruptible: bool = True
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +95,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     env: dict[str, str] = {}
     branches: list[str] | None = None
     priority: Priority = DEFAULT_PRIORITY
+    concurrency: Concurrency | None = None
     jobs: list[JobSpec]
 
 
@@ -112,6 +116,13 @@ class _RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     when: str = "on_success"
     allow_failure: bool = False
     pool: str = DEFAULT_POOL
+    interruptible: bool = True
+
+
+class _RawConcurrency(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    group: str
+    cancel_in_progress: bool = False
+    queue: str = "single"
 
 
 class _RawOn(msgspec.Struct, forbid_unknown_fields=True):
@@ -124,6 +135,7 @@ class _RawWorkflow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, Any] = {}
     on: _RawOn | None = None
     priority: str = DEFAULT_PRIORITY
+    concurrency: str | _RawConcurrency | None = None  # a plain string names the group
     jobs: list[_RawJob]
 
 
@@ -145,7 +157,7 @@ def parse_workflow(text: str | bytes) -> Workflow:
         raise InvalidWorkflowError("the file is empty; expected a mapping with `jobs`", line=1)
     if not isinstance(located.data, dict):
         raise InvalidWorkflowError(
-            f"expected a mapping at the top level (name, image, env, on, priority, jobs), "
+            f"expected a mapping at the top level (name, image, env, on, priority, concurrency, jobs), "
             f"got {_type_words(type(located.data).__name__)}",
             line=located.line_of(()),
         )
@@ -208,7 +220,22 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
             )
         first_line[spec.name] = at.line_of(("jobs", i, "name"))
         jobs.append(spec)
-    return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority, jobs=jobs)
+    return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority,
+                    concurrency=_concurrency(raw.concurrency, at), jobs=jobs)
+
+
+def _concurrency(raw: str | _RawConcurrency | None, at: Located) -> Concurrency | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw, path = _RawConcurrency(group=raw), ("concurrency",)
+    else:
+        path = ("concurrency", "group")
+    if problem := template_problem(raw.group):
+        raise _error(problem, path, at)
+    if raw.queue not in QUEUE_MODES:
+        raise _error(f'expected one of: {", ".join(QUEUE_MODES)}, got "{raw.queue}"', ("concurrency", "queue"), at)
+    return Concurrency(group=raw.group, cancel_in_progress=raw.cancel_in_progress, queue=cast(QueueMode, raw.queue))
 
 
 def _job(
@@ -248,6 +275,7 @@ def _job(
         when=cast(When, raw.when),  # checked against _WHEN above
         allow_failure=raw.allow_failure,
         pool=raw.pool,
+        interruptible=raw.interruptible,
     )
 
 
@@ -319,6 +347,7 @@ def _error(message: str, path: Path, at: Located) -> InvalidWorkflowError:
 _SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
     (): _RawWorkflow,
     ("on",): _RawOn,
+    ("concurrency",): _RawConcurrency,
     ("jobs", "*"): _RawJob,
     ("jobs", "*", "resources"): _RawResources,
 }

@@ -7,7 +7,7 @@ from datetime import datetime
 import msgspec
 
 from domain.errors import DomainError
-from domain.run import Run
+from domain.run import Run, waiting_reason
 from projections.queries import JobView, RunView
 from projections.timestamps import rfc3339
 
@@ -51,6 +51,8 @@ def run_view(run: Run) -> RunView:
         id=str(run.id), repository_id=run.repository_id, tenant_id=run.tenant_id, commit=run.commit, ref=run.ref,
         status=run.status.value, created_at=rfc3339(run.created_on), finished_at=_time(run.finished_at),
         error=run.error, commit_subject=run.commit_subject, commit_author=run.commit_author,
+        concurrency_group=run.concurrency_group,
+        waiting=waiting_reason(run.concurrency_group) if run.waiting_for_group and run.concurrency_group else None,
         jobs=[
             JobView(
                 id=str(job.id), name=job.name, status=job.status.value, attempt=job.attempt,

@@ -40,6 +40,10 @@ def print_run(run: dict[str, Any]) -> None:
     if run.get("commit_subject"):
         print(f"             {run['commit_subject']}  ({run.get('commit_author') or 'unknown author'})")
     print(f"  created    {run['created_at']}  finished {run.get('finished_at') or '-'}")
+    if run.get("concurrency_group"):
+        print(f"  group      {run['concurrency_group']}")
+    if run.get("waiting"):
+        print(f"  waiting    {run['waiting']}")
     if run.get("error"):
         print(f"  error      {run['error']}")
     jobs = run.get("jobs", [])

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
 
-from domain.run import Run
+from domain.run import Run, superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
 from domain.workflow import DEFAULT_POOL, DEFAULT_PRIORITY
 from projections.registry import REGISTRY_TABLES, apply_registry_event
@@ -157,7 +157,32 @@ class RunsProjection:
 
     @handle.register
     def _(self, event: Run.RunCancelled, cursor: Cursor, position: int) -> None:
-        self._end_run(cursor, event, RunStatus.CANCELLED, None)
+        # The error stays: a run its concurrency group superseded says by which run.
+        cursor.execute("UPDATE lci_runs SET status = ?, finished_at = ?, waiting = NULL WHERE id = ?",
+                       (RunStatus.CANCELLED.value, rfc3339(event.timestamp), str(event.originator_id)))
+
+    @handle.register
+    def _(self, event: Run.RunJoinedGroup, cursor: Cursor, position: int) -> None:
+        waiting = waiting_reason(event.group) if event.waits else None
+        cursor.execute("UPDATE lci_runs SET concurrency_group = ?, waiting = ? WHERE id = ?",
+                       (event.group, waiting, str(event.originator_id)))
+
+    @handle.register
+    def _(self, event: Run.RunGotGroup, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_runs SET waiting = NULL WHERE id = ?", (str(event.originator_id),))
+
+    @handle.register
+    def _(self, event: Run.RunSuperseded, cursor: Cursor, position: int) -> None:
+        self._superseded(cursor, event)
+
+    @handle.register
+    def _(self, event: Run.RunDropped, cursor: Cursor, position: int) -> None:
+        self._superseded(cursor, event)
+
+    @staticmethod
+    def _superseded(cursor: Cursor, event: Run.RunSuperseded | Run.RunDropped) -> None:
+        cursor.execute("UPDATE lci_runs SET error = ?, waiting = NULL WHERE id = ?",
+                       (superseded_reason(event.by_run), str(event.originator_id)))
 
     @handle.register
     def _(self, event: Run.JobQueued, cursor: Cursor, position: int) -> None:

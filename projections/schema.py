@@ -88,7 +88,8 @@ def create_read_model_tables(db: Database) -> None:
 # (the default is right for every row an older version wrote).
 ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'"),
                  ("lci_jobs", "priority", "TEXT NOT NULL DEFAULT 'normal'"),
-                 ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT")]
+                 ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT"),
+                 ("lci_runs", "concurrency_group", "TEXT"), ("lci_runs", "waiting", "TEXT")]
 
 
 def _add_missing_columns(db: Database) -> None:

@@ -28,12 +28,14 @@ from domain.messages import (
     JOBS_STREAM,
     START_JOB_SUBJECT,
     CommandReply,
+    EventMessage,
     FinishJob,
     HandBack,
     Heartbeat,
     JobDispatch,
     StartJob,
     control_subject,
+    events_subject,
     jobs_subject,
 )
 from gitcache import GitError, GitMirrors
@@ -229,7 +231,15 @@ class RunnerAgent:
             reason.append("cancelled")
             stopped.set()
 
+        async def on_cancelled(message: Msg) -> None:
+            # Whoever cancelled it (a user through a gateway, a newer run of its concurrency
+            # group through the planner), the relay publishes the stored JobCancelled.
+            event = msgspec.json.decode(message.data, type=EventMessage)
+            if (event.data.get("job_id"), event.data.get("attempt")) == (dispatch.job_id, dispatch.attempt):
+                await on_control(message)
+
         control = await self.nc.subscribe(control_subject(dispatch.job_id, dispatch.attempt), cb=on_control)
+        cancelled = await self.nc.subscribe(events_subject("Run", dispatch.run_id, "JobCancelled"), cb=on_cancelled)
         execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at, secrets))
         guard = asyncio.create_task(self._guard(dispatch, claim.lease_expires_at, stopped, reason))
         stop_wait = asyncio.create_task(stopped.wait())
@@ -252,8 +262,9 @@ class RunnerAgent:
         finally:
             for task in (guard, stop_wait, grace_over):
                 task.cancel()
-            with contextlib.suppress(Exception):
-                await control.unsubscribe()
+            for subscription in (control, cancelled):
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
 
     async def _guard(self, dispatch: JobDispatch, lease_expires_at: datetime | None,
                      stopped: asyncio.Event, reason: list[str]) -> None:

@@ -79,10 +79,12 @@ def test_reference_history_replays_to_the_recorded_states(path: Path, tmp_path: 
 
 
 def _event_classes() -> list[type]:
+    from domain.concurrency_group import ConcurrencyGroup
     from domain.registry import Repository, Tenant, Token
     from domain.run import Run
 
-    return [value for aggregate in (Run, Tenant, Token, Repository) for value in vars(aggregate).values()
+    return [value for aggregate in (Run, Tenant, Token, Repository, ConcurrencyGroup)
+            for value in vars(aggregate).values()
             if isinstance(value, type) and hasattr(value, "mutate") and value.__name__ not in ("Event", "Created")]
 
 

@@ -25,7 +25,7 @@ from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
-from domain.ids import token_aggregate_id
+from domain.ids import concurrency_group_id, token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from domain.secrets import Scope
 from sealing import Keyring
@@ -72,6 +72,17 @@ WITH_SECRETS = b"""jobs:
   - name: deploy
     run: ./deploy.sh
     secrets: [DEPLOY_TOKEN, REGISTRY_PASSWORD]
+"""
+# The deploy job finishes once started; a newer run of the group cancels the rest.
+DEPLOY = b"""concurrency:
+  group: deploy-${{ branch }}
+  cancel_in_progress: true
+jobs:
+  - name: deploy
+    run: ./deploy.sh
+    interruptible: false
+  - name: smoke
+    run: ./smoke.sh
 """
 # A fixed key, so that the recorded ciphertexts stay readable to whoever studies them.
 KEYRING = Keyring([bytes(range(32))])
@@ -251,6 +262,21 @@ def repository_deleted(story: Story) -> None:
     story.app.registry.delete_repository("web", ADMIN)
 
 
+def concurrency_group(story: Story) -> None:
+    """Three pushes into one group: the first is superseded while its non-interruptible job
+    runs, the second waits and is dropped for the third, which takes the group once the first
+    job has finished and runs to the end."""
+    first = story.push(DEPLOY)
+    story.start(first, 0)
+    story.push(DEPLOY)  # supersedes the first, waits for its deploy job to finish
+    third = story.push(DEPLOY)  # drops the second
+    story.aggregates.append(concurrency_group_id("acme", "deploy-main"))
+    story.beat(first, 0)
+    story.finish(first, 0, 0)  # the first ends cancelled; the third takes the group
+    story.run_job(third, 0)
+    story.run_job(third, 1)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -263,6 +289,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "skipped_and_invalid": skipped_and_invalid,
     "secrets_of_tenant_and_repository": secrets_of_tenant_and_repository,
     "repository_deleted": repository_deleted,
+    "concurrency_group": concurrency_group,
 }
 
 

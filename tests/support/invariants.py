@@ -10,6 +10,9 @@ event store recorded (not against what any service says):
   ever held a lease at the same time);
 - no tenant ever had more attempts running than its `max_concurrent_jobs` at that moment
   (counted in the store's global order: a start raises the count, the attempt's end lowers it);
+- concurrency groups: a run of a group starts a job only once it took the group, never while
+  another run of the group has started and not ended, and no group is left held by (or with
+  waiting) a run that has ended;
 - the read models equal a rebuild from the history.
 """
 
@@ -22,7 +25,7 @@ from typing import Any
 
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
-from domain.ids import run_id_for
+from domain.ids import concurrency_group_id, run_id_for
 from domain.run import RUNNER_LOST, Run
 from projections.rebuild import verify
 from projections.sql import open_database
@@ -43,6 +46,7 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
         if isinstance(event, Run.Event) or type(event).__qualname__.startswith("Run."):
             runs[event.originator_id].append(event)
     problems += quota_breaches(events)
+    problems += group_breaches(events)
     keys: dict[tuple[str, str, int], Any] = {}
     for run_id, stream in runs.items():
         problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
@@ -90,6 +94,56 @@ def quota_breaches(events: list[tuple[int, Any]]) -> list[str]:
             f"attempt {event.attempt}, its max_concurrent_jobs was {quota}"
             for event, tenant_id, count, quota in running_over_time(events)
             if type(event).__name__ == "JobStarted" and quota is not None and count > quota]
+
+
+def group_breaches(events: list[tuple[int, Any]]) -> list[str]:
+    problems: list[str] = []
+    tenant_of: dict[str, str] = {}
+    group_of: dict[str, Any] = {}  # run -> the group (aggregate id) it joined
+    holder: dict[Any, str | None] = {}
+    waiting: dict[Any, list[str]] = defaultdict(list)
+    took: set[tuple[Any, str]] = set()
+    running: dict[Any, str] = {}  # group -> its run that has started a job and not ended
+    ended: set[str] = set()
+    for position, event in events:
+        kind, source = type(event).__qualname__, str(event.originator_id)
+        if kind == "Run.RunRequested":
+            tenant_of[source] = event.tenant_id
+        elif kind == "Run.RunJoinedGroup":
+            group_of[source] = concurrency_group_id(tenant_of[source], event.group)
+        elif kind == "ConcurrencyGroup.GroupTaken":
+            if holder.get(event.originator_id) is not None:
+                problems.append(f"group {event.originator_id}: taken by run {event.run_id} at {position} "
+                                f"while held by run {holder[event.originator_id]}")
+            holder[event.originator_id] = event.run_id
+            took.add((event.originator_id, event.run_id))
+            if event.run_id in waiting[event.originator_id]:
+                waiting[event.originator_id].remove(event.run_id)
+        elif kind == "ConcurrencyGroup.RunWaiting":
+            waiting[event.originator_id].append(event.run_id)
+        elif kind == "ConcurrencyGroup.RunLeft":
+            if holder.get(event.originator_id) == event.run_id:
+                holder[event.originator_id] = None
+            elif event.run_id in waiting[event.originator_id]:
+                waiting[event.originator_id].remove(event.run_id)
+        elif kind == "Run.JobStarted" and source in group_of:
+            group = group_of[source]
+            if (group, source) not in took:
+                problems.append(f"run {source}: started a job at {position} without taking its group")
+            if running.get(group, source) != source:
+                problems.append(f"group {group}: run {source} started a job at {position} while run "
+                                f"{running[group]} of the group had not ended")
+            running[group] = source
+        elif kind.removeprefix("Run.") in TERMINAL_RUN and source in group_of:
+            ended.add(source)
+            if running.get(group_of[source]) == source:
+                del running[group_of[source]]
+    for group, run in holder.items():
+        if run in ended:
+            problems.append(f"group {group}: left held by run {run}, which has ended")
+    for group, runs in waiting.items():
+        problems += [f"group {group}: run {run} left waiting after it ended" for run in runs if run in ended]
+    return problems
 
 
 def _check_run(stream: list[Any], require_final: bool) -> list[str]:

@@ -155,7 +155,7 @@ def test_unknown_top_level_key_lists_the_top_level_fields() -> None:
     """)
 
     assert (error.line, error.field) == (2, "job")
-    assert "expected one of: name, image, env, on, priority, jobs" in error.message
+    assert "expected one of: name, image, env, on, priority, concurrency, jobs" in error.message
 
 
 def test_unknown_key_inside_on_and_resources_is_refused() -> None:
