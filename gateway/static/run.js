@@ -66,9 +66,13 @@ export function mountRun(main, { runId, jobId, attempt, line }, { setCrumbs, set
         h("dt", {}, "Ref"), h("dd", {}, shortRef(run.ref)),
         h("dt", {}, "Commit"), h("dd", { class: "mono" }, run.commit),
         h("dt", {}, "Created"), h("dd", {}, ago(run.created_at)),
-        h("dt", {}, "Duration"), h("dd", {}, duration(run.created_at, run.finished_at))),
-      // Why a run was skipped (a branch filter, no workflow) is news, not a failure.
-      run.error ? h("p", { class: run.status === "skipped" ? "notice" : "problem" }, run.error) : null);
+        h("dt", {}, "Duration"), h("dd", {}, duration(run.created_at, run.finished_at)),
+        run.concurrency_group ? [h("dt", {}, "Group"), h("dd", { class: "mono" }, run.concurrency_group)] : null),
+      // Why the first job has not been queued: the run's concurrency group is held.
+      run.waiting ? h("p", { class: "notice" }, run.waiting) : null,
+      // Why a run was skipped (a branch filter, no workflow) or superseded by a newer run of
+      // its group is news, not a failure.
+      run.error ? h("p", { class: run.status === "failed" ? "problem" : "notice" }, run.error) : null);
   }
 
   // Rows are kept per job and changed in place, so a change does not rebuild what the reader

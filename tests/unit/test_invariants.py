@@ -7,6 +7,7 @@ from uuid import uuid4
 
 import pytest
 
+from domain.concurrency_group import ConcurrencyGroup
 from domain.ids import run_id_for
 from domain.registry import Tenant
 from domain.run import Run
@@ -85,3 +86,29 @@ def test_more_attempts_running_than_the_tenants_quota_is_reported():
 
     assert len(problems) == 1 and "2 attempts running" in problems[0] and "max_concurrent_jobs was 1" in problems[0]
     assert any("2 attempts running" in problem for problem in check_history(list(enumerate(events))))
+
+
+def test_two_runs_of_a_group_running_at_once_and_a_group_held_by_an_ended_run_are_reported():
+    """A forged history: both runs take the group (the second without the first leaving it) and
+    start a job; the first then ends without leaving."""
+    group = ConcurrencyGroup.open("t", "deploy", T0)
+    first, second = new_run(), new_run(run_id_for("r", "b" * 40))
+    for run in (first, second):
+        run.plan([JobSpec(name="a", run="true")], None, T0, "p", group="deploy")
+    group.take(first.id, T0, "p")
+    group.holder = None  # forged: the group forgets its holder without a RunLeft
+    group.take(second.id, T0, "p")
+    first.start_job(first.jobs[0].id, 1, "r1", T0)
+    second.start_job(second.jobs[0].id, 1, "r2", T0)
+    events = [*group.collect_events(), *first.collect_events(), *second.collect_events()]
+    first.finish_job(first.jobs[0].id, 1, "r1", 0, T0)
+    events += first.collect_events()
+
+    problems = check_history(list(enumerate(events)), require_final=False)
+
+    assert any("taken by run" in p and "while held by run" in p for p in problems), problems
+    assert any("while run" in p and "had not ended" in p for p in problems), problems
+    assert not any("left held by" in p for p in problems)  # the second holds it, and has not ended
+    second.finish_job(second.jobs[0].id, 1, "r2", 0, T0)
+    events += second.collect_events()
+    assert any("left held by run" in p for p in check_history(list(enumerate(events))))
