@@ -61,14 +61,18 @@ class GroupRepo:
         return response.json()["run_id"]
 
 
+@pytest.fixture
+def repo(tmp_path: Path, cluster: LedgerCluster) -> GroupRepo:
+    return GroupRepo(Api(cluster.url, ADMIN_TOKEN), tmp_path)
+
+
 def started_at(admin: Api, run_id: str) -> list[str]:
     return [e["at"] for e in admin.events(run_id) if e["type"] == "JobStarted"]
 
 
 def test_a_newer_run_cancels_the_running_one_and_its_process_is_gone_within_two_seconds(
-        tmp_path: Path, cluster: LedgerCluster) -> None:
-    admin = Api(cluster.url, ADMIN_TOKEN)
-    repo = GroupRepo(admin, tmp_path)
+        tmp_path: Path, cluster: LedgerCluster, repo: GroupRepo) -> None:
+    admin = repo.admin
     concurrency = "  group: deploy-${{ branch }}\n  cancel_in_progress: true"
     pid_file = tmp_path / "older.pid"
     older = repo.push(grouped(concurrency, job("deploy", f"echo $$ > {pid_file}; exec sleep 60") +
@@ -90,9 +94,8 @@ def test_a_newer_run_cancels_the_running_one_and_its_process_is_gone_within_two_
 
 
 def test_a_job_that_is_not_interruptible_finishes_and_queue_single_replaces_the_waiting_run(
-        tmp_path: Path, cluster: LedgerCluster) -> None:
-    admin = Api(cluster.url, ADMIN_TOKEN)
-    repo = GroupRepo(admin, tmp_path)
+        tmp_path: Path, cluster: LedgerCluster, repo: GroupRepo) -> None:
+    admin = repo.admin
     concurrency = "  group: production\n  cancel_in_progress: true"
     marker = tmp_path / "deploying"
     older = repo.push(grouped(concurrency, job("deploy", f"touch {marker}; sleep 3; echo deployed",
