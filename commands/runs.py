@@ -28,7 +28,7 @@ from domain.errors import (
     RunNotFoundError,
     StaleAttemptError,
 )
-from domain.ids import run_id_for, tenant_aggregate_id
+from domain.ids import run_id_for, scheduled_run_id, tenant_aggregate_id
 from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
 from domain.registry import ANY_POOL, Tenant, pool_allowed
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
@@ -155,6 +155,22 @@ class RunCommands:
             return stored.request_id == run.request_id
         return True
 
+    def fire_schedule(self, repository_id: str, branch: str, cron: str, nominal_at: datetime,
+                      commit: str) -> PushResult:
+        """A schedule's run for one nominal time, of the commit that declared the schedule.
+        The run's id derives from (repository, branch, cron, time): a second firing of the
+        same time, by this replica or another, finds it there (`duplicate`)."""
+        principal = Principal(f"schedule:{cron}", None)
+        repository = self.registry.get_repository(repository_id, principal)
+        at = self.clock()
+        run = Run.request(
+            run_id=scheduled_run_id(repository_id, branch, cron, nominal_at), repository_id=repository_id,
+            tenant_id=repository.tenant_id, commit=commit, ref=f"refs/heads/{branch}",
+            clone_url=repository.clone_url, rerun=0, request_id=uuid4().hex, actor=principal.name, at=at,
+        )
+        run.mark_scheduled(branch, cron, nominal_at, at, principal.name)
+        return PushResult(run.id, duplicate=not self._create_run(run))
+
     def rerun(self, run_id: UUID | str, principal: Principal) -> UUID:
         """A new run of the same commit; its number is allocated on the commit's first run.
 
@@ -233,7 +249,7 @@ class RunCommands:
                 workflow = parse_workflow(workflow_file)
             except InvalidWorkflowError as error:
                 return run.fail_before_start(str(error), at, actor)
-            if not ref_matches(workflow.branches, run.ref):
+            if run.scheduled_by is None and not ref_matches(workflow.branches, run.ref):
                 reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
                 return run.skip(reason, at, actor)
             tenant = self.store.load(tenant_aggregate_id(run.tenant_id), Tenant)
@@ -246,15 +262,18 @@ class RunCommands:
 
     def _plan(self, run: Run, workflow: Workflow, jobs: list[JobSpec], at: datetime,
               actor: str) -> bool | list[Aggregate]:
-        """Record the plan; a run of a concurrency group joins it first (and may wait)."""
+        """Record the plan, with the schedules the file declares for the push's branch; a run
+        of a concurrency group joins it first (and may wait)."""
         timing = self.timing._asdict()  # lease_seconds, queue_timeout_seconds
         if workflow.concurrency is None:
+            _declare_schedules(run, workflow, at, actor)
             return run.plan(jobs, workflow.name, at, actor, **timing)
         group = group_name(workflow.concurrency.group, repository=run.repository_id, ref=run.ref,
                            commit=run.commit, workflow=workflow.name)
         joined = self.groups.join(run, group, workflow.concurrency, at, actor)
         if joined.refusal is not None:
             return run.fail_before_start(joined.refusal, at, actor)
+        _declare_schedules(run, workflow, at, actor)
         run.plan(jobs, workflow.name, at, actor, group=group, waits=joined.waits, **timing)
         return joined.changed
 
@@ -333,6 +352,18 @@ class RunCommands:
 
     def expire_queued(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
         return self._decide(run_id, lambda run: run.expire_queued(job_id, attempt, self.clock(), actor))
+
+
+def _declare_schedules(run: Run, workflow: Workflow, at: datetime, actor: str) -> None:
+    """A push to a branch whose file has schedules for that branch declares them. (A push that
+    declares none there, planned later, ends them: the read model keeps the newest push's.)
+    A scheduled run declares nothing: it runs the file that declared it."""
+    if run.scheduled_by is not None or not run.ref or not run.ref.startswith("refs/heads/"):
+        return
+    branch = run.ref.removeprefix("refs/heads/")
+    crons = [schedule.cron for schedule in workflow.schedules if schedule.branch == branch]
+    if crons:
+        run.declare_schedules(branch, crons, at, actor)
 
 
 def _pool_refusal(tenant_id: str, tenant: Tenant | None, jobs: list[JobSpec]) -> str | None:

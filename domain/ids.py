@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from uuid import UUID, uuid5
 
 # Fixed namespace for every id ledgerci derives; changing it would orphan every stored stream.
@@ -39,3 +40,8 @@ def token_aggregate_id(token: str) -> UUID:
 def concurrency_group_id(tenant_id: str, group: str) -> UUID:
     """Groups are per tenant: two tenants' groups of the same name are two streams."""
     return uuid5(LEDGERCI_NAMESPACE, f"concurrency-group\n{tenant_id}\n{group}")
+
+
+def scheduled_run_id(repository_id: str, branch: str, cron: str, nominal: datetime) -> UUID:
+    """A schedule fires once per nominal time: the run of (repository, branch, cron, time)."""
+    return uuid5(LEDGERCI_NAMESPACE, f"scheduled\n{repository_id}\n{branch}\n{cron}\n{nominal.isoformat()}")

@@ -75,6 +75,8 @@ class Run(Aggregate):
     concurrency_group = None  # the group's name, as expanded for this run
     waiting_for_group = False  # planned, its first job held back until the group is its
     superseded_by = None  # the newer run of its group that cancelled (or dropped) it
+    scheduled_by = None  # set by RunScheduled: the cron expression that started it
+    scheduled_for = None  # and the nominal time it stands for
 
     class RunRequested(Aggregate.Created):
         repository_id: str
@@ -234,6 +236,18 @@ class Run(Aggregate):
             return False
         self.trigger_event(self.RunDropped, timestamp=at, by_run=str(by_run), actor=actor)
         self.cancel(at, actor)
+        return True
+
+    def mark_scheduled(self, branch: str, cron: str, nominal_at: datetime, at: datetime, actor: str) -> None:
+        """Started by a schedule, not a push: recorded in the save that creates the run."""
+        self.trigger_event(self.RunScheduled, timestamp=at, branch=branch, cron=cron, nominal_at=nominal_at,
+                           actor=actor)
+
+    def declare_schedules(self, branch: str, crons: list[str], at: datetime, actor: str) -> bool:
+        """The file at this push declares these schedules for its branch (planned with it)."""
+        if self.planned or self.status.is_final:
+            return False
+        self.trigger_event(self.SchedulesDeclared, timestamp=at, branch=branch, crons=crons, actor=actor)
         return True
 
     def describe_commit(self, subject: str, author: str, at: datetime, actor: str) -> bool:
@@ -512,6 +526,29 @@ class Run(Aggregate):
             run.finished_at = self.timestamp
             if run.waiting_for_group:
                 run.waiting_for_group = False  # an instance attribute only for runs that joined a group
+
+    class RunScheduled(Aggregate.Event):
+        """The run is a schedule's firing for one nominal time (its id derives from them)."""
+
+        branch: str
+        cron: str
+        nominal_at: datetime
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.scheduled_by = self.cron
+            run.scheduled_for = self.nominal_at
+
+    class SchedulesDeclared(Aggregate.Event):
+        """The workflow file of this push on `branch` declares these schedules for it; the
+        newest planned push of a branch decides its schedules (none if it declares none)."""
+
+        branch: str
+        crons: list[str]
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            pass  # read by the schedules' read model, not by the run
 
     class RunJoinedGroup(Aggregate.Event):
         group: str

@@ -16,6 +16,7 @@ import msgspec
 
 from domain.concurrency import QUEUE_MODES, Concurrency, QueueMode, template_problem
 from domain.errors import InvalidWorkflowError
+from domain.schedule import MAX_SCHEDULES, Schedule, cron_problem
 from domain.yaml_lines import Located, Path, compose_with_lines, format_path
 
 MAX_WORKFLOW_BYTES = 256 * 1024
@@ -27,6 +28,8 @@ MAX_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
 
 _JOB_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What `git check-ref-format --branch` would take, roughly, and no glob characters.
+_BRANCH_NAME = re.compile(r"(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)")
 # A runner pool's name: runners serve one (LEDGERCI_RUNNER_POOL), jobs ask for one.
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEFAULT_POOL = "default"
@@ -96,6 +99,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     branches: list[str] | None = None
     priority: Priority = DEFAULT_PRIORITY
     concurrency: Concurrency | None = None
+    schedules: list[Schedule] = []  # on.schedule
     jobs: list[JobSpec]
 
 
@@ -125,8 +129,14 @@ class _RawConcurrency(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     queue: str = "single"
 
 
+class _RawSchedule(msgspec.Struct, forbid_unknown_fields=True):
+    cron: str
+    branch: str = "main"
+
+
 class _RawOn(msgspec.Struct, forbid_unknown_fields=True):
     branches: list[str] | None = None
+    schedule: list[_RawSchedule] | None = None
 
 
 class _RawWorkflow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -221,7 +231,28 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
         first_line[spec.name] = at.line_of(("jobs", i, "name"))
         jobs.append(spec)
     return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority,
-                    concurrency=_concurrency(raw.concurrency, at), jobs=jobs)
+                    concurrency=_concurrency(raw.concurrency, at),
+                    schedules=_schedules(raw.on.schedule if raw.on else None, at), jobs=jobs)
+
+
+def _schedules(raw: list[_RawSchedule] | None, at: Located) -> list[Schedule]:
+    if raw is None:
+        return []
+    if not 1 <= len(raw) <= MAX_SCHEDULES:
+        raise _error(f"expected 1 to {MAX_SCHEDULES} schedules, got {len(raw)}; leave out `schedule` for none",
+                     ("on", "schedule"), at)
+    schedules: list[Schedule] = []
+    for i, entry in enumerate(raw):
+        if problem := cron_problem(entry.cron):
+            raise _error(problem, ("on", "schedule", i, "cron"), at)
+        if not _BRANCH_NAME.fullmatch(entry.branch):
+            raise _error(f'invalid branch name "{entry.branch}": a branch, not a pattern',
+                         ("on", "schedule", i, "branch"), at)
+        schedule = Schedule(cron=" ".join(entry.cron.split()), branch=entry.branch)
+        if schedule in schedules:
+            raise _error("this schedule is listed twice", ("on", "schedule", i), at)
+        schedules.append(schedule)
+    return schedules
 
 
 def _concurrency(raw: str | _RawConcurrency | None, at: Located) -> Concurrency | None:
@@ -347,6 +378,7 @@ def _error(message: str, path: Path, at: Located) -> InvalidWorkflowError:
 _SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
     (): _RawWorkflow,
     ("on",): _RawOn,
+    ("on", "schedule", "*"): _RawSchedule,
     ("concurrency",): _RawConcurrency,
     ("jobs", "*"): _RawJob,
     ("jobs", "*", "resources"): _RawResources,

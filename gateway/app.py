@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.secrets import SecretBook
+from domain.schedule import ScheduleClock
 from gateway.audit import AuditController
 from gateway.auth import Authenticator, make_guard
 from gateway.control import Control
@@ -28,12 +29,14 @@ from gateway.openapi import BEARER_REQUIRED, SECURITY_COMPONENTS, ClosedStructSc
 from gateway.presence import RunnerPresenceView
 from gateway.repositories import RepositoriesController
 from gateway.routes import AdminController, Defaults, PushController, RunsController
+from gateway.schedules import ScheduleView
 from gateway.secrets import SecretsController
 from gateway.streams import Streams
 from projections.admission import PushAdmission
 from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
 from projections.registry import RegistryQueries
+from projections.schedules import ScheduleQueries
 
 # How long NATS may take to answer a ping before the gateway says it is not ready.
 NATS_READY_SECONDS = 1.0
@@ -53,6 +56,7 @@ class GatewayDeps:
     secret_book: SecretBook | None = None
     # Set when the gateway is told to stop: open streams end at once with a retry hint.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    schedule_clock: ScheduleClock = field(default_factory=ScheduleClock)  # LEDGERCI_SCHEDULE_CLOCK_SPEED
 
 
 def create_app(deps: GatewayDeps) -> Litestar:
@@ -63,6 +67,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
     streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
     presence = RunnerPresenceView()
     registry = RegistryQueries(deps.queries.db)
+    schedules = ScheduleView(ScheduleQueries(deps.queries.db), deps.schedule_clock, deps.ledger.clock)
 
     async def watch_runners() -> None:
         await presence.watch(deps.nc)
@@ -123,6 +128,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "streams": Provide(lambda: streams, sync_to_thread=False),
             "presence": Provide(lambda: presence, sync_to_thread=False),
             "registry": Provide(lambda: registry, sync_to_thread=False),
+            "schedules": Provide(lambda: schedules, sync_to_thread=False),
         },
         on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -17,6 +17,7 @@ from gateway.blocking import blocking
 from gateway.models import RepositoryList, RepositoryRequest, RepositoryResponse
 from gateway.openapi import errors
 from gateway.routes import principal_of
+from gateway.schedules import ScheduleList, ScheduleView
 from projections.registry import RegistryQueries
 from projections.timestamps import rfc3339
 
@@ -61,6 +62,14 @@ class RepositoriesController(Controller):
     async def get_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> RepositoryResponse:
         """One repository, read from its own history (current the moment it is registered)."""
         return _response(await blocking(ledger.registry.get_repository, repository_id, principal_of(request)))
+
+    @get("/{repository_id:str}/schedules", operation_id="listSchedules", responses=errors(404))
+    async def list_schedules(self, request: Request, repository_id: str, ledger: LedgerApp,
+                             schedules: ScheduleView) -> ScheduleList:
+        """The repository's schedules in force (declared by the newest planned push of each
+        branch), each with its next time and its last firings."""
+        await blocking(ledger.registry.get_repository, repository_id, principal_of(request))
+        return await blocking(schedules.of_repository, repository_id)
 
     @delete("/{repository_id:str}", operation_id="deleteRepository", responses=errors(404))
     async def delete_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> None:

@@ -51,7 +51,7 @@ def run_view(run: Run) -> RunView:
         id=str(run.id), repository_id=run.repository_id, tenant_id=run.tenant_id, commit=run.commit, ref=run.ref,
         status=run.status.value, created_at=rfc3339(run.created_on), finished_at=_time(run.finished_at),
         error=run.error, commit_subject=run.commit_subject, commit_author=run.commit_author,
-        concurrency_group=run.concurrency_group,
+        concurrency_group=run.concurrency_group, schedule=run.scheduled_by, scheduled_for=_time(run.scheduled_for),
         waiting=waiting_reason(run.concurrency_group) if run.waiting_for_group and run.concurrency_group else None,
         jobs=[
             JobView(

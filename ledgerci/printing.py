@@ -40,6 +40,8 @@ def print_run(run: dict[str, Any]) -> None:
     if run.get("commit_subject"):
         print(f"             {run['commit_subject']}  ({run.get('commit_author') or 'unknown author'})")
     print(f"  created    {run['created_at']}  finished {run.get('finished_at') or '-'}")
+    if run.get("schedule"):
+        print(f"  schedule   {run['schedule']} (for {run['scheduled_for']})")
     if run.get("concurrency_group"):
         print(f"  group      {run['concurrency_group']}")
     if run.get("waiting"):

@@ -25,9 +25,11 @@ from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
+from commands.schedule_firing import ScheduleFiring, run_schedules
 from commands.scheduler import run_planner
 from commands.store import is_postgres, sqlite_path
 from commands.wake import run_woken
+from domain.schedule import ScheduleClock
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
 from gitcache import GitMirrors
@@ -45,6 +47,7 @@ from projections.admission import PushAdmission
 from projections.log_archive import LogArchive
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
+from projections.schedules import ScheduleQueries
 from projections.sql import Database
 from runner.agent import RunnerAgent
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
@@ -112,6 +115,9 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
             group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger), stalled_after))
             group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
             group.create_task(admission_service(settings, stop, ledger, db, nc))
+            group.create_task(run_schedules(ScheduleFiring(ledger.runs, ScheduleQueries(db).in_force,
+                                                           ScheduleClock(settings.schedule_clock_speed), ledger.clock),
+                                            stop))
     finally:
         mirrors.close()
 
@@ -181,6 +187,7 @@ async def gateway_service(settings: Settings, stop: asyncio.Event, ledger: Ledge
         defaults=Defaults(settings.default_max_concurrent_jobs, settings.default_max_queued_runs,
                           settings.default_pushes_per_minute),
         admission=PushAdmission(db), stopping=stop, secret_book=secret_book(settings, ledger),
+        schedule_clock=ScheduleClock(settings.schedule_clock_speed),
     ))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                             timeout_graceful_shutdown=5, lifespan="on", log_config=None)

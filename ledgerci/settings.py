@@ -64,6 +64,9 @@ class Settings:
     """LEDGERCI_REAPER_INTERVAL_SECONDS: how often the reaper looks for passed deadlines."""
     reoffer_after_seconds: float
     """LEDGERCI_REOFFER_AFTER_SECONDS: a released job no runner started this long is published again."""
+    schedule_clock_speed: float
+    """LEDGERCI_SCHEDULE_CLOCK_SPEED: schedule time runs this many times as fast as the wall clock
+    (1; tests use 20, so that a cron minute passes in 3 seconds). Every replica must agree."""
     max_deliver: int
     """LEDGERCI_MAX_DELIVER: deliveries of a dispatch before it goes to the dead-letter stream."""
     stream_replicas: int
@@ -121,6 +124,7 @@ class Settings:
             queue_timeout_seconds=float(_env("LEDGERCI_QUEUE_TIMEOUT_SECONDS", "3600")),
             reaper_interval_seconds=float(_env("LEDGERCI_REAPER_INTERVAL_SECONDS", "1")),
             reoffer_after_seconds=float(_env("LEDGERCI_REOFFER_AFTER_SECONDS", "30")),
+            schedule_clock_speed=float(_env("LEDGERCI_SCHEDULE_CLOCK_SPEED", "1")),
             max_deliver=int(_env("LEDGERCI_MAX_DELIVER", "20")),
             stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),
             idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),

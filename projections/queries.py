@@ -43,6 +43,8 @@ class RunView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commit_author: str | None = None  # "Name <email>"
     concurrency_group: str | None = None  # the group it joined (`concurrency:`), its name expanded
     waiting: str | None = None  # why no job of it is queued yet: its concurrency group is held
+    schedule: str | None = None  # the cron expression that started it (null: a push or a re-run)
+    scheduled_for: str | None = None  # the nominal time of that schedule it stands for
     jobs: list[JobView] = []
 
 
@@ -62,7 +64,7 @@ class JobLocation(msgspec.Struct, kw_only=True):
 
 
 _RUN_COLUMNS = ("id, repository_id, tenant_id, commit_sha, ref, status, created_at, finished_at, error, "
-                "commit_subject, commit_author, concurrency_group, waiting")
+                "commit_subject, commit_author, concurrency_group, waiting, schedule, scheduled_for")
 _JOB_COLUMNS = (
     "id, name, status, attempt, runner_id, exit_code, queued_at, started_at, finished_at, error, pool, priority"
 )
@@ -73,6 +75,7 @@ def _run(row: tuple) -> RunView:
         id=row[0], repository_id=row[1], tenant_id=row[2], commit=row[3], ref=row[4],
         status=row[5], created_at=row[6], finished_at=row[7], error=row[8],
         commit_subject=row[9], commit_author=row[10], concurrency_group=row[11], waiting=row[12],
+        schedule=row[13], scheduled_for=row[14],
     )
 
 

@@ -33,9 +33,10 @@ EventsAfter = Callable[[int, int], list[tuple[int, Any]]]  # (position, limit) -
 
 COMPARED = {
     "lci_runs": "id, tenant_id, repository_id, commit_sha, ref, rerun, status, error, created_at, finished_at, "
-                "commit_subject, commit_author",
+                "commit_subject, commit_author, concurrency_group, waiting, schedule, scheduled_for",
     "lci_jobs": "id, run_id, tenant_id, idx, name, status, attempt, runner_id, exit_code, error, "
                 "queued_at, started_at, finished_at, pick_up_by, lease_expires_at, timeout_at",
+    "lci_schedules": "id, repository_id, tenant_id, branch, cron, commit_sha, declared_by, declared_at",
     **registry.COMPARED,
 }
 

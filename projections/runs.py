@@ -78,7 +78,7 @@ class RunsProjection:
         """
         with self.db.transaction(lock=True) as cursor:
             self._lock_position(cursor)
-            for table in ("lci_jobs", "lci_runs", *REGISTRY_TABLES):
+            for table in ("lci_jobs", "lci_runs", "lci_schedules", *REGISTRY_TABLES):
                 cursor.execute(f"DELETE FROM {table}")
             tracked = events = 0
             for page in pages:
@@ -137,6 +137,33 @@ class RunsProjection:
                 (job["id"], index, job["spec"]["name"], JobStatus.PENDING.value,
                  job["spec"].get("pool", DEFAULT_POOL), job["spec"].get("priority", DEFAULT_PRIORITY), run_id),
             )
+
+        # A push to a branch that declares no schedules ends the ones an older push declared
+        # (a declaring push's SchedulesDeclared came first, so its own rows stay).
+        cursor.execute(
+            "DELETE FROM lci_schedules WHERE declared_by <> ? AND EXISTS (SELECT 1 FROM lci_runs r WHERE r.id = ? "
+            "AND r.schedule IS NULL AND r.repository_id = lci_schedules.repository_id "
+            "AND r.ref = 'refs/heads/' || lci_schedules.branch)",
+            (run_id, run_id),
+        )
+
+    @handle.register
+    def _(self, event: Run.SchedulesDeclared, cursor: Cursor, position: int) -> None:
+        run_id = str(event.originator_id)
+        cursor.execute("DELETE FROM lci_schedules WHERE branch = ? AND repository_id = "
+                       "(SELECT repository_id FROM lci_runs WHERE id = ?)", (event.branch, run_id))
+        for cron in event.crons:
+            cursor.execute(
+                "INSERT INTO lci_schedules (id, repository_id, tenant_id, branch, cron, commit_sha, declared_by, "
+                "declared_at) SELECT repository_id || ?, repository_id, tenant_id, ?, ?, commit_sha, id, ? "
+                "FROM lci_runs WHERE id = ?",
+                (f"\n{event.branch}\n{cron}", event.branch, cron, rfc3339(event.timestamp), run_id),
+            )
+
+    @handle.register
+    def _(self, event: Run.RunScheduled, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_runs SET schedule = ?, scheduled_for = ? WHERE id = ?",
+                       (event.cron, rfc3339(event.nominal_at), str(event.originator_id)))
 
     @handle.register
     def _(self, event: Run.CommitRead, cursor: Cursor, position: int) -> None:

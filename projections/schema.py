@@ -3,7 +3,7 @@
 from projections import registry
 from projections.sql import Database
 
-READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", *registry.REGISTRY_TABLES)
+READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", "lci_schedules", *registry.REGISTRY_TABLES)
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS lci_tracking (
@@ -46,6 +46,18 @@ TABLES = [
         priority TEXT NOT NULL DEFAULT 'normal'
     )""",
     "CREATE INDEX IF NOT EXISTS lci_runs_by_tenant_status ON lci_runs (tenant_id, status)",
+    # The schedules in force: those the newest planned push of each branch declared
+    # (projections.runs). id: repository, branch and cron, one per line.
+    """CREATE TABLE IF NOT EXISTS lci_schedules (
+        id TEXT PRIMARY KEY,
+        repository_id TEXT NOT NULL,
+        tenant_id TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        cron TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        declared_by TEXT NOT NULL,
+        declared_at TEXT NOT NULL
+    )""",
     "CREATE INDEX IF NOT EXISTS lci_jobs_by_run ON lci_jobs (run_id, idx)",
     # The reaper's question: which queued or running attempts are past a deadline.
     "CREATE INDEX IF NOT EXISTS lci_jobs_active ON lci_jobs (status, lease_expires_at)",
@@ -89,7 +101,8 @@ def create_read_model_tables(db: Database) -> None:
 ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'"),
                  ("lci_jobs", "priority", "TEXT NOT NULL DEFAULT 'normal'"),
                  ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT"),
-                 ("lci_runs", "concurrency_group", "TEXT"), ("lci_runs", "waiting", "TEXT")]
+                 ("lci_runs", "concurrency_group", "TEXT"), ("lci_runs", "waiting", "TEXT"),
+                 ("lci_runs", "schedule", "TEXT"), ("lci_runs", "scheduled_for", "TEXT")]
 
 
 def _add_missing_columns(db: Database) -> None:

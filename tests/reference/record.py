@@ -84,6 +84,13 @@ jobs:
   - name: smoke
     run: ./smoke.sh
 """
+NIGHTLY = b"""on:
+  schedule:
+    - cron: "0 3 * * *"
+jobs:
+  - name: nightly
+    run: make nightly
+"""
 # A fixed key, so that the recorded ciphertexts stay readable to whoever studies them.
 KEYRING = Keyring([bytes(range(32))])
 
@@ -277,6 +284,20 @@ def concurrency_group(story: Story) -> None:
     story.run_job(third, 1)
 
 
+def scheduled(story: Story) -> None:
+    """A push to main declares a nightly schedule; its 03:00 firing runs that commit."""
+    declaring = story.push(NIGHTLY)
+    story.run_job(declaring, 0)
+    commit = story.app.runs.get_run(declaring, ADMIN).commit
+    story.clock.tick(3600)
+    fired = story.app.runs.fire_schedule("web", "main", "0 3 * * *", START.replace(hour=3) + timedelta(days=1),
+                                         commit).run_id
+    story.aggregates.append(fired)
+    story.clock.tick()
+    story.app.runs.plan_run(fired, NIGHTLY)
+    story.run_job(fired, 0)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -290,6 +311,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "secrets_of_tenant_and_repository": secrets_of_tenant_and_repository,
     "repository_deleted": repository_deleted,
     "concurrency_group": concurrency_group,
+    "scheduled": scheduled,
 }
 
 

@@ -2,7 +2,8 @@
 
 Every fault test ends by running it. It checks ARCHITECTURE.md's promises against what the
 event store recorded (not against what any service says):
-- one run per (repository, commit, re-run number), with the id derived from them;
+- one run per (repository, commit, re-run number), with the id derived from them; a
+  schedule's run once per (repository, branch, cron, nominal time), its id derived from those;
 - at most one terminal outcome per job; every run ends in exactly one terminal state;
 - attempts strictly increasing; each started once, by one runner;
 - no result, heartbeat or finish accepted from an attempt that was not current;
@@ -25,7 +26,7 @@ from typing import Any
 
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
-from domain.ids import concurrency_group_id, run_id_for
+from domain.ids import concurrency_group_id, run_id_for, scheduled_run_id
 from domain.run import RUNNER_LOST, Run
 from projections.rebuild import verify
 from projections.sql import open_database
@@ -47,18 +48,32 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
             runs[event.originator_id].append(event)
     problems += quota_breaches(events)
     problems += group_breaches(events)
-    keys: dict[tuple[str, str, int], Any] = {}
+    keys: dict[tuple, Any] = {}
     for run_id, stream in runs.items():
         problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
-        first = stream[0]
-        if type(first).__name__ == "RunRequested":
-            key = (first.repository_id, first.commit, first.rerun)
-            if key in keys:
-                problems.append(f"two runs for {key}: {keys[key]} and {run_id}")
-            keys[key] = run_id
-            if run_id != run_id_for(*key):
-                problems.append(f"run {run_id} is not the derived id of {key}")
+        key, derived = _run_key(stream)
+        if key is None:
+            continue
+        if key in keys:
+            problems.append(f"two runs for {key}: {keys[key]} and {run_id}")
+        keys[key] = run_id
+        if run_id != derived:
+            problems.append(f"run {run_id} is not the derived id of {key}")
     return problems
+
+
+def _run_key(stream: list[Any]) -> tuple[tuple | None, Any]:
+    """What makes the run unique, and the id derived from it: (repository, commit, re-run) for
+    a push, (repository, branch, cron, nominal time) for a schedule's firing."""
+    first = stream[0]
+    if type(first).__name__ != "RunRequested":
+        return None, None
+    if len(stream) > 1 and type(stream[1]).__name__ == "RunScheduled":
+        fired = stream[1]
+        key = ("scheduled", first.repository_id, fired.branch, fired.cron, fired.nominal_at)
+        return key, scheduled_run_id(*key[1:])
+    key = (first.repository_id, first.commit, first.rerun)
+    return key, run_id_for(*key)
 
 
 def running_over_time(events: list[tuple[int, Any]]) -> Iterator[tuple[Any, str, int, int | None]]:
