@@ -59,6 +59,7 @@ export const api = {
   events: (runId) => request("GET", `/api/v1/runs/${encodeURIComponent(runId)}/events`),
   cancel: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/cancel`),
   rerun: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/rerun`),
+  schedules: (repositoryId) => request("GET", `/api/v1/repositories/${encodeURIComponent(repositoryId)}/schedules`),
   /** The log as plain text (a Response: its headers say the attempt, the run and the size). */
   log: (jobId, attempt, signal) => send("GET", `${job(jobId)}/log`, { params: { attempt }, signal }),
   runStream: (runId) => `/api/v1/runs/${encodeURIComponent(runId)}/stream`,

@@ -48,6 +48,22 @@ function table(runs) {
     ))));
 }
 
+/** A repository's schedules: when each fires next, and its last firings (links to their runs). */
+function schedulesPanel({ schedules }) {
+  if (!schedules.length) return null;
+  return h("section", { class: "schedules" },
+    h("h2", {}, "Schedules"),
+    h("table", {},
+      h("thead", {}, h("tr", {}, ["Cron (UTC)", "Branch", "Next", "Last firings"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, schedules.map((s) => h("tr", { "data-schedule": s.cron },
+        h("td", { class: "mono" }, s.cron),
+        h("td", {}, s.branch),
+        h("td", { title: s.next_at }, s.next_at),
+        h("td", {}, s.last_firings.length ? s.last_firings.map((f) => h("a", {
+          href: `#/runs/${f.run_id}`, title: `for ${f.scheduled_for}`, class: "firing" }, badge(f.status)))
+          : h("span", { class: "muted" }, "none yet")))))));
+}
+
 export function mountRuns(main, params, { setCrumbs }) {
   const filters = { repository: params.get("repository") || "", status: params.get("status") || "" };
   let shown = PAGE;
@@ -62,23 +78,26 @@ export function mountRuns(main, params, { setCrumbs }) {
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Older runs");
   more.addEventListener("click", () => { shown += PAGE; refresh(); });
   const sidebar = h("div");
+  const schedules = h("div");
   const list = h("div", { class: "list" }, h("p", { class: "muted" }, "Loading…"));
   const problem = h("p", { class: "problem", hidden: true });
   main.replaceChildren(h("div", { class: "runs-page" }, sidebar,
     h("section", {},
       h("div", { class: "toolbar" }, h("h1", {}, filters.repository || "All runs"), statusSelect),
-      problem, list, more)));
+      problem, schedules, list, more)));
   setCrumbs(filters.repository ? [["Runs", "#/"], [filters.repository, null]] : [["Runs", null]]);
 
   async function refresh() {
     clearTimeout(timer);
     try {
-      const [overview, page] = await Promise.all([
+      const [overview, page, scheduled] = await Promise.all([
         api.runs({ limit: OVERVIEW }),
         api.runs({ repository_id: filters.repository, status: filters.status, limit: Math.min(shown, 500) }),
+        filters.repository ? api.schedules(filters.repository) : { schedules: [] },
       ]);
       if (disposed) return;
       sidebar.replaceChildren(repositories(overview.runs, filters));
+      schedules.replaceChildren(...[schedulesPanel(scheduled)].filter(Boolean));
       list.replaceChildren(table(page.runs));
       nextCursor = page.next_cursor;
       more.hidden = !nextCursor || shown >= 500;

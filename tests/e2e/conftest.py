@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
@@ -22,6 +23,21 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, request) -> It
 @pytest.fixture
 def admin(cluster: LedgerCluster) -> Api:
     return Api(cluster.url, ADMIN_TOKEN)
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads nothing
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -18,7 +18,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from gateway.dashboard import STATIC_DIR
 from tests.support.api import Api
@@ -27,9 +27,6 @@ from tests.support.git_repo import GitRepo
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/run installs it); Playwright downloads nothing
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = Path(os.environ.get("LEDGERCI_TEST_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
 
 # The first job prints a line a second for about twelve seconds (colours, and markup that must stay
@@ -53,16 +50,6 @@ SLOW_RUNNING_WITH_A_LINE_SHOWN = """() => {
   const log = document.querySelector('.log');
   return job?.dataset.status === 'running' && log?.textContent.includes('step 2 in green');
 }"""
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def sign_in(page: Page, url: str, token: str) -> None:

@@ -7,11 +7,14 @@ PostgreSQL and a real nats-server; the invariant checker over the whole history 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, expect
 
+from tests.e2e.test_dashboard import sign_in
 from tests.e2e.test_faults import assert_invariants, wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
@@ -35,7 +38,7 @@ def fired(admin: Api, repository_id: str) -> list[tuple[datetime, str]]:
 
 
 def test_every_nominal_minute_fires_once_with_two_schedulers_and_one_killed(
-        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
+        tmp_path: Path, postgres_url: str, fresh_nats_server, browser: Browser) -> None:
     cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
                             extra_env={"LEDGERCI_SCHEDULE_CLOCK_SPEED": str(SPEED)})
     with cluster.running(("relay", "projector", "scheduler", "scheduler#2", "reaper", "gateway", "runner")):
@@ -57,6 +60,14 @@ def test_every_nominal_minute_fires_once_with_two_schedulers_and_one_killed(
         listed = admin.http.get(f"/api/v1/repositories/{repository_id}/schedules").json()["schedules"]
         assert [(s["branch"], s["cron"]) for s in listed] == [("main", "* * * * *")]
         assert listed[0]["last_firings"] and listed[0]["next_at"] > listed[0]["last_firings"][0]["created_at"]
+        # The dashboard's runs page of the repository shows the schedule and links its firings.
+        page = browser.new_page()
+        sign_in(page, cluster.url, ADMIN_TOKEN)
+        page.goto(f"{cluster.url}/#/?repository={repository_id}")
+        row = page.locator('section.schedules tr[data-schedule="* * * * *"]')
+        expect(row).to_be_visible()
+        expect(row.locator("a.firing").first).to_have_attribute("href", re.compile(r"^#/runs/"))
+        page.close()
         _, stranger = admin.tenant()
         assert Api(cluster.url, stranger).http.get(
             f"/api/v1/repositories/{repository_id}/schedules").status_code == 404
