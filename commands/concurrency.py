@@ -1,4 +1,4 @@
-"""Concurrency groups, decided in the store (domain/concurrency.py says what a group is).
+"""Concurrency groups, decided in the store (domain/concurrency_group.py says what a group is).
 
 Every decision here returns the aggregates it changed, and the caller saves them together
 with the run that asked, in one transaction at their expected versions: a run takes a group
@@ -19,7 +19,7 @@ from commands.ledger_store import LedgerStore
 from domain.concurrency import MAX_WAITING, Concurrency
 from domain.concurrency_group import ConcurrencyGroup
 from domain.ids import concurrency_group_id
-from domain.run import Run
+from domain.run import RUN_ENDING_EVENTS, Run
 
 
 class Joined(NamedTuple):
@@ -63,15 +63,44 @@ class ConcurrencyGroups:
         return Joined(waits=True, changed=changed)
 
     def settle(self, run: Run, at: datetime, actor: str) -> list[Aggregate]:
-        """After a decision on `run`: if it ended, it leaves its group, and the oldest waiting
-        run that has not ended takes the group and queues its first job. Runs outside any
-        group (the common case) load nothing."""
-        if run.concurrency_group is None or not run.status.is_final:
+        """After a decision on `run`, what its groups need, read from the decision's own
+        events (a decision that touches no group, the common case, loads nothing):
+
+        - it ended, or the job that held a job-level group ended: it leaves the group, and the
+          oldest waiting run that has not ended takes it and queues its next job;
+        - its next job has a job-level group: it joins it, and the job is queued if it was free.
+        """
+        pending = run.pending_events
+        left = [event.group for event in pending if isinstance(event, Run.RunLeftGroup)]
+        if run.concurrency_group is not None and any(isinstance(event, RUN_ENDING_EVENTS) for event in pending):
+            left.append(run.concurrency_group)
+        joins = run.needs_group and not run.status.is_final
+        if not left and not joins:
             return []
-        group = self._group(run.tenant_id, run.concurrency_group)
-        if group is None or not group.leave(run.id, at, actor):
+        loaded: dict[str, ConcurrencyGroup] = {}  # one object per group: a save holds it once
+        changed: list[Aggregate] = []
+        for name in left:
+            group = self._group(run.tenant_id, name)
+            if group is not None:
+                loaded[name] = group
+                changed += self._hand_on(run, group, at, actor)
+        if joins:
+            assert run.concurrency_group is not None
+            name = run.concurrency_group
+            group = loaded.setdefault(name, self._group(run.tenant_id, name)
+                                      or ConcurrencyGroup.open(run.tenant_id, name, at))
+            free = group.holder is None
+            if free:
+                group.take(run.id, at, actor)
+            else:
+                group.wait(run.id, at, actor)
+            run.enter_job_group(waits=not free, at=at, actor=actor)
+        return [*loaded.values(), *changed]
+
+    def _hand_on(self, run: Run, group: ConcurrencyGroup, at: datetime, actor: str) -> list[Aggregate]:
+        """`run` leaves the group; the oldest waiting run that has not ended takes it."""
+        if not group.leave(run.id, at, actor):
             return []
-        changed: list[Aggregate] = [group]
         while group.holder is None and group.waiting:
             next_id = group.waiting[0]
             waiting = self._run(next_id)
@@ -80,8 +109,8 @@ class ConcurrencyGroups:
                 continue
             group.take(next_id, at, actor)
             waiting.take_group_turn(at, actor)
-            changed.append(waiting)
-        return changed
+            return [waiting]
+        return []
 
     def _group(self, tenant_id: str, name: str) -> ConcurrencyGroup | None:
         return self.store.load(concurrency_group_id(tenant_id, name), ConcurrencyGroup)

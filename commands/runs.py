@@ -265,17 +265,24 @@ class RunCommands:
         """Record the plan, with the schedules the file declares for the push's branch; a run
         of a concurrency group joins it first (and may wait)."""
         timing = self.timing._asdict()  # lease_seconds, queue_timeout_seconds
+        jobs = [msgspec.structs.replace(job, concurrency=self._group_of(run, workflow, job.concurrency))
+                if job.concurrency else job for job in jobs]
         if workflow.concurrency is None:
             _declare_schedules(run, workflow, at, actor)
             return run.plan(jobs, workflow.name, at, actor, **timing)
-        group = group_name(workflow.concurrency.group, repository=run.repository_id, ref=run.ref,
-                           commit=run.commit, workflow=workflow.name)
+        group = self._group_of(run, workflow, workflow.concurrency.group)
         joined = self.groups.join(run, group, workflow.concurrency, at, actor)
         if joined.refusal is not None:
             return run.fail_before_start(joined.refusal, at, actor)
         _declare_schedules(run, workflow, at, actor)
         run.plan(jobs, workflow.name, at, actor, group=group, waits=joined.waits, **timing)
         return joined.changed
+
+    @staticmethod
+    def _group_of(run: Run, workflow: Workflow, template: str) -> str:
+        """A group's name for this run: the file's template with the run's values filled in."""
+        return group_name(template, repository=run.repository_id, ref=run.ref, commit=run.commit,
+                          workflow=workflow.name)
 
     def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
         return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))

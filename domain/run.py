@@ -72,8 +72,10 @@ class Run(Aggregate):
     commit_subject = None
     commit_author = None
     # Set by RunJoinedGroup, RunGotGroup and RunSuperseded/RunDropped (concurrency groups).
-    concurrency_group = None  # the group's name, as expanded for this run
-    waiting_for_group = False  # planned, its first job held back until the group is its
+    concurrency_group = None  # the group it holds or waits for now, its name expanded for this run
+    waiting_for_group = False  # its next job held back until the group is its
+    group_job = None  # a job-level group's job (None: the whole run holds the group)
+    needs_group = False  # that job is next: the run must join its group (commands.concurrency)
     superseded_by = None  # the newer run of its group that cancelled (or dropped) it
     scheduled_by = None  # set by RunScheduled: the cron expression that started it
     scheduled_for = None  # and the nominal time it stands for
@@ -205,7 +207,18 @@ class Run(Aggregate):
             lease_seconds=lease_seconds, queue_timeout_seconds=queue_timeout_seconds,
         )
         if group is not None:
-            self.trigger_event(self.RunJoinedGroup, timestamp=at, group=group, waits=waits, actor=actor)
+            self.trigger_event(self.RunJoinedGroup, timestamp=at, group=group, waits=waits, job_id=None, actor=actor)
+        if not waits:
+            self._advance(at, actor)
+        return True
+
+    def enter_job_group(self, waits: bool, at: datetime, actor: str) -> bool:
+        """The job next in line needs its job-level group: the run joins it, and queues the
+        job now if the group was free."""
+        if not self.needs_group or self.status.is_final:
+            return False
+        self.trigger_event(self.RunJoinedGroup, timestamp=at, group=self.concurrency_group, waits=waits,
+                           job_id=self.group_job, actor=actor)
         if not waits:
             self._advance(at, actor)
         return True
@@ -446,6 +459,11 @@ class Run(Aggregate):
         """Queue the next job that should run, skipping those whose `when` says no; or end."""
         if self.current_job is not None or self.status.is_final:
             return
+        if self.group_job is not None and self.job(self.group_job).status.is_final:
+            # The job that held a job-level group has ended: the group goes on to the next.
+            self.trigger_event(self.RunLeftGroup, timestamp=at, group=self.concurrency_group, actor=actor)
+        if self.waiting_for_group or self.needs_group:
+            return  # the next job waits for its group
         if self.superseded_by is not None:
             self.cancel(at, actor)  # its last job was not interruptible: it has finished now
             return
@@ -453,6 +471,10 @@ class Run(Aggregate):
             if job.status is not JobStatus.PENDING:
                 continue
             if _should_run(job.spec.when, self.has_failed):
+                if job.spec.concurrency is not None and self.group_job != str(job.id):
+                    self.trigger_event(self.JobNeedsGroup, timestamp=at, job_id=str(job.id),
+                                       group=job.spec.concurrency, actor=actor)
+                    return
                 self._queue(job, 1, at, actor)
                 return
             reason = "an earlier job failed" if self.has_failed else "no earlier job failed"
@@ -552,12 +574,39 @@ class Run(Aggregate):
 
     class RunJoinedGroup(Aggregate.Event):
         group: str
-        waits: bool  # the group was held: the first job waits for the run's turn
+        waits: bool  # the group was held: the next job waits for the run's turn
+        job_id: str | None  # a job-level group's job (None: the workflow's group, for the whole run)
         actor: str
 
         def apply(self, run: Run) -> None:
             run.concurrency_group = self.group
             run.waiting_for_group = self.waits
+            run.group_job = self.job_id
+            run.needs_group = False
+
+    class JobNeedsGroup(Aggregate.Event):
+        """The next job has a job-level group: it is queued once the run holds the group."""
+
+        job_id: str
+        group: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.concurrency_group = self.group
+            run.group_job = self.job_id
+            run.needs_group = True
+            run.waiting_for_group = False
+
+    class RunLeftGroup(Aggregate.Event):
+        """The job that held a job-level group ended: the run holds it no longer."""
+
+        group: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            run.concurrency_group = None
+            run.group_job = None
+            run.waiting_for_group = False
 
     class RunGotGroup(Aggregate.Event):
         group: str

@@ -90,6 +90,9 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     priority: Priority = DEFAULT_PRIORITY  # the run's (workflow-level), capped by the tenant's
     # False: a newer run of the concurrency group (cancel_in_progress) lets it finish once started.
     interruptible: bool = True
+    # A job-level group: the job waits for it and holds it while it runs (first come, first
+    # served). As written in the file; the planner records it with the run's values filled in.
+    concurrency: str | None = None
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +124,11 @@ class _RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_failure: bool = False
     pool: str = DEFAULT_POOL
     interruptible: bool = True
+    concurrency: str | _RawJobConcurrency | None = None
+
+
+class _RawJobConcurrency(msgspec.Struct, forbid_unknown_fields=True):
+    group: str
 
 
 class _RawConcurrency(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -230,6 +238,10 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
             )
         first_line[spec.name] = at.line_of(("jobs", i, "name"))
         jobs.append(spec)
+    grouped_job = next((i for i, job in enumerate(jobs) if job.concurrency is not None), None)
+    if raw.concurrency is not None and grouped_job is not None:
+        raise _error(f"a job's concurrency cannot go with the workflow's (line {at.line_of(('concurrency',))}): "
+                     "the whole run holds that group already", ("jobs", grouped_job, "concurrency"), at)
     return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority,
                     concurrency=_concurrency(raw.concurrency, at),
                     schedules=_schedules(raw.on.schedule if raw.on else None, at), jobs=jobs)
@@ -307,7 +319,20 @@ def _job(
         allow_failure=raw.allow_failure,
         pool=raw.pool,
         interruptible=raw.interruptible,
+        concurrency=_job_group(raw.concurrency, path, at),
     )
+
+
+def _job_group(raw: str | _RawJobConcurrency | None, path: Path, at: Located) -> str | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        group, where = raw, (*path, "concurrency")
+    else:
+        group, where = raw.group, (*path, "concurrency", "group")
+    if problem := template_problem(group):
+        raise _error(problem, where, at)
+    return group
 
 
 def _image(image: str | None, path: Path, at: Located) -> str | None:
@@ -381,6 +406,7 @@ _SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
     ("on", "schedule", "*"): _RawSchedule,
     ("concurrency",): _RawConcurrency,
     ("jobs", "*"): _RawJob,
+    ("jobs", "*", "concurrency"): _RawJobConcurrency,
     ("jobs", "*", "resources"): _RawResources,
 }
 _TYPE_WORDS = {

@@ -195,6 +195,16 @@ class RunsProjection:
                        (event.group, waiting, str(event.originator_id)))
 
     @handle.register
+    def _(self, event: Run.JobNeedsGroup, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_runs SET concurrency_group = ? WHERE id = ?",
+                       (event.group, str(event.originator_id)))
+
+    @handle.register
+    def _(self, event: Run.RunLeftGroup, cursor: Cursor, position: int) -> None:
+        cursor.execute("UPDATE lci_runs SET concurrency_group = NULL, waiting = NULL WHERE id = ?",
+                       (str(event.originator_id),))
+
+    @handle.register
     def _(self, event: Run.RunGotGroup, cursor: Cursor, position: int) -> None:
         cursor.execute("UPDATE lci_runs SET waiting = NULL WHERE id = ?", (str(event.originator_id),))
 

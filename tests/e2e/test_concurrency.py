@@ -203,3 +203,25 @@ def test_fifty_pushes_into_one_group_while_gateways_and_schedulers_are_killed(
         assert_invariants(cluster)
     finally:
         cluster.stop_all()
+
+
+def test_a_job_level_group_runs_one_deploy_at_a_time_while_the_other_jobs_run_side_by_side(
+        tmp_path: Path, cluster: LedgerCluster, repo: GroupRepo) -> None:
+    admin = repo.admin
+    workflow = ("jobs:\n" + job("build", "sleep 1") + job("deploy", "sleep 1") + "    concurrency: production\n"
+                + job("smoke", "'true'"))
+    runs = [repo.push(workflow), repo.push(workflow)]
+    for run_id in runs:
+        assert admin.wait_run(run_id, timeout=60)["status"] == "succeeded", admin.explain(run_id)
+
+    def window(run_id: str, name: str) -> tuple[str, str]:
+        job_id = next(j["id"] for j in admin.run(run_id)["jobs"] if j["name"] == name)
+        events = [e for e in admin.events(run_id) if e["data"].get("job_id") == job_id]
+        return (next(e["at"] for e in events if e["type"] == "JobStarted"),
+                next(e["at"] for e in events if e["type"] == "JobSucceeded"))
+
+    builds = sorted(window(run_id, "build") for run_id in runs)
+    assert builds[1][0] < builds[0][1], f"the builds did not run side by side: {builds}"
+    deploys = sorted(window(run_id, "deploy") for run_id in runs)
+    assert deploys[1][0] >= deploys[0][1], f"two deploys of the group overlapped: {deploys}"
+    assert_invariants(cluster)

@@ -173,13 +173,62 @@ def test_groups_are_per_tenant(ledger):
     assert group(ledger, "deploy", tenant="other").holder == str(theirs.id)
 
 
+def deploys(group: str = "prod") -> bytes:
+    return (f"jobs:\n  - name: build\n    run: make\n  - name: deploy\n    run: ./deploy\n    concurrency: {group}\n"
+            "  - name: smoke\n    run: ./smoke\n").encode()
+
+
+def current(ledger: LedgerApp, run: Run) -> str | None:
+    job = ledger.runs.load_run(run.id).current_job
+    return None if job is None else f"{job.name}:{job.status.value}"
+
+
+def test_a_job_level_group_serialises_one_job_across_runs_and_the_rest_runs_freely(ledger):
+    first, second = planned(ledger, deploys()), planned(ledger, deploys())
+    for run in (first, second):
+        finish(ledger, start(ledger, run))  # both builds run at once: only deploy is grouped
+    assert current(ledger, first) == "deploy:queued" and current(ledger, second) is None
+    assert ledger.runs.load_run(second.id).waiting_for_group
+    assert group(ledger, "prod").waiting == [str(second.id)]
+
+    deploying = start(ledger, first)
+    before = ledger.store.max_position()
+    finish(ledger, deploying)  # deploy ends: the group goes to the second run
+    assert current(ledger, first) == "smoke:queued" and current(ledger, second) == "deploy:queued"
+    saved = [type(event).__qualname__ for _, event in ledger.store.events_after(before, 100)]
+    assert saved == ["Run.JobSucceeded", "Run.RunLeftGroup", "Run.JobQueued", "ConcurrencyGroup.RunLeft",
+                     "ConcurrencyGroup.GroupTaken", "Run.RunGotGroup", "Run.JobQueued"]
+    finish(ledger, start(ledger, first))
+    finish(ledger, start(ledger, second))
+    finish(ledger, start(ledger, second))
+    assert group(ledger, "prod").holder is None
+    assert check_history(all_events(ledger)) == []
+
+
+def test_a_run_that_needs_the_group_again_queues_behind_those_already_waiting(ledger):
+    twice = (b"jobs:\n  - name: one\n    run: a\n    concurrency: prod\n"
+             b"  - name: two\n    run: b\n    concurrency: prod\n")
+    holder = start(ledger, planned(ledger, twice))
+    other = planned(ledger, deploys())
+    finish(ledger, start(ledger, other))  # its build; its deploy waits behind the holder
+    finish(ledger, holder)  # "one" ends: the other run's deploy goes first, "two" waits
+    assert current(ledger, other) == "deploy:queued"
+    assert current(ledger, holder) is None and ledger.runs.load_run(holder.id).waiting_for_group
+    assert group(ledger, "prod").waiting == [str(holder.id)]
+    finish(ledger, start(ledger, other))
+    assert current(ledger, holder) == "two:queued"
+
+
 def test_racing_planners_runners_and_cancels_never_run_two_runs_of_a_group_at_once(ledger):
     """Four planners push 40 runs into one group (a third of them cancel_in_progress, some not
     interruptible) while two runners work the group and a user cancels at random. The invariant
     checker reads the whole history: one run of the group at a time, every run ended, the group
     left held by nobody."""
     files = [workflow("  group: race\n  queue: max"), workflow("  group: race\n  cancel_in_progress: true", jobs=2),
-             workflow("  group: race", interruptible=False)]
+             workflow("  group: race", interruptible=False), deploys("race-jobs")]
+    # The test's runners start whatever is queued (no admission here): the tenant's quota must
+    # not be what limits them.
+    ledger.registry.update_tenant("acme", {"max_concurrent_jobs": 1000}, actor="admin")
     pushed: list[UUID] = []
     done = threading.Event()
     failures: list[BaseException] = []
@@ -230,5 +279,6 @@ def test_racing_planners_runners_and_cancels_never_run_two_runs_of_a_group_at_on
     assert check_history(events) == []
     kinds = [type(event).__name__ for _, event in events]
     assert kinds.count("GroupTaken") >= 10 and kinds.count("RunSuperseded") + kinds.count("RunDropped") >= 1
-    assert group(ledger, "race").holder is None and group(ledger, "race").waiting == []
+    for name in ("race", "race-jobs"):
+        assert group(ledger, name).holder is None and group(ledger, name).waiting == []
     assert group_breaches(events) == []

@@ -91,6 +91,16 @@ jobs:
   - name: nightly
     run: make nightly
 """
+# Only the deploy job holds its group; build and smoke of two runs run side by side.
+JOB_GROUP = b"""jobs:
+  - name: build
+    run: make
+  - name: deploy
+    run: ./deploy.sh
+    concurrency: production
+  - name: smoke
+    run: ./smoke.sh
+"""
 # A fixed key, so that the recorded ciphertexts stay readable to whoever studies them.
 KEYRING = Keyring([bytes(range(32))])
 
@@ -284,6 +294,19 @@ def concurrency_group(story: Story) -> None:
     story.run_job(third, 1)
 
 
+def job_concurrency_group(story: Story) -> None:
+    """Two runs whose deploy job shares a job-level group: the second's deploy waits for the
+    first's to end, then takes the group in the save that ends it."""
+    first, second = story.push(JOB_GROUP), story.push(JOB_GROUP)
+    story.aggregates.append(concurrency_group_id("acme", "production"))
+    for run_id in (first, second):
+        story.run_job(run_id, 0)  # build; then the first takes the group, the second waits
+    story.run_job(first, 1)  # deploy ends: the group goes to the second run
+    story.run_job(first, 2)
+    story.run_job(second, 1)
+    story.run_job(second, 2)
+
+
 def scheduled(story: Story) -> None:
     """A push to main declares a nightly schedule; its 03:00 firing runs that commit."""
     declaring = story.push(NIGHTLY)
@@ -311,6 +334,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "secrets_of_tenant_and_repository": secrets_of_tenant_and_repository,
     "repository_deleted": repository_deleted,
     "concurrency_group": concurrency_group,
+    "job_concurrency_group": job_concurrency_group,
     "scheduled": scheduled,
 }
 

@@ -112,26 +112,36 @@ def quota_breaches(events: list[tuple[int, Any]]) -> list[str]:
 
 
 def group_breaches(events: list[tuple[int, Any]]) -> list[str]:
+    """A run is a member of a group from joining it (`RunJoinedGroup`) until it leaves (the end
+    of the run, or `RunLeftGroup` once a job-level group's job ended). A member starts a job
+    only while the group's own stream says it holds the group, never while another member has
+    started a job and not left; and no group is left held by, or waited for by, an ended run."""
     problems: list[str] = []
     tenant_of: dict[str, str] = {}
-    group_of: dict[str, Any] = {}  # run -> the group (aggregate id) it joined
+    member_of: dict[str, Any] = {}  # run -> the group (aggregate id) it is a member of now
     holder: dict[Any, str | None] = {}
     waiting: dict[Any, list[str]] = defaultdict(list)
-    took: set[tuple[Any, str]] = set()
-    running: dict[Any, str] = {}  # group -> its run that has started a job and not ended
+    running: dict[Any, str] = {}  # group -> its member that has started a job and not left
     ended: set[str] = set()
+
+    def leaves(run: str) -> None:
+        group = member_of.pop(run, None)
+        if group is not None and running.get(group) == run:
+            del running[group]
+
     for position, event in events:
         kind, source = type(event).__qualname__, str(event.originator_id)
         if kind == "Run.RunRequested":
             tenant_of[source] = event.tenant_id
         elif kind == "Run.RunJoinedGroup":
-            group_of[source] = concurrency_group_id(tenant_of[source], event.group)
+            member_of[source] = concurrency_group_id(tenant_of[source], event.group)
+        elif kind == "Run.RunLeftGroup":
+            leaves(source)
         elif kind == "ConcurrencyGroup.GroupTaken":
             if holder.get(event.originator_id) is not None:
                 problems.append(f"group {event.originator_id}: taken by run {event.run_id} at {position} "
                                 f"while held by run {holder[event.originator_id]}")
             holder[event.originator_id] = event.run_id
-            took.add((event.originator_id, event.run_id))
             if event.run_id in waiting[event.originator_id]:
                 waiting[event.originator_id].remove(event.run_id)
         elif kind == "ConcurrencyGroup.RunWaiting":
@@ -141,18 +151,18 @@ def group_breaches(events: list[tuple[int, Any]]) -> list[str]:
                 holder[event.originator_id] = None
             elif event.run_id in waiting[event.originator_id]:
                 waiting[event.originator_id].remove(event.run_id)
-        elif kind == "Run.JobStarted" and source in group_of:
-            group = group_of[source]
-            if (group, source) not in took:
-                problems.append(f"run {source}: started a job at {position} without taking its group")
+        elif kind == "Run.JobStarted" and source in member_of:
+            group = member_of[source]
+            if holder.get(group) != source:
+                problems.append(f"run {source}: started a job at {position} while group {group} was held by "
+                                f"{holder.get(group)}")
             if running.get(group, source) != source:
                 problems.append(f"group {group}: run {source} started a job at {position} while run "
                                 f"{running[group]} of the group had not ended")
             running[group] = source
-        elif kind.removeprefix("Run.") in TERMINAL_RUN and source in group_of:
+        elif kind.removeprefix("Run.") in TERMINAL_RUN:
             ended.add(source)
-            if running.get(group_of[source]) == source:
-                del running[group_of[source]]
+            leaves(source)
     for group, run in holder.items():
         if run in ended:
             problems.append(f"group {group}: left held by run {run}, which has ended")

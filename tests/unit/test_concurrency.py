@@ -109,3 +109,25 @@ def test_only_a_waiting_run_is_dropped() -> None:
     assert waiting.status is RunStatus.CANCELLED and waiting.error == "superseded by run newer"
     holding = new_run(JobSpec(name="a", run="x"), waits=False)
     assert holding.drop("newer", T0, "planner") is False
+
+
+def test_a_job_level_group_holds_back_only_its_job_and_is_left_when_it_ends() -> None:
+    run = Run.request(run_id=uuid4(), repository_id="repo", tenant_id="acme", commit="a" * 40,
+                      ref="refs/heads/main", clone_url="file:///repo", rerun=0, request_id="req", actor="test", at=T0)
+    run.plan([JobSpec(name="build", run="x"), JobSpec(name="deploy", run="y", concurrency="prod"),
+              JobSpec(name="smoke", run="z")], "wf", T0, "planner")
+    build, deploy, smoke = run.jobs
+    assert build.status is JobStatus.QUEUED and not run.needs_group
+    run.start_job(build.id, 1, "r1", T0)
+    run.finish_job(build.id, 1, "r1", 0, T0)
+    assert deploy.status is JobStatus.PENDING and run.needs_group
+    assert (run.concurrency_group, run.group_job) == ("prod", str(deploy.id))
+    run.enter_job_group(waits=True, at=T0, actor="concurrency")
+    assert run.waiting_for_group and deploy.status is JobStatus.PENDING
+    run.take_group_turn(T0, "concurrency")
+    assert deploy.status is JobStatus.QUEUED
+    run.start_job(deploy.id, 1, "r1", T0)
+    run.finish_job(deploy.id, 1, "r1", 0, T0)
+    kinds = [type(event).__name__ for event in run.pending_events]
+    assert kinds[-3:] == ["JobSucceeded", "RunLeftGroup", "JobQueued"]
+    assert smoke.status is JobStatus.QUEUED and run.concurrency_group is None
