@@ -1,6 +1,6 @@
 """The workflow file (`.ledgerci.yml`, see WORKFLOW.md): parsed, checked, compiled to a plan.
 
-Two layers of structs on purpose. The private `_Raw*` structs are the file as the user writes
+Two layers of structs on purpose. The private `Raw*` structs are the file as the user writes
 it (`timeout: 20m`, `on: {branches: ...}`) and msgspec checks its shape, refusing unknown keys
 so a typo like `timout:` cannot pass. The public `Workflow` / `JobSpec` are what the rest of
 ledgerci runs: durations in seconds, env merged, image resolved. Every error names the line
@@ -10,19 +10,33 @@ and the field, which is why the YAML is composed by `domain.yaml_lines` and not 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Any, Literal, cast, get_args
 
 import msgspec
 
 from domain.concurrency import QUEUE_MODES, Concurrency, QueueMode, template_problem
 from domain.errors import InvalidWorkflowError
 from domain.schedule import MAX_SCHEDULES, Schedule, cron_problem
-from domain.yaml_lines import Located, Path, compose_with_lines, format_path
+from domain.workflow_file import (
+    DEFAULT_POOL,
+    DEFAULT_PRIORITY,
+    DEFAULT_TIMEOUT_SECONDS,
+    PRIORITIES,
+    Priority,
+    RawConcurrency,
+    RawJob,
+    RawJobConcurrency,
+    RawResources,
+    RawSchedule,
+    RawWorkflow,
+    explained,
+    field_error,
+    type_words,
+)
+from domain.yaml_lines import Located, Path, compose_with_lines
 
 MAX_WORKFLOW_BYTES = 256 * 1024
 MAX_JOBS = 100
-MAX_RETRIES = 10
-DEFAULT_TIMEOUT_SECONDS = 60 * 60
 # A runaway job should not hold a runner for ever; a week is more than any build needs.
 MAX_TIMEOUT_SECONDS = 7 * 24 * 60 * 60
 
@@ -32,23 +46,16 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BRANCH_NAME = re.compile(r"(?!/)(?!.*//)(?!.*\.\.)[A-Za-z0-9._/-]{1,200}(?<!/)(?<!\.lock)")
 # A runner pool's name: runners serve one (LEDGERCI_RUNNER_POOL), jobs ask for one.
 POOL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-DEFAULT_POOL = "default"
 # Digits bounded: int() refuses strings over 4300 digits with a ValueError, not our error.
 _DURATION = re.compile(r"(\d{1,18})([smh]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _MEMORY = re.compile(r"(\d{1,18})[kmg]?", re.IGNORECASE)
 _MEMORY_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3, **dict.fromkeys("0123456789", 1)}
-MAX_CPUS = 1024.0  # more than any machine a job runs on: a larger number is a mistake
 MAX_MEMORY_BYTES = 1024**4
 _IDENTIFIER_RULE = 'use letters, digits and "_", not starting with a digit'
 
 When = Literal["on_success", "on_failure", "always"]
 _WHEN: tuple[When, ...] = get_args(When)
-# A run's place in its tenant's own queue (never against other tenants: fair share decides
-# that). Lowest first, so that a tier's index is its rank.
-Priority = Literal["low", "normal", "high"]
-PRIORITIES: tuple[Priority, ...] = get_args(Priority)
-DEFAULT_PRIORITY: Priority = "normal"
 
 
 def priority_rank(priority: str) -> int:
@@ -106,57 +113,6 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     jobs: list[JobSpec]
 
 
-class _RawResources(msgspec.Struct, forbid_unknown_fields=True):
-    cpus: Annotated[float, msgspec.Meta(gt=0, le=MAX_CPUS)] | None = None  # .inf and NaN are refused too
-    memory: str | int | None = None
-
-
-class _RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    name: str
-    run: str
-    image: str | None = None
-    env: dict[str, Any] = {}  # values checked in _env, where the offending key is known
-    secrets: list[str] = []
-    timeout: int | str = DEFAULT_TIMEOUT_SECONDS
-    retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 0
-    resources: _RawResources | None = None
-    when: str = "on_success"
-    allow_failure: bool = False
-    pool: str = DEFAULT_POOL
-    interruptible: bool = True
-    concurrency: str | _RawJobConcurrency | None = None
-
-
-class _RawJobConcurrency(msgspec.Struct, forbid_unknown_fields=True):
-    group: str
-
-
-class _RawConcurrency(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    group: str
-    cancel_in_progress: bool = False
-    queue: str = "single"
-
-
-class _RawSchedule(msgspec.Struct, forbid_unknown_fields=True):
-    cron: str
-    branch: str = "main"
-
-
-class _RawOn(msgspec.Struct, forbid_unknown_fields=True):
-    branches: list[str] | None = None
-    schedule: list[_RawSchedule] | None = None
-
-
-class _RawWorkflow(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    name: str | None = None
-    image: str | None = None
-    env: dict[str, Any] = {}
-    on: _RawOn | None = None
-    priority: str = DEFAULT_PRIORITY
-    concurrency: str | _RawConcurrency | None = None  # a plain string names the group
-    jobs: list[_RawJob]
-
-
 def parse_workflow(text: str | bytes) -> Workflow:
     """The plan in a workflow file; InvalidWorkflowError names the line and field at fault."""
     size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
@@ -176,13 +132,13 @@ def parse_workflow(text: str | bytes) -> Workflow:
     if not isinstance(located.data, dict):
         raise InvalidWorkflowError(
             f"expected a mapping at the top level (name, image, env, on, priority, concurrency, jobs), "
-            f"got {_type_words(type(located.data).__name__)}",
+            f"got {type_words(type(located.data).__name__)}",
             line=located.line_of(()),
         )
     try:
-        raw = msgspec.convert(located.data, _RawWorkflow)
+        raw = msgspec.convert(located.data, RawWorkflow)
     except msgspec.ValidationError as e:
-        raise _explained(e, located) from None
+        raise explained(e, located) from None
     return _compiled(raw, located)
 
 
@@ -207,31 +163,31 @@ def _glob(pattern: str) -> str:
     return "".join(wildcards.get(part, re.escape(part)) for part in parts)
 
 
-def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
+def _compiled(raw: RawWorkflow, at: Located) -> Workflow:
     image = _image(raw.image, ("image",), at)
     env = _env(raw.env, ("env",), at)
     branches = raw.on.branches if raw.on else None
     if branches is not None:
         if not branches:
-            raise _error(
+            raise field_error(
                 "an empty list matches no push; leave out `on` to match every push",
                 ("on", "branches"),
                 at,
             )
         for i, pattern in enumerate(branches):
             if not pattern:
-                raise _error("a branch pattern must not be empty", ("on", "branches", i), at)
+                raise field_error("a branch pattern must not be empty", ("on", "branches", i), at)
     if raw.priority not in PRIORITIES:
-        raise _error(f'expected one of: high, normal, low, got "{raw.priority}"', ("priority",), at)
+        raise field_error(f'expected one of: high, normal, low, got "{raw.priority}"', ("priority",), at)
     priority = cast(Priority, raw.priority)
     if not 1 <= len(raw.jobs) <= MAX_JOBS:
-        raise _error(f"expected 1 to {MAX_JOBS} jobs, got {len(raw.jobs)}", ("jobs",), at)
+        raise field_error(f"expected 1 to {MAX_JOBS} jobs, got {len(raw.jobs)}", ("jobs",), at)
     jobs: list[JobSpec] = []
     first_line: dict[str, int | None] = {}
     for i, job in enumerate(raw.jobs):
         spec = msgspec.structs.replace(_job(job, ("jobs", i), image, env, at), priority=priority)
         if spec.name in first_line:
-            raise _error(
+            raise field_error(
                 f'duplicate job name "{spec.name}" (first at line {first_line[spec.name]})',
                 ("jobs", i, "name"),
                 at,
@@ -240,72 +196,72 @@ def _compiled(raw: _RawWorkflow, at: Located) -> Workflow:
         jobs.append(spec)
     grouped_job = next((i for i, job in enumerate(jobs) if job.concurrency is not None), None)
     if raw.concurrency is not None and grouped_job is not None:
-        raise _error(f"a job's concurrency cannot go with the workflow's (line {at.line_of(('concurrency',))}): "
+        raise field_error(f"a job's concurrency cannot go with the workflow's (line {at.line_of(('concurrency',))}): "
                      "the whole run holds that group already", ("jobs", grouped_job, "concurrency"), at)
     return Workflow(name=raw.name, image=image, env=env, branches=branches, priority=priority,
                     concurrency=_concurrency(raw.concurrency, at),
                     schedules=_schedules(raw.on.schedule if raw.on else None, at), jobs=jobs)
 
 
-def _schedules(raw: list[_RawSchedule] | None, at: Located) -> list[Schedule]:
+def _schedules(raw: list[RawSchedule] | None, at: Located) -> list[Schedule]:
     if raw is None:
         return []
     if not 1 <= len(raw) <= MAX_SCHEDULES:
-        raise _error(f"expected 1 to {MAX_SCHEDULES} schedules, got {len(raw)}; leave out `schedule` for none",
+        raise field_error(f"expected 1 to {MAX_SCHEDULES} schedules, got {len(raw)}; leave out `schedule` for none",
                      ("on", "schedule"), at)
     schedules: list[Schedule] = []
     for i, entry in enumerate(raw):
         if problem := cron_problem(entry.cron):
-            raise _error(problem, ("on", "schedule", i, "cron"), at)
+            raise field_error(problem, ("on", "schedule", i, "cron"), at)
         if not _BRANCH_NAME.fullmatch(entry.branch):
-            raise _error(f'invalid branch name "{entry.branch}": a branch, not a pattern',
+            raise field_error(f'invalid branch name "{entry.branch}": a branch, not a pattern',
                          ("on", "schedule", i, "branch"), at)
         schedule = Schedule(cron=" ".join(entry.cron.split()), branch=entry.branch)
         if schedule in schedules:
-            raise _error("this schedule is listed twice", ("on", "schedule", i), at)
+            raise field_error("this schedule is listed twice", ("on", "schedule", i), at)
         schedules.append(schedule)
     return schedules
 
 
-def _concurrency(raw: str | _RawConcurrency | None, at: Located) -> Concurrency | None:
+def _concurrency(raw: str | RawConcurrency | None, at: Located) -> Concurrency | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        raw, path = _RawConcurrency(group=raw), ("concurrency",)
+        raw, path = RawConcurrency(group=raw), ("concurrency",)
     else:
         path = ("concurrency", "group")
     if problem := template_problem(raw.group):
-        raise _error(problem, path, at)
+        raise field_error(problem, path, at)
     if raw.queue not in QUEUE_MODES:
-        raise _error(f'expected one of: {", ".join(QUEUE_MODES)}, got "{raw.queue}"', ("concurrency", "queue"), at)
+        raise field_error(f'expected one of: {", ".join(QUEUE_MODES)}, got "{raw.queue}"', ("concurrency", "queue"), at)
     return Concurrency(group=raw.group, cancel_in_progress=raw.cancel_in_progress, queue=cast(QueueMode, raw.queue))
 
 
 def _job(
-    raw: _RawJob, path: Path, default_image: str | None, workflow_env: dict[str, str], at: Located
+    raw: RawJob, path: Path, default_image: str | None, workflow_env: dict[str, str], at: Located
 ) -> JobSpec:
     if not _JOB_NAME.fullmatch(raw.name):
-        raise _error(
+        raise field_error(
             f'invalid job name "{raw.name}": use 1 to 64 letters, digits, "_", "." or "-"',
             (*path, "name"),
             at,
         )
     if not raw.run.strip():
-        raise _error("the script must not be empty", (*path, "run"), at)
+        raise field_error("the script must not be empty", (*path, "run"), at)
     for i, secret in enumerate(raw.secrets):
         if not _VAR_NAME.fullmatch(secret):
-            raise _error(
+            raise field_error(
                 f'invalid secret name "{secret}": {_IDENTIFIER_RULE}',
                 (*path, "secrets", i),
                 at,
             )
         if secret in raw.secrets[:i]:
-            raise _error(f'secret "{secret}" is listed twice', (*path, "secrets", i), at)
+            raise field_error(f'secret "{secret}" is listed twice', (*path, "secrets", i), at)
     if not POOL_NAME.fullmatch(raw.pool):
-        raise _error(f'invalid pool name "{raw.pool}": use a-z, 0-9, "_" and "-", at most 63, '
+        raise field_error(f'invalid pool name "{raw.pool}": use a-z, 0-9, "_" and "-", at most 63, '
                      "starting with a letter or digit", (*path, "pool"), at)
     if raw.when not in _WHEN:
-        raise _error(f'expected one of: {", ".join(_WHEN)}, got "{raw.when}"', (*path, "when"), at)
+        raise field_error(f'expected one of: {", ".join(_WHEN)}, got "{raw.when}"', (*path, "when"), at)
     return JobSpec(
         name=raw.name,
         run=raw.run,
@@ -323,7 +279,7 @@ def _job(
     )
 
 
-def _job_group(raw: str | _RawJobConcurrency | None, path: Path, at: Located) -> str | None:
+def _job_group(raw: str | RawJobConcurrency | None, path: Path, at: Located) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -331,13 +287,13 @@ def _job_group(raw: str | _RawJobConcurrency | None, path: Path, at: Located) ->
     else:
         group, where = raw.group, (*path, "concurrency", "group")
     if problem := template_problem(group):
-        raise _error(problem, where, at)
+        raise field_error(problem, where, at)
     return group
 
 
 def _image(image: str | None, path: Path, at: Located) -> str | None:
     if image is not None and not image.strip():
-        raise _error("the image must not be empty", path, at)
+        raise field_error("the image must not be empty", path, at)
     return image
 
 
@@ -345,7 +301,7 @@ def _env(env: dict[str, Any], path: Path, at: Located) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in env.items():
         if not _VAR_NAME.fullmatch(key):
-            raise _error(
+            raise field_error(
                 f'invalid variable name "{key}": {_IDENTIFIER_RULE}',
                 (*path, key),
                 at,
@@ -356,8 +312,8 @@ def _env(env: dict[str, Any], path: Path, at: Located) -> dict[str, str]:
             # The text as written: YAML 1.1 reads `010` as 8 and `1:30` as 90.
             out[key] = at.texts[(*path, key)]
         else:
-            raise _error(
-                f"expected a string, number or boolean, got {_type_words(type(value).__name__)}",
+            raise field_error(
+                f"expected a string, number or boolean, got {type_words(type(value).__name__)}",
                 (*path, key),
                 at,
             )
@@ -368,83 +324,28 @@ def _seconds(timeout: int | str, path: Path, at: Located) -> int:
     match = _DURATION.fullmatch(timeout) if isinstance(timeout, str) else None
     seconds = int(match[1]) * _UNIT_SECONDS[match[2]] if match else timeout
     if not isinstance(seconds, int):
-        raise _error(
+        raise field_error(
             f'expected a duration like "90s", "20m", "2h" or a number of seconds, got "{timeout}"',
             path,
             at,
         )
     if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
-        raise _error(f"the timeout must be between 1 second and 7 days, got {timeout}", path, at)
+        raise field_error(f"the timeout must be between 1 second and 7 days, got {timeout}", path, at)
     return seconds
 
 
-def _resources(raw: _RawResources | None, path: Path, at: Located) -> Resources | None:
+def _resources(raw: RawResources | None, path: Path, at: Located) -> Resources | None:
     if raw is None:
         return None
     memory = None if raw.memory is None else str(raw.memory)
     if memory is not None:
         match = _MEMORY.fullmatch(memory)
         if not match or int(match[1]) == 0:
-            raise _error(
+            raise field_error(
                 f'expected memory like "512m", "1g", "256k" or a number of bytes, got "{memory}"',
                 (*path, "memory"),
                 at,
             )
         if memory_bytes(memory) > MAX_MEMORY_BYTES:
-            raise _error(f'memory is at most 1024g, got "{memory}"', (*path, "memory"), at)
+            raise field_error(f'memory is at most 1024g, got "{memory}"', (*path, "memory"), at)
     return Resources(cpus=raw.cpus, memory=memory)
-
-
-def _error(message: str, path: Path, at: Located) -> InvalidWorkflowError:
-    return InvalidWorkflowError(message, line=at.line_of(path), field=format_path(path))
-
-
-# Which raw struct sits at a path (indexes as "*"), to list the fields an unknown key could be.
-_SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
-    (): _RawWorkflow,
-    ("on",): _RawOn,
-    ("on", "schedule", "*"): _RawSchedule,
-    ("concurrency",): _RawConcurrency,
-    ("jobs", "*"): _RawJob,
-    ("jobs", "*", "concurrency"): _RawJobConcurrency,
-    ("jobs", "*", "resources"): _RawResources,
-}
-_TYPE_WORDS = {
-    "object": "a mapping",
-    "array": "a list",
-    "str": "a string",
-    "int": "an integer",
-    "float": "a number",
-    "bool": "a boolean",
-    "null": "null",
-    "dict": "a mapping",
-    "list": "a list",
-    "NoneType": "null",
-}
-
-
-def _explained(error: msgspec.ValidationError, at: Located) -> InvalidWorkflowError:
-    """msgspec's "Expected `int`, got `str` - at `$.jobs[0].retries`", said for humans."""
-    what, _, where = str(error).partition(" - at `")
-    path: Path = tuple(
-        int(index) if index else key
-        for key, index in re.findall(r"\.([^.\[`]+)|\[(\d+)\]", where.rstrip("`"))
-    )
-    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", what):
-        shape = _SHAPES.get(tuple("*" if isinstance(p, int) else p for p in path))
-        known = ", ".join(f.encode_name for f in msgspec.structs.fields(shape)) if shape else ""
-        expected = f" (expected one of: {known})" if known else ""
-        return _error(f'unknown field "{unknown[1]}"{expected}', (*path, unknown[1]), at)
-    if missing := re.fullmatch(r"Object missing required field `(.*)`", what):
-        return InvalidWorkflowError(
-            "required field is missing",
-            line=at.line_of(path),
-            field=format_path((*path, missing[1])),
-        )
-    message = re.sub(r"`([^`]*)`", lambda m: _type_words(m[1]), what)
-    return _error(message[:1].lower() + message[1:], path, at)
-
-
-def _type_words(types: str) -> str:
-    """`int | null` -> "an integer or null"."""
-    return " or ".join(_TYPE_WORDS.get(t, t) for t in types.split(" | "))
