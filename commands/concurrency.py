@@ -32,8 +32,9 @@ class Joined(NamedTuple):
 
 
 class ConcurrencyGroups:
-    def __init__(self, store: LedgerStore) -> None:
+    def __init__(self, store: LedgerStore, max_waiting: int = MAX_WAITING) -> None:
         self.store = store
+        self.max_waiting = max_waiting  # queue: max's cap (documented; a test lowers it)
 
     def join(self, run: Run, group_name: str, concurrency: Concurrency, at: datetime, actor: str) -> Joined:
         """A run about to be planned joins `group_name`: it takes the group if it is free,
@@ -56,9 +57,9 @@ class ConcurrencyGroups:
         if group.holder is None:
             group.take(run.id, at, actor)
             return Joined(waits=False, changed=changed)
-        if len(group.waiting) >= MAX_WAITING:
+        if len(group.waiting) >= self.max_waiting:
             return Joined(waits=False, changed=[], refusal=(
-                f'concurrency group "{group_name}" already has {MAX_WAITING} runs waiting (queue: max)'))
+                f'concurrency group "{group_name}" already has {self.max_waiting} runs waiting (queue: max)'))
         group.wait(run.id, at, actor)
         return Joined(waits=True, changed=changed)
 

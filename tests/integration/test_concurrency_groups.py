@@ -109,8 +109,8 @@ def test_queue_single_replaces_the_waiting_run_and_says_by_which(ledger):
     assert [e.data["by_run"] for e in dropped] == [str(newer.id)]
 
 
-def test_queue_max_keeps_every_run_in_order_up_to_its_cap(ledger, monkeypatch):
-    monkeypatch.setattr("commands.concurrency.MAX_WAITING", 2)
+def test_queue_max_keeps_every_run_in_order_up_to_its_cap(ledger):
+    ledger.runs.groups.max_waiting = 2
     fifo = workflow("  group: release\n  queue: max")
     holder = start(ledger, planned(ledger, fifo))
     second, third = planned(ledger, fifo), planned(ledger, fifo)
