@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
-import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -226,7 +225,7 @@ class AdmissionLeader:
         elif isinstance(event, Run.RunPlanned):
             run_id = str(event.originator_id)
             route = self.share.routes.get(run_id)
-            specs = {job["id"]: msgspec.convert(job["spec"], JobSpec) for job in event.jobs}
+            specs = {job.id: job.spec for job in event.planned_jobs()}
             if route is None:
                 self._route_from_store(UUID(run_id))
             else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import msgspec
@@ -34,6 +34,13 @@ NOT_PICKED_UP = "not picked up"
 # Not a failure: the runner was told to stop and gave the attempt back; the job runs again
 # as its next attempt without using one of its retries.
 RUNNER_STOPPED = Abandonment.RUNNER_STOPPED.reason
+
+
+class PlannedJob(NamedTuple):
+    """One job of a `RunPlanned`, typed."""
+
+    id: str
+    spec: JobSpec
 
 
 @dataclass
@@ -491,20 +498,22 @@ class Run(Aggregate):
 
     class RunPlanned(Aggregate.Event):
         workflow_name: str | None
+        # Stored as [{"id", "spec"}], the shape every recorded history has: read it through
+        # `planned_jobs`, which gives each job's id and its JobSpec, defaults filled in.
         jobs: list[dict[str, Any]]
         lease_seconds: float
         queue_timeout_seconds: float
         actor: str
+
+        def planned_jobs(self) -> list[PlannedJob]:
+            return [PlannedJob(j["id"], msgspec.convert(j["spec"], JobSpec)) for j in self.jobs]
 
         def apply(self, run: Run) -> None:
             run.planned = True
             run.workflow_name = self.workflow_name
             run.lease = timedelta(seconds=self.lease_seconds)
             run.queue_timeout = timedelta(seconds=self.queue_timeout_seconds)
-            run.jobs = [
-                Job(id=UUID(j["id"]), index=i, spec=msgspec.convert(j["spec"], JobSpec))
-                for i, j in enumerate(self.jobs)
-            ]
+            run.jobs = [Job(id=UUID(job.id), index=i, spec=job.spec) for i, job in enumerate(self.planned_jobs())]
 
     class CommitRead(Aggregate.Event):
         subject: str

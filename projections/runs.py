@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 from domain.run import Run, superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
-from domain.workflow import DEFAULT_POOL, DEFAULT_PRIORITY
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
 from projections.timestamps import rfc3339
@@ -129,13 +128,12 @@ class RunsProjection:
     @handle.register
     def _(self, event: Run.RunPlanned, cursor: Cursor, position: int) -> None:
         run_id = str(event.originator_id)
-        for index, job in enumerate(event.jobs):
+        for index, (job_id, spec) in enumerate(event.planned_jobs()):
             # The tenant comes from the run's row in the same statement: no round trip to wait on.
             cursor.execute(
                 "INSERT INTO lci_jobs (id, run_id, tenant_id, idx, name, status, attempt, pool, priority) "
                 "SELECT ?, id, tenant_id, ?, ?, ?, 0, ?, ? FROM lci_runs WHERE id = ? ON CONFLICT (id) DO NOTHING",
-                (job["id"], index, job["spec"]["name"], JobStatus.PENDING.value,
-                 job["spec"].get("pool", DEFAULT_POOL), job["spec"].get("priority", DEFAULT_PRIORITY), run_id),
+                (job_id, index, spec.name, JobStatus.PENDING.value, spec.pool, spec.priority, run_id),
             )
 
         # A push to a branch that declares no schedules ends the ones an older push declared
