@@ -10,7 +10,8 @@ from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.presence import RunnerRoster, follow_presence
-from projections.queries import JobView, RunQueries, RunView
+from gateway.views import JobBody, RunBody
+from projections.queries import RunQueries
 
 
 class RunnerPresenceView:
@@ -23,13 +24,13 @@ class RunnerPresenceView:
     def alive(self, pool: str) -> bool:
         return self.roster.alive(pool)
 
-    def explain_waiting(self, jobs: list[JobView]) -> None:
+    def explain_waiting(self, jobs: list[JobBody]) -> None:
         for job in jobs:
             if job.status == "queued" and not self.alive(job.pool):
                 job.waiting = f'no runner of pool "{job.pool}" is alive'
 
 
-def explain_quota(run: RunView, queries: RunQueries, ledger: LedgerApp) -> None:
+def explain_quota(run: RunBody, queries: RunQueries, ledger: LedgerApp) -> None:
     """A queued job not waiting for a runner may wait for its tenant's quota: say so."""
     waiting = [job for job in run.jobs if job.status == "queued" and job.waiting is None]
     if not waiting:

@@ -37,9 +37,9 @@ from gateway.models import (
 )
 from gateway.openapi import AS_OF_SCHEMA, IDENTIFIER_PATTERN, errors
 from gateway.presence import RunnerPresenceView, explain_quota
-from gateway.views import RunAsOf, parse_as_of, run_as_of_view
+from gateway.views import RunAsOf, RunBody, RunPage, parse_as_of, run_as_of_view, run_body, run_page
 from projections.admission import PushAdmission
-from projections.queries import RunPage, RunQueries, RunView
+from projections.queries import RunQueries
 from projections.registry import RegistryQueries
 
 
@@ -163,7 +163,6 @@ class RunsController(Controller):
         request: Request,
         queries: RunQueries,
         ledger: LedgerApp,
-        presence: RunnerPresenceView,
         repository_id: Annotated[str | None, Parameter(pattern=IDENTIFIER_PATTERN)] = None,
         status: RunStatus | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
@@ -172,19 +171,17 @@ class RunsController(Controller):
         """The caller's runs, newest first. An unknown `repository_id` answers 404, not an empty page."""
         if repository_id is not None:
             await blocking(ledger.registry.get_repository, repository_id, principal_of(request), deleted=True)
-        page = await blocking(
+        rows = await blocking(
             queries.list_runs, principal_of(request).tenant_id, repository_id=repository_id,
             status=status, limit=limit, cursor=cursor,
         )
-        for run in page.runs:
-            presence.explain_waiting(run.jobs)
-        return page
+        return run_page(rows)  # a list's runs carry no jobs: nothing to explain
 
     @get("/runs/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
         self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, presence: RunnerPresenceView,
         as_of: Annotated[str | None, Parameter(schema_extra=AS_OF_SCHEMA)] = None,
-    ) -> RunView | RunAsOf:
+    ) -> RunBody | RunAsOf:
         """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
         time) replays the run's events up to that point instead of reading the read model."""
         if as_of is not None:
@@ -192,9 +189,10 @@ class RunsController(Controller):
             run = await blocking(ledger.audit.run_as_of, uuid_or_not_found(run_id), principal_of(request),
                                  version=version, at=at)
             return run_as_of_view(run, await blocking(ledger.runs.get_run_version, run.id))
-        view = await blocking(queries.get_run, uuid_or_not_found(run_id), principal_of(request).tenant_id)
-        if view is None:
+        row = await blocking(queries.get_run, uuid_or_not_found(run_id), principal_of(request).tenant_id)
+        if row is None:
             raise RunNotFoundError(f"run {run_id} not found")
+        view = run_body(row)
         presence.explain_waiting(view.jobs)
         await blocking(explain_quota, view, queries, ledger)
         return view

@@ -1,4 +1,5 @@
-"""A run aggregate shown with the same fields as the read model (for `?as_of=` replays)."""
+"""The API's bodies for runs and jobs: the read model's rows plus what the gateway computes
+(why a queued job waits), and a run replayed from the store in the same shape (`?as_of=`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import msgspec
 
 from domain.errors import DomainError
 from domain.run import Run, waiting_reason
-from projections.queries import JobView, RunView
+from projections.queries import JobRow, RunRow, RunRows
 from projections.timestamps import rfc3339
 
 
@@ -16,7 +17,32 @@ class InvalidAsOfError(DomainError):
     pass
 
 
-class RunAsOf(RunView, kw_only=True):
+class JobBody(JobRow, kw_only=True):
+    waiting: str | None = None  # why a queued job is not running yet, beyond waiting its turn
+
+
+class RunBody(RunRow, kw_only=True, forbid_unknown_fields=True):
+    # Closed (additionalProperties: false in the schema), so a run `as_of` a version (a RunBody
+    # with more fields, below) is told apart from the run now.
+    jobs: list[JobBody] = []
+
+
+class RunPage(msgspec.Struct, kw_only=True):
+    runs: list[RunBody]
+    next_cursor: str | None
+
+
+def run_body(row: RunRow) -> RunBody:
+    fields = msgspec.structs.asdict(row)
+    fields["jobs"] = [JobBody(**msgspec.structs.asdict(job)) for job in row.jobs]
+    return RunBody(**fields)
+
+
+def run_page(rows: RunRows) -> RunPage:
+    return RunPage(runs=[run_body(row) for row in rows.runs], next_cursor=rows.next_cursor)
+
+
+class RunAsOf(RunBody, kw_only=True):
     """A run as it was at one of its versions (`?as_of=`), replayed from the store: history, not now."""
 
     as_of_version: int  # the version shown
@@ -46,15 +72,15 @@ def run_as_of_view(run: Run, latest_version: int) -> RunAsOf:
                    as_of_at=rfc3339(run.modified_on), latest_version=latest_version)
 
 
-def run_view(run: Run) -> RunView:
-    return RunView(
+def run_view(run: Run) -> RunBody:
+    return RunBody(
         id=str(run.id), repository_id=run.repository_id, tenant_id=run.tenant_id, commit=run.commit, ref=run.ref,
         status=run.status.value, created_at=rfc3339(run.created_on), finished_at=_time(run.finished_at),
         error=run.error, commit_subject=run.commit_subject, commit_author=run.commit_author,
         concurrency_group=run.concurrency_group, schedule=run.scheduled_by, scheduled_for=_time(run.scheduled_for),
         waiting=waiting_reason(run.concurrency_group) if run.waiting_for_group and run.concurrency_group else None,
         jobs=[
-            JobView(
+            JobBody(
                 id=str(job.id), name=job.name, status=job.status.value, attempt=job.attempt,
                 runner_id=job.runner_id, exit_code=job.exit_code, queued_at=_time(job.queued_at),
                 started_at=_time(job.started_at), finished_at=_time(job.finished_at), error=job.error,

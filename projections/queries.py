@@ -11,7 +11,9 @@ from projections.sql import Database
 from projections.timestamps import rfc3339
 
 
-class JobView(msgspec.Struct, kw_only=True):
+class JobRow(msgspec.Struct, kw_only=True):
+    """A job as the read model holds it (the API's body adds what it computes: gateway/views.py)."""
+
     id: str
     name: str
     status: str
@@ -24,12 +26,11 @@ class JobView(msgspec.Struct, kw_only=True):
     error: str | None
     pool: str = "default"
     priority: str = "normal"  # the run's tier in its tenant's queue (high, normal, low)
-    waiting: str | None = None  # why a queued job is not running yet, beyond waiting its turn
 
 
-class RunView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    # Closed (additionalProperties: false in the schema), so a run `as_of` a version (a RunView
-    # with more fields, gateway/views.py) is told apart from the run now.
+class RunRow(msgspec.Struct, kw_only=True):
+    """A run as the read model holds it, with its jobs in workflow order."""
+
     id: str
     repository_id: str
     tenant_id: str
@@ -45,11 +46,11 @@ class RunView(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     waiting: str | None = None  # why no job of it is queued yet: its concurrency group is held
     schedule: str | None = None  # the cron expression that started it (null: a push or a re-run)
     scheduled_for: str | None = None  # the nominal time of that schedule it stands for
-    jobs: list[JobView] = []
+    jobs: list[JobRow] = []
 
 
-class RunPage(msgspec.Struct, kw_only=True):
-    runs: list[RunView]
+class RunRows(msgspec.Struct, kw_only=True):
+    runs: list[RunRow]
     next_cursor: str | None
 
 
@@ -70,8 +71,8 @@ _JOB_COLUMNS = (
 )
 
 
-def _run(row: tuple) -> RunView:
-    return RunView(
+def _run(row: tuple) -> RunRow:
+    return RunRow(
         id=row[0], repository_id=row[1], tenant_id=row[2], commit=row[3], ref=row[4],
         status=row[5], created_at=row[6], finished_at=row[7], error=row[8],
         commit_subject=row[9], commit_author=row[10], concurrency_group=row[11], waiting=row[12],
@@ -79,8 +80,8 @@ def _run(row: tuple) -> RunView:
     )
 
 
-def _job(row: tuple) -> JobView:
-    return JobView(
+def _job(row: tuple) -> JobRow:
+    return JobRow(
         id=row[0], name=row[1], status=row[2], attempt=row[3], runner_id=row[4],
         exit_code=row[5], queued_at=row[6], started_at=row[7], finished_at=row[8], error=row[9],
         pool=row[10], priority=row[11],
@@ -91,7 +92,7 @@ class RunQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def get_run(self, run_id: str, tenant_id: str | None) -> RunView | None:
+    def get_run(self, run_id: str, tenant_id: str | None) -> RunRow | None:
         """The run with its jobs in workflow order; None if absent or another tenant's."""
         sql = f"SELECT {_RUN_COLUMNS} FROM lci_runs WHERE id = ?"
         params: list = [run_id]
@@ -119,7 +120,7 @@ class RunQueries:
         status: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> RunPage:
+    ) -> RunRows:
         """Newest first, paged by a cursor (the last row's created_at and id)."""
         clauses, params = [], []
         for column, value in (("tenant_id", tenant_id), ("repository_id", repository_id),
@@ -138,7 +139,7 @@ class RunQueries:
         )
         runs = [_run(r) for r in rows[:limit]]
         next_cursor = _encode_cursor(runs[-1]) if len(rows) > limit else None
-        return RunPage(runs=runs, next_cursor=next_cursor)
+        return RunRows(runs=runs, next_cursor=next_cursor)
 
     def locate_job(self, job_id: str, tenant_id: str | None) -> JobLocation | None:
         sql = "SELECT id, run_id, tenant_id, attempt, status FROM lci_jobs WHERE id = ?"
@@ -199,7 +200,7 @@ class InvalidCursorError(ValueError):
     pass
 
 
-def _encode_cursor(run: RunView) -> str:
+def _encode_cursor(run: RunRow) -> str:
     return base64.urlsafe_b64encode(f"{run.created_at}|{run.id}".encode()).decode()
 
 
