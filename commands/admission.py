@@ -37,11 +37,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from commands.app import LedgerApp
+from commands.dispatch import RunOrigin, job_dispatch
 from commands.fair_share import Attempt, FairShare
 from commands.leadership import PING_EVERY_SECONDS, STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
-from commands.runs import RunOrigin, job_dispatch
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
 from commands.work_queue import Offered, WorkQueue
 from domain.messages import JobDispatch, dispatch_msg_id

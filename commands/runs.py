@@ -17,10 +17,11 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from commands.concurrency import ConcurrencyGroups
+from commands.dispatch import ready_dispatch
 from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
+from commands.plan_rules import declare_schedules, group_of, pool_refusal, within_tenant_cap
 from commands.principal import Principal
 from commands.registry import Registry
-from domain.concurrency import group_name
 from domain.errors import (
     InvalidTransitionError,
     InvalidWorkflowError,
@@ -30,10 +31,10 @@ from domain.errors import (
 )
 from domain.ids import run_id_for, scheduled_run_id, tenant_aggregate_id
 from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
-from domain.registry import ANY_POOL, Tenant, pool_allowed
+from domain.registry import Tenant
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Job, Run
 from domain.status import JobStatus
-from domain.workflow import JobSpec, Workflow, capped_priority, parse_workflow, ref_matches
+from domain.workflow import JobSpec, Workflow, parse_workflow, ref_matches
 
 
 class Timing(NamedTuple):
@@ -49,36 +50,6 @@ class CommandResult(NamedTuple):
 
     reply: CommandReply
     changed: Job | None = None
-
-
-class RunOrigin(NamedTuple):
-    """What a run's `RunRequested` says about where its jobs come from."""
-
-    run_id: str
-    tenant_id: str
-    repository_id: str
-    clone_url: str
-    commit: str
-    ref: str | None
-
-
-def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) -> JobDispatch:
-    """The message that offers one attempt of a job to the runners."""
-    return JobDispatch(
-        run_id=origin.run_id, job_id=job_id, attempt=attempt, job_name=spec.name, tenant_id=origin.tenant_id,
-        repository_id=origin.repository_id, clone_url=origin.clone_url, commit=origin.commit, ref=origin.ref,
-        script=spec.run, env=dict(spec.env), image=spec.image, timeout_seconds=spec.timeout_seconds,
-        idempotency_key=f"{origin.run_id}:{job_id}", resources=spec.resources, pool=spec.pool,
-    )
-
-
-def ready_dispatch(run: Run) -> JobDispatch | None:
-    """What a runner needs for the run's queued attempt, if one is queued."""
-    job = run.current_job
-    if job is None or job.status is not JobStatus.QUEUED:
-        return None
-    origin = RunOrigin(str(run.id), run.tenant_id, run.repository_id, run.clone_url, run.commit, run.ref)
-    return job_dispatch(origin, str(job.id), job.attempt, job.spec)
 
 
 class PushResult(NamedTuple):
@@ -253,10 +224,10 @@ class RunCommands:
                 reason = f"ref {run.ref} does not match on.branches {workflow.branches}"
                 return run.skip(reason, at, actor)
             tenant = self.store.load(tenant_aggregate_id(run.tenant_id), Tenant)
-            refused = _pool_refusal(run.tenant_id, tenant, workflow.jobs)
+            refused = pool_refusal(run.tenant_id, tenant, workflow.jobs)
             if refused:
                 return run.fail_before_start(refused, at, actor)
-            return self._plan(run, workflow, _within_tenant_cap(workflow.jobs, tenant), at, actor)
+            return self._plan(run, workflow, within_tenant_cap(workflow.jobs, tenant), at, actor)
 
         return self._decide(run_id, decide)
 
@@ -265,24 +236,18 @@ class RunCommands:
         """Record the plan, with the schedules the file declares for the push's branch; a run
         of a concurrency group joins it first (and may wait)."""
         timing = self.timing._asdict()  # lease_seconds, queue_timeout_seconds
-        jobs = [msgspec.structs.replace(job, concurrency=self._group_of(run, workflow, job.concurrency))
+        jobs = [msgspec.structs.replace(job, concurrency=group_of(run, workflow, job.concurrency))
                 if job.concurrency else job for job in jobs]
         if workflow.concurrency is None:
-            _declare_schedules(run, workflow, at, actor)
+            declare_schedules(run, workflow, at, actor)
             return run.plan(jobs, workflow.name, at, actor, **timing)
-        group = self._group_of(run, workflow, workflow.concurrency.group)
+        group = group_of(run, workflow, workflow.concurrency.group)
         joined = self.groups.join(run, group, workflow.concurrency, at, actor)
         if joined.refusal is not None:
             return run.fail_before_start(joined.refusal, at, actor)
-        _declare_schedules(run, workflow, at, actor)
+        declare_schedules(run, workflow, at, actor)
         run.plan(jobs, workflow.name, at, actor, group=group, waits=joined.waits, **timing)
         return joined.changed
-
-    @staticmethod
-    def _group_of(run: Run, workflow: Workflow, template: str) -> str:
-        """A group's name for this run: the file's template with the run's values filled in."""
-        return group_name(template, repository=run.repository_id, ref=run.ref, commit=run.commit,
-                          workflow=workflow.name)
 
     def fail_run_before_start(self, run_id: UUID, error: str, *, actor: str = "planner") -> Run:
         return self._decide(run_id, lambda run: run.fail_before_start(error, self.clock(), actor))
@@ -359,34 +324,3 @@ class RunCommands:
 
     def expire_queued(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
         return self._decide(run_id, lambda run: run.expire_queued(job_id, attempt, self.clock(), actor))
-
-
-def _declare_schedules(run: Run, workflow: Workflow, at: datetime, actor: str) -> None:
-    """A push to a branch whose file has schedules for that branch declares them. (A push that
-    declares none there, planned later, ends them: the read model keeps the newest push's.)
-    A scheduled run declares nothing: it runs the file that declared it."""
-    if run.scheduled_by is not None or not run.ref or not run.ref.startswith("refs/heads/"):
-        return
-    branch = run.ref.removeprefix("refs/heads/")
-    crons = [schedule.cron for schedule in workflow.schedules if schedule.branch == branch]
-    if crons:
-        run.declare_schedules(branch, crons, at, actor)
-
-
-def _pool_refusal(tenant_id: str, tenant: Tenant | None, jobs: list[JobSpec]) -> str | None:
-    """Why the tenant may not run these jobs where they ask to run, if it may not."""
-    allowed = tenant.pools if tenant is not None else ANY_POOL
-    for job in jobs:
-        if not pool_allowed(allowed, job.pool):
-            return (f'job "{job.name}" asks for runner pool "{job.pool}"; tenant {tenant_id!r} '
-                    f"may use: {', '.join(allowed)}")
-    return None
-
-
-def _within_tenant_cap(jobs: list[JobSpec], tenant: Tenant | None) -> list[JobSpec]:
-    """The jobs at the priority their file asks for, lowered to the tenant's cap if above it:
-    a workflow file cannot raise itself over what the admin allows its tenant."""
-    if tenant is None:
-        return jobs
-    return [msgspec.structs.replace(job, priority=capped_priority(job.priority, tenant.max_priority))
-            for job in jobs]

@@ -17,8 +17,8 @@ import msgspec
 import pytest
 
 from commands.app import LedgerApp
+from commands.dispatch import ready_dispatch
 from commands.principal import Principal
-from commands.runs import ready_dispatch
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import RunNotFoundError
