@@ -63,6 +63,8 @@ def _add_repo_commands(repo: Any) -> None:
                           "or file:///absolute/path on the ledgerci machine")
     _action(repo, "list", "the repositories you may push to (the admin: every tenant's)", _repo_list)
     _action(repo, "show", "one repository", _repo_show).add_argument("repository_id")
+    _action(repo, "schedules", "a repository's schedules (on.schedule): next time and last firings",
+            _repo_schedules).add_argument("repository_id")
     delete = _action(repo, "delete", "stop taking pushes for a repository (its runs stay)", _repo_delete)
     delete.add_argument("repository_id")
 
@@ -178,6 +180,21 @@ def _repo_list(args: argparse.Namespace) -> int:
 
 def _repo_show(args: argparse.Namespace) -> int:
     _print_repository(_client(args).json("GET", f"/api/v1/repositories/{args.repository_id}"), args, "has")
+    return 0
+
+
+def _repo_schedules(args: argparse.Namespace) -> int:
+    listed = _client(args).json("GET", f"/api/v1/repositories/{args.repository_id}/schedules")
+    if args.json:
+        print_json(listed)
+    elif listed["schedules"]:
+        print_table(("CRON (UTC)", "BRANCH", "COMMIT", "NEXT", "LAST FIRINGS"),
+                    [(s["cron"], s["branch"], s["commit"][:12], s["next_at"],
+                      " ".join(f"{f['run_id']}:{f['status']}" for f in s["last_firings"]) or "none yet")
+                     for s in listed["schedules"]])
+    else:
+        print(f"repository {args.repository_id} has no schedules: a push to a branch whose .ledgerci.yml "
+              "has on.schedule declares them")
     return 0
 
 

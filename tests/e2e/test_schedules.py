@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 
+from tests.e2e.test_cli import Cli
 from tests.e2e.test_dashboard import sign_in
 from tests.e2e.test_faults import assert_invariants, wait_for
 from tests.support.api import Api
@@ -68,6 +69,10 @@ def test_every_nominal_minute_fires_once_with_two_schedulers_and_one_killed(
         expect(row).to_be_visible()
         expect(row.locator("a.firing").first).to_have_attribute("href", re.compile(r"^#/runs/"))
         page.close()
+        # And the command line.
+        shown = Cli(cluster.url, ADMIN_TOKEN, tmp_path)("repo", "schedules", repository_id)
+        assert shown.returncode == 0, shown.stderr
+        assert "* * * * *" in shown.stdout and ":succeeded" in shown.stdout, shown.stdout
         _, stranger = admin.tenant()
         assert Api(cluster.url, stranger).http.get(
             f"/api/v1/repositories/{repository_id}/schedules").status_code == 404

@@ -52,6 +52,8 @@ CROSS_TENANT_404 = [
     ("POST", "/api/v1/repositories",
      lambda a: ("/api/v1/repositories", {"id": "stolen", "tenant_id": a["tenant"], "clone_url": a["repo"].clone_url})),
     ("GET", "/api/v1/repositories/{repository_id}", lambda a: (f"/api/v1/repositories/{a['repository']}", None)),
+    ("GET", "/api/v1/repositories/{repository_id}/schedules",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/schedules", None)),
     ("GET", "/api/v1/runs/{run_id}/audit", lambda a: (f"/api/v1/runs/{a['run']}/audit", None)),
     # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
     ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",
