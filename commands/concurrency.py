@@ -9,6 +9,7 @@ run takes it and queues its first job, in the save that ends it. A conflict on a
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID
@@ -63,13 +64,16 @@ class ConcurrencyGroups:
         group.wait(run.id, at, actor)
         return Joined(waits=True, changed=changed)
 
-    def settle(self, run: Run, at: datetime, actor: str) -> list[Aggregate]:
+    def settle(self, run: Run, at: datetime, actor: str, decided: Sequence[Aggregate] = ()) -> list[Aggregate]:
         """After a decision on `run`, what its groups need, read from the decision's own
         events (a decision that touches no group, the common case, loads nothing):
 
         - it ended, or the job that held a job-level group ended: it leaves the group, and the
           oldest waiting run that has not ended takes it and queues its next job;
         - its next job has a job-level group: it joins it, and the job is queued if it was free.
+
+        `decided`: the other aggregates this decision changed (the group a run just took when
+        it was planned): used as they are, never loaded a second time.
         """
         pending = run.pending_events
         left = [event.group for event in pending if isinstance(event, Run.RunLeftGroup)]
@@ -78,18 +82,19 @@ class ConcurrencyGroups:
         joins = run.needs_group and not run.status.is_final
         if not left and not joins:
             return []
-        loaded: dict[str, ConcurrencyGroup] = {}  # one object per group: a save holds it once
+        known = {aggregate.id: aggregate for aggregate in decided}  # one object per aggregate in a save
+        loaded: dict[str, ConcurrencyGroup] = {}
         changed: list[Aggregate] = []
         for name in left:
-            group = self._group(run.tenant_id, name)
+            group = self._group(run.tenant_id, name, known)
             if group is not None:
                 loaded[name] = group
-                changed += self._hand_on(run, group, at, actor)
+                changed += self._hand_on(run, group, at, actor, known)
         if joins:
             assert run.concurrency_group is not None
             name = run.concurrency_group
-            group = loaded.setdefault(name, self._group(run.tenant_id, name)
-                                      or ConcurrencyGroup.open(run.tenant_id, name, at))
+            group = loaded.get(name) or self._group(run.tenant_id, name, known)
+            group = loaded[name] = group or ConcurrencyGroup.open(run.tenant_id, name, at)
             free = group.holder is None
             if free:
                 group.take(run.id, at, actor)
@@ -98,23 +103,33 @@ class ConcurrencyGroups:
             run.enter_job_group(waits=not free, at=at, actor=actor)
         return [*loaded.values(), *changed]
 
-    def _hand_on(self, run: Run, group: ConcurrencyGroup, at: datetime, actor: str) -> list[Aggregate]:
-        """`run` leaves the group; the oldest waiting run that has not ended takes it."""
+    def _hand_on(self, run: Run, group: ConcurrencyGroup, at: datetime, actor: str,
+                 known: Mapping[UUID, Aggregate]) -> list[Aggregate]:
+        """`run` leaves the group; the oldest waiting run that has not ended takes it. A run
+        that ends the moment it takes the group (every job skipped by `when`) leaves it in the
+        same save, and the next one takes it."""
         if not group.leave(run.id, at, actor):
             return []
+        changed: list[Aggregate] = []
         while group.holder is None and group.waiting:
             next_id = group.waiting[0]
-            waiting = self._run(next_id)
+            waiting = self._run(next_id, known)
             if waiting is None or waiting.status.is_final:
                 group.leave(next_id, at, actor)  # ended while waiting without leaving: cannot happen, but heal
                 continue
             group.take(next_id, at, actor)
             waiting.take_group_turn(at, actor)
-            return [waiting]
-        return []
+            changed.append(waiting)
+            if waiting.status.is_final:
+                group.leave(next_id, at, actor)
+        return changed
 
-    def _group(self, tenant_id: str, name: str) -> ConcurrencyGroup | None:
-        return self.store.load(concurrency_group_id(tenant_id, name), ConcurrencyGroup)
+    def _group(self, tenant_id: str, name: str,
+               known: Mapping[UUID, Aggregate] | None = None) -> ConcurrencyGroup | None:
+        group_id = concurrency_group_id(tenant_id, name)
+        found = (known or {}).get(group_id)
+        return found if isinstance(found, ConcurrencyGroup) else self.store.load(group_id, ConcurrencyGroup)
 
-    def _run(self, run_id: str) -> Run | None:
-        return self.store.load(UUID(run_id), Run)
+    def _run(self, run_id: str, known: Mapping[UUID, Aggregate] | None = None) -> Run | None:
+        found = (known or {}).get(UUID(run_id))
+        return found if isinstance(found, Run) else self.store.load(UUID(run_id), Run)

@@ -22,8 +22,9 @@ def group_of(run: Run, workflow: Workflow, template: str) -> str:
 def declare_schedules(run: Run, workflow: Workflow, at: datetime, actor: str) -> None:
     """A push to a branch whose file has schedules for that branch declares them. (A push that
     declares none there, planned later, ends them: the read model keeps the newest push's.)
-    A scheduled run declares nothing: it runs the file that declared it."""
-    if run.scheduled_by is not None or not run.ref or not run.ref.startswith("refs/heads/"):
+    A scheduled run declares nothing: it runs the file that declared it; nor does a re-run,
+    which runs an older push again (it must not bring back that push's schedules)."""
+    if run.scheduled_by is not None or run.rerun or not run.ref or not run.ref.startswith("refs/heads/"):
         return
     branch = run.ref.removeprefix("refs/heads/")
     crons = [schedule.cron for schedule in workflow.schedules if schedule.branch == branch]

@@ -81,7 +81,8 @@ class RunCommands:
             if outcome is False:
                 return []
             alongside = [] if outcome is True else outcome
-            return [run, *alongside, *self.groups.settle(run, self.clock(), "concurrency")]
+            changed = [run, *alongside, *self.groups.settle(run, self.clock(), "concurrency", decided=alongside)]
+            return list({aggregate.id: aggregate for aggregate in changed}.values())  # each once
 
         self.store.decide_together(decision, f"run {run_id}")
         return decided[0]

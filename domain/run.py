@@ -341,7 +341,10 @@ class Run(Aggregate):
             self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=attempt,
             reason=RUNNER_STOPPED, kind=Abandonment.RUNNER_STOPPED.value, actor=actor,
         )
-        self._queue(job, job.attempt + 1, at, actor)
+        if self.superseded_by is not None:
+            self.cancel(at, actor)  # a newer run waits: the job that was finishing does not start again
+        else:
+            self._queue(job, job.attempt + 1, at, actor)
         return True
 
     def mark_lost(self, job_id: UUID | str, attempt: int, at: datetime, actor: str) -> bool:
@@ -447,6 +450,9 @@ class Run(Aggregate):
             self.JobAttemptAbandoned, timestamp=at, job_id=str(job.id), attempt=job.attempt,
             reason=reason, kind=kind.value, actor=actor,
         )
+        if self.superseded_by is not None:
+            self.cancel(at, actor)  # a newer run waits: the job that was finishing does not start again
+            return
         if job.attempt - job.handed_back <= job.spec.retries:
             self._queue(job, job.attempt + 1, at, actor)
             return

@@ -140,21 +140,25 @@ class RunsProjection:
         # (a declaring push's SchedulesDeclared came first, so its own rows stay).
         cursor.execute(
             "DELETE FROM lci_schedules WHERE declared_by <> ? AND EXISTS (SELECT 1 FROM lci_runs r WHERE r.id = ? "
-            "AND r.schedule IS NULL AND r.repository_id = lci_schedules.repository_id "
+            "AND r.schedule IS NULL AND r.rerun = 0 AND r.repository_id = lci_schedules.repository_id "
             "AND r.ref = 'refs/heads/' || lci_schedules.branch)",
             (run_id, run_id),
         )
 
     @handle.register
     def _(self, event: Run.SchedulesDeclared, cursor: Cursor, position: int) -> None:
+        # A schedule declared again keeps when it was first declared (a time between the two
+        # declarations still fires); it runs the newest declaring commit.
         run_id = str(event.originator_id)
-        cursor.execute("DELETE FROM lci_schedules WHERE branch = ? AND repository_id = "
-                       "(SELECT repository_id FROM lci_runs WHERE id = ?)", (event.branch, run_id))
+        listed = ", ".join("?" for _ in event.crons)
+        cursor.execute(f"DELETE FROM lci_schedules WHERE branch = ? AND cron NOT IN ({listed}) AND repository_id = "
+                       "(SELECT repository_id FROM lci_runs WHERE id = ?)", (event.branch, *event.crons, run_id))
         for cron in event.crons:
             cursor.execute(
                 "INSERT INTO lci_schedules (id, repository_id, tenant_id, branch, cron, commit_sha, declared_by, "
                 "declared_at) SELECT repository_id || ?, repository_id, tenant_id, ?, ?, commit_sha, id, ? "
-                "FROM lci_runs WHERE id = ?",
+                "FROM lci_runs WHERE id = ? ON CONFLICT (id) DO UPDATE SET commit_sha = excluded.commit_sha, "
+                "declared_by = excluded.declared_by",
                 (f"\n{event.branch}\n{cron}", event.branch, cron, rfc3339(event.timestamp), run_id),
             )
 

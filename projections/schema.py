@@ -1,5 +1,7 @@
 """Read-model tables. Thrown away and rebuilt from the event history at will."""
 
+import re
+
 from projections import registry
 from projections.sql import Database
 
@@ -87,8 +89,12 @@ TABLES = [
 
 
 def create_read_model_tables(db: Database) -> None:
+    # Look before creating, as for columns below: CREATE INDEX IF NOT EXISTS takes a SHARE lock
+    # on its table even when the index is there, and held across the other statements it
+    # deadlocked with a projector writing the same tables (a relay restarted mid-run died of it).
+    missing = [statement for statement in TABLES if not _exists(db, _created_name(statement))]
     with db.transaction(lock=True) as cursor:
-        for statement in TABLES:
+        for statement in missing:
             cursor.execute(statement)
         # The tracking row exists from the start, so replicas always have a row to lock.
         cursor.execute("INSERT INTO lci_tracking (projection, position) VALUES ('runs', 0) "
@@ -115,6 +121,18 @@ def _add_missing_columns(db: Database) -> None:
         exists_clause = "IF NOT EXISTS " if db.dialect == "postgresql" else ""  # two at once: fine
         with db.transaction(lock=True) as cursor:
             cursor.execute(f"ALTER TABLE {table} ADD COLUMN {exists_clause}{column} {definition}")
+
+
+def _created_name(statement: str) -> str:
+    match = re.match(r"\s*CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", statement)
+    assert match, f"not a CREATE ... IF NOT EXISTS: {statement[:60]}"
+    return match[1]
+
+
+def _exists(db: Database, name: str) -> bool:
+    if db.dialect == "postgresql":  # tables and indexes, in the schema the connection uses
+        return bool(db.query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+    return bool(db.query("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)))
 
 
 def _has_column(db: Database, table: str, column: str) -> bool:

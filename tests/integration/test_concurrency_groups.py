@@ -16,7 +16,7 @@ import pytest
 from commands.app import LedgerApp
 from domain.concurrency_group import ConcurrencyGroup
 from domain.ids import concurrency_group_id
-from domain.messages import FinishJob, StartJob
+from domain.messages import FinishJob, HandBack, StartJob
 from domain.run import Run
 from domain.status import JobStatus, RunStatus
 from tests.support.invariants import all_events, check_history, group_breaches
@@ -217,6 +217,32 @@ def test_a_run_that_needs_the_group_again_queues_behind_those_already_waiting(le
     assert group(ledger, "prod").waiting == [str(holder.id)]
     finish(ledger, start(ledger, other))
     assert current(ledger, holder) == "two:queued"
+
+
+def test_a_run_that_ends_as_it_takes_the_group_leaves_it_in_the_same_save(ledger):
+    """Every job skipped by `when`: the run ends the moment it is planned, or the moment its
+    turn comes; either way the group goes on (found by a second read of the change)."""
+    nothing_to_do = b"concurrency:\n  group: g\n  queue: max\njobs:\n  - name: a\n    run: x\n    when: on_failure\n"
+    ended = planned(ledger, nothing_to_do)
+    assert ended.status is RunStatus.SUCCEEDED and group(ledger, "g").holder is None
+    holder = start(ledger, planned(ledger, workflow("  group: g\n  queue: max")))
+    skipped, last = planned(ledger, nothing_to_do), planned(ledger, workflow("  group: g\n  queue: max"))
+    ledger.runs.cancel_run(holder.id, ADMIN)
+    assert ledger.runs.load_run(skipped.id).status is RunStatus.SUCCEEDED
+    assert group(ledger, "g").holder == str(last.id) and first_job_status(ledger, last) is JobStatus.QUEUED
+    assert check_history(all_events(ledger), require_final=False) == []
+
+
+def test_a_superseded_run_does_not_start_its_finishing_job_again(ledger):
+    """The job that was not interruptible is handed back by its stopping runner: the superseded
+    run ends there, rather than running the job again while the newer run waits."""
+    guarded = workflow("  group: deploy\n  cancel_in_progress: true", interruptible=False)
+    older = start(ledger, planned(ledger, guarded))
+    newer = planned(ledger, guarded)
+    job = ledger.runs.load_run(older.id).jobs[0]
+    ledger.runs.hand_back(HandBack(run_id=str(older.id), job_id=str(job.id), attempt=job.attempt, runner_id="r1"))
+    assert ledger.runs.load_run(older.id).status is RunStatus.CANCELLED
+    assert first_job_status(ledger, newer) is JobStatus.QUEUED
 
 
 def test_racing_planners_runners_and_cancels_never_run_two_runs_of_a_group_at_once(ledger):

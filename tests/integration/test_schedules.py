@@ -92,6 +92,20 @@ def test_a_push_to_the_branch_declares_its_schedules_and_the_newest_push_decides
     assert [(s.branch, s.cron) for s in ScheduleQueries(db).in_force("web")] == [("release", "0 3 * * *")]
 
 
+def test_declaring_again_keeps_the_first_declaration_and_a_rerun_declares_nothing(ledger, db):
+    pushed(ledger, db, EVERY_MINUTE)
+    first = ScheduleQueries(db).in_force("web")[0]
+    newer = pushed(ledger, db, EVERY_MINUTE)
+    again = ScheduleQueries(db).in_force("web")[0]
+    assert (again.declared_at, again.commit) == (first.declared_at, newer)  # a time in between still fires
+    # Re-running the first push (which declared the same) or an older one without schedules
+    # changes nothing: a re-run runs an old push again, it does not declare.
+    rerun = ledger.runs.rerun(ledger.runs.push("web", first.commit, "refs/heads/main", ADMIN).run_id, ADMIN)
+    ledger.runs.plan_run(rerun, NO_SCHEDULE)
+    project(ledger, db)
+    assert [s.commit for s in ScheduleQueries(db).in_force("web")] == [newer]
+
+
 def test_each_nominal_time_fires_once_whichever_replicas_ask(ledger, db):
     commit = pushed(ledger, db, EVERY_MINUTE)
     start = datetime.now(UTC)
