@@ -19,10 +19,11 @@ from commands.principal import Principal
 from commands.runs import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
-from domain.registry import SecretHolder, StoredSecret
+from domain.registry import SecretHolder, StoredSecret, Webhook
 from domain.run import Job, Run
-from domain.secrets import Scope, check_name, check_value, context, for_job, sealed_for
+from domain.secrets import Scope, check_name, check_value, context, for_job, sealed_for, webhook_context
 from domain.status import JobStatus
+from domain.webhooks import check_secret
 from sealing import Keyring, KeyringError, SealingError, seal
 
 # The command service reads runs and owners on the runner's behalf, for every tenant.
@@ -66,6 +67,41 @@ class SecretBook:
     def list(self, scope: Scope, owner_id: str, principal: Principal) -> list[SecretInfo]:
         holder = self._owner(scope, owner_id, principal)
         return [_info(scope, owner_id, name, stored) for name, stored in sorted(holder.secrets.items())]
+
+    # ----- a repository's webhook secret (never a job's) ----------------------------------------
+
+    def set_webhook(self, repository_id: str, secret: str, host_name: str | None, principal: Principal) -> Webhook:
+        check_secret(secret)
+        ciphertext = self._keyring().encrypt(secret, webhook_context(repository_id))
+        repository = self.app.store.decide(
+            lambda: self.app.registry.get_repository(repository_id, principal),
+            lambda r: r.configure_webhook(ciphertext, host_name, self.app.clock(), principal.name),
+            f"repository {repository_id!r}")
+        assert repository.webhook is not None
+        return repository.webhook
+
+    def remove_webhook(self, repository_id: str, principal: Principal) -> None:
+        """Idempotent: removing a webhook that is not there changes nothing."""
+        self.app.store.decide(lambda: self.app.registry.get_repository(repository_id, principal),
+                              lambda r: r.remove_webhook(self.app.clock(), principal.name),
+                              f"repository {repository_id!r}")
+
+    def webhook(self, repository_id: str) -> tuple[str, Webhook, str]:
+        """(the secret, the webhook, the tenant) a delivery for the repository is checked with.
+        An unknown or deleted repository and one without a webhook are the same 404: the
+        caller is not authenticated yet, and learns nothing of which repositories exist."""
+        missing = RepositoryNotFoundError(f"no webhook is configured for repository {repository_id!r}")
+        try:
+            repository = self.app.registry.get_repository(repository_id, _SERVICE)
+        except RepositoryNotFoundError:
+            raise missing from None
+        if repository.webhook is None:
+            raise missing
+        try:
+            secret = self._keyring().decrypt(repository.webhook.ciphertext, webhook_context(repository_id))
+        except KeyringError as failed:
+            raise SecretsUnavailableError(f"the webhook secret cannot be decrypted: {failed}") from None
+        return secret, repository.webhook, repository.tenant_id
 
     def _owner(self, scope: Scope, owner_id: str, principal: Principal) -> SecretHolder:
         """The tenant or repository, if the principal may see it (else 404, as if absent)."""

@@ -79,3 +79,11 @@ class InvalidCloneUrlError(DomainError):
 
 class InvalidFilterError(DomainError):
     """A query's filter names something that cannot exist (an unknown event type)."""
+
+
+class WebhookSignatureError(DomainError):
+    """A delivery whose signature (or token) does not match the repository's webhook secret: 401."""
+
+
+class InvalidWebhookError(DomainError):
+    """A delivery that is signed correctly but is not a push we can read."""

@@ -185,7 +185,21 @@ class Token(Aggregate):
             token.revoked = True
 
 
+class Webhook(msgspec.Struct, frozen=True):
+    """How the git host's deliveries for a repository are checked: its webhook secret (as
+    ciphertext, never given to a job) and, optionally, the host's name of the repository."""
+
+    ciphertext: str
+    host_name: str | None
+    set_at: datetime
+    set_by: str
+
+
 class Repository(SecretHolder):
+    # Set by WebhookConfigured; a class attribute so a repository replayed or snapshotted
+    # before webhooks existed reads None.
+    webhook = None
+
     class RepositoryRegistered(Aggregate.Created):
         repository_id: str
         tenant_id: str
@@ -223,9 +237,36 @@ class Repository(SecretHolder):
         self.trigger_event(self.RepositoryDeleted, timestamp=at, actor=actor)
         return True
 
+    def configure_webhook(self, ciphertext: str, host_name: str | None, at: datetime, actor: str) -> bool:
+        """Always recorded: a new ciphertext of the same secret cannot be told from another."""
+        self.trigger_event(self.WebhookConfigured, timestamp=at, ciphertext=ciphertext, host_name=host_name,
+                           actor=actor)
+        return True
+
+    def remove_webhook(self, at: datetime, actor: str) -> bool:
+        if self.webhook is None:
+            return False
+        self.trigger_event(self.WebhookRemoved, timestamp=at, actor=actor)
+        return True
+
     class RepositoryDeleted(Aggregate.Event):
         actor: str
 
         def apply(self, repository: Repository) -> None:
             repository.deleted = True
             repository.secrets.clear()  # nothing may read them any more
+            repository.webhook = None
+
+    class WebhookConfigured(Aggregate.Event):
+        ciphertext: str  # the webhook secret, encrypted before the aggregate sees it
+        host_name: str | None  # e.g. "org/app": a delivery for another repository is refused
+        actor: str
+
+        def apply(self, repository: Repository) -> None:
+            repository.webhook = Webhook(self.ciphertext, self.host_name, self.timestamp, self.actor)
+
+    class WebhookRemoved(Aggregate.Event):
+        actor: str
+
+        def apply(self, repository: Repository) -> None:
+            repository.webhook = None

@@ -70,6 +70,11 @@ def for_job(names: list[str], tenant: Mapping[str, T], repository: Mapping[str, 
     return chosen, missing
 
 
+def webhook_context(repository_id: str) -> str:
+    """What a repository's webhook secret is bound to (never a job's secret of any name)."""
+    return f"webhook:{repository_id}"
+
+
 def sealed_for(job_id: str, attempt: int) -> str:
     """What a claim's sealed secrets are bound to: they open only for this attempt."""
     return f"{job_id}:{attempt}"

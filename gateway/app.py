@@ -32,6 +32,7 @@ from gateway.routes import AdminController, Defaults, PushController, RunsContro
 from gateway.schedules import ScheduleView
 from gateway.secrets import SecretsController
 from gateway.streams import Streams
+from gateway.webhooks import DeliveriesController, WebhookSettingsController
 from projections.admission import PushAdmission
 from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
@@ -113,8 +114,10 @@ def create_app(deps: GatewayDeps) -> Litestar:
             *dashboard_routes(),  # the page and its assets: public, outside the schema
             # These need a token (the guard below checks every route not marked public); the schema says so.
             Router("/", route_handlers=[PushController, AdminController, RepositoriesController, RunsController,
-                                        LiveController, SecretsController, AuditController],
+                                        LiveController, SecretsController, AuditController, WebhookSettingsController],
                    security=BEARER_REQUIRED),
+            # A git host's deliveries: no token, their signature is checked instead (gateway/webhooks.py).
+            DeliveriesController,
         ],
         guards=[make_guard(authenticator)],
         dependencies={

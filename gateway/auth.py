@@ -37,7 +37,8 @@ class Authenticator:
 
 
 def make_guard(authenticator: Authenticator):
-    """Every route needs a token unless it is marked `opt={"public": True}` (health only)."""
+    """Every route needs a token unless it is marked `opt={"public": True}` (health, and the
+    git host's webhook deliveries, which gateway/webhooks.py checks by their signature)."""
 
     async def require_token(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
         if handler.opt.get("public"):

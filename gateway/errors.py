@@ -9,6 +9,7 @@ from eventsourcing.persistence import DataError, PersistenceError
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
+    HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
@@ -25,6 +26,7 @@ from domain.errors import (
     QuotaExceededError,
     RepositoryDeletedError,
     SecretsUnavailableError,
+    WebhookSignatureError,
 )
 from gateway.blocking import StoreUnavailableError
 from projections.queries import InvalidCursorError
@@ -47,6 +49,8 @@ def _validation(_: Request, exc: ValidationException) -> Response:
 def _domain(_: Request, exc: DomainError) -> Response:
     if isinstance(exc, NotFoundError):
         return _error(HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, WebhookSignatureError):
+        return _error(HTTP_401_UNAUTHORIZED, str(exc))
     if isinstance(exc, (AlreadyExistsError, RepositoryDeletedError)):
         return _error(HTTP_409_CONFLICT, str(exc))
     if isinstance(exc, QuotaExceededError):

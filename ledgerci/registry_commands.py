@@ -9,6 +9,7 @@ from uuid import UUID
 
 from ledgerci.client import ClientError, GatewayClient, add_client_options
 from ledgerci.printing import print_json, print_table
+from ledgerci.secret_commands import read_value
 
 Handler = Callable[[argparse.Namespace], int]
 _TENANT_SETTINGS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute",
@@ -65,6 +66,12 @@ def _add_repo_commands(repo: Any) -> None:
     _action(repo, "show", "one repository", _repo_show).add_argument("repository_id")
     _action(repo, "schedules", "a repository's schedules (on.schedule): next time and last firings",
             _repo_schedules).add_argument("repository_id")
+    webhook = _action(repo, "webhook", "set the repository's webhook secret (read from standard input) for "
+                      "deliveries from GitHub, Gitea or GitLab; prints where each host delivers", _repo_webhook)
+    webhook.add_argument("repository_id")
+    webhook.add_argument("--host-name", help="the host's name of the repository (e.g. org/app): a delivery "
+                                             "for another repository is refused")
+    webhook.add_argument("--remove", action="store_true", help="stop taking deliveries instead")
     delete = _action(repo, "delete", "stop taking pushes for a repository (its runs stay)", _repo_delete)
     delete.add_argument("repository_id")
 
@@ -195,6 +202,22 @@ def _repo_schedules(args: argparse.Namespace) -> int:
     else:
         print(f"repository {args.repository_id} has no schedules: a push to a branch whose .ledgerci.yml "
               "has on.schedule declares them")
+    return 0
+
+
+def _repo_webhook(args: argparse.Namespace) -> int:
+    path = f"/api/v1/repositories/{args.repository_id}/webhook"
+    if args.remove:
+        _client(args).call("DELETE", path)
+        print(f"repository {args.repository_id} takes no webhook deliveries now")
+        return 0
+    set_ = _client(args).json("PUT", path, json={"secret": read_value(), "host_name": args.host_name})
+    if args.json:
+        print_json(set_)
+        return 0
+    print(f"repository {args.repository_id}: webhook secret set" +
+          (f" for {set_['host_name']}" if set_["host_name"] else "") + "; the host delivers to the gateway's URL plus:")
+    print_table(("HOST", "PATH"), sorted(set_["paths"].items()))
     return 0
 
 

@@ -69,9 +69,9 @@ class Cli:
                     "LEDGERCI_URL": url, "LEDGERCI_TOKEN": token}
         self.cwd = cwd
 
-    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, timeout: float = 120, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "ledgerci.cli", *args], env=self.env, cwd=self.cwd,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
 @pytest.fixture

@@ -54,6 +54,10 @@ CROSS_TENANT_404 = [
     ("GET", "/api/v1/repositories/{repository_id}", lambda a: (f"/api/v1/repositories/{a['repository']}", None)),
     ("GET", "/api/v1/repositories/{repository_id}/schedules",
      lambda a: (f"/api/v1/repositories/{a['repository']}/schedules", None)),
+    ("PUT", "/api/v1/repositories/{repository_id}/webhook",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/webhook", {"secret": "a-webhook-secret-1234"})),
+    ("DELETE", "/api/v1/repositories/{repository_id}/webhook",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/webhook", None)),
     ("GET", "/api/v1/runs/{run_id}/audit", lambda a: (f"/api/v1/runs/{a['run']}/audit", None)),
     # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
     ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",
@@ -83,7 +87,10 @@ ADMIN_ONLY = [
 ]
 # Lists: filtered to the caller's own, so asking about A's repository finds nothing.
 FILTERED = [("GET", "/api/v1/runs"), ("GET", "/api/v1/repositories")]
-PUBLIC = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")]
+# No token: a git host's delivery is authenticated by its signature with the repository's
+# webhook secret (tests/e2e/test_webhooks.py).
+PUBLIC = [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+          ("POST", "/api/v1/hooks/{host}/{repository_id}")]
 
 
 def test_every_route_is_covered_by_the_isolation_table(cluster: LedgerCluster, admin: Api) -> None:

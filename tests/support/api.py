@@ -15,6 +15,7 @@ FINAL = {"succeeded", "failed", "cancelled", "skipped"}
 class Api:
     def __init__(self, url: str, token: str) -> None:
         self.url = url
+        self.token = token
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
     def as_token(self, token: str | None) -> httpx.Client:
