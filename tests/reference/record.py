@@ -321,6 +321,16 @@ def scheduled(story: Story) -> None:
     story.run_job(fired, 0)
 
 
+def webhook(story: Story) -> None:
+    """A repository's webhook secret set, rotated and removed (encrypted with the fixed key)."""
+    book = SecretBook(story.app, KEYRING)
+    book.set_webhook("web", "the-first-webhook-secret", "org/web", ADMIN)
+    story.clock.tick()
+    book.set_webhook("web", "the-rotated-webhook-secret", None, Principal("tenant:acme", "acme"))
+    story.clock.tick()
+    book.remove_webhook("web", ADMIN)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -336,6 +346,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "concurrency_group": concurrency_group,
     "job_concurrency_group": job_concurrency_group,
     "scheduled": scheduled,
+    "webhook": webhook,
 }
 
 
