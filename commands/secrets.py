@@ -19,10 +19,20 @@ from commands.principal import Principal
 from commands.runs import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
-from domain.registry import SecretHolder, StoredSecret, Webhook
+from domain.registry import SecretHolder, StatusTarget, StoredSecret, Webhook
 from domain.run import Job, Run
-from domain.secrets import Scope, check_name, check_value, context, for_job, sealed_for, webhook_context
+from domain.secrets import (
+    Scope,
+    check_name,
+    check_value,
+    context,
+    for_job,
+    sealed_for,
+    status_token_context,
+    webhook_context,
+)
 from domain.status import JobStatus
+from domain.statuses import StatusKind, check_target
 from domain.webhooks import check_secret
 from sealing import Keyring, KeyringError, SealingError, seal
 
@@ -102,6 +112,39 @@ class SecretBook:
         except KeyringError as failed:
             raise SecretsUnavailableError(f"the webhook secret cannot be decrypted: {failed}") from None
         return secret, repository.webhook, repository.tenant_id
+
+    # ----- where a repository's commit statuses go (the token, never a job's) -------------------
+
+    def set_status_target(self, repository_id: str, kind: StatusKind, api_url: str, project: str, token: str,
+                          principal: Principal) -> StatusTarget:
+        check_target(kind, api_url, project)
+        check_value(token)
+        ciphertext = self._keyring().encrypt(token, status_token_context(repository_id))
+        repository = self.app.store.decide(
+            lambda: self.app.registry.get_repository(repository_id, principal),
+            lambda r: r.set_status_target(kind.value, api_url, project, ciphertext, self.app.clock(), principal.name),
+            f"repository {repository_id!r}")
+        assert repository.status_target is not None
+        return repository.status_target
+
+    def remove_status_target(self, repository_id: str, principal: Principal) -> None:
+        self.app.store.decide(lambda: self.app.registry.get_repository(repository_id, principal),
+                              lambda r: r.remove_status_target(self.app.clock(), principal.name),
+                              f"repository {repository_id!r}")
+
+    def status_target(self, repository_id: str) -> tuple[str, StatusTarget] | None:
+        """(the token, the target) the repository's statuses are sent with; None without one."""
+        try:
+            repository = self.app.registry.get_repository(repository_id, _SERVICE)
+        except RepositoryNotFoundError:
+            return None
+        if repository.status_target is None:
+            return None
+        try:
+            token = self._keyring().decrypt(repository.status_target.ciphertext, status_token_context(repository_id))
+        except KeyringError as failed:
+            raise SecretsUnavailableError(f"the status token cannot be decrypted: {failed}") from None
+        return token, repository.status_target
 
     def _owner(self, scope: Scope, owner_id: str, principal: Principal) -> SecretHolder:
         """The tenant or repository, if the principal may see it (else 404, as if absent)."""

@@ -87,3 +87,7 @@ class WebhookSignatureError(DomainError):
 
 class InvalidWebhookError(DomainError):
     """A delivery that is signed correctly but is not a push we can read."""
+
+
+class InvalidStatusTargetError(DomainError):
+    """A commit-status target that cannot be used (its URL, its project name)."""

@@ -195,10 +195,23 @@ class Webhook(msgspec.Struct, frozen=True):
     set_by: str
 
 
+class StatusTarget(msgspec.Struct, frozen=True):
+    """Where the repository's commit statuses go: the host's API, its name of the repository
+    and a token (as ciphertext, never given to a job)."""
+
+    kind: str  # domain.statuses.StatusKind
+    api_url: str
+    project: str
+    ciphertext: str
+    set_at: datetime
+    set_by: str
+
+
 class Repository(SecretHolder):
-    # Set by WebhookConfigured; a class attribute so a repository replayed or snapshotted
-    # before webhooks existed reads None.
+    # Set by WebhookConfigured and StatusTargetSet; class attributes so a repository replayed
+    # before they existed reads None.
     webhook = None
+    status_target = None
 
     class RepositoryRegistered(Aggregate.Created):
         repository_id: str
@@ -243,6 +256,18 @@ class Repository(SecretHolder):
                            actor=actor)
         return True
 
+    def set_status_target(self, kind: str, api_url: str, project: str, ciphertext: str, at: datetime,
+                          actor: str) -> bool:
+        self.trigger_event(self.StatusTargetSet, timestamp=at, kind=kind, api_url=api_url, project=project,
+                           ciphertext=ciphertext, actor=actor)
+        return True
+
+    def remove_status_target(self, at: datetime, actor: str) -> bool:
+        if self.status_target is None:
+            return False
+        self.trigger_event(self.StatusTargetRemoved, timestamp=at, actor=actor)
+        return True
+
     def remove_webhook(self, at: datetime, actor: str) -> bool:
         if self.webhook is None:
             return False
@@ -256,6 +281,7 @@ class Repository(SecretHolder):
             repository.deleted = True
             repository.secrets.clear()  # nothing may read them any more
             repository.webhook = None
+            repository.status_target = None
 
     class WebhookConfigured(Aggregate.Event):
         ciphertext: str  # the webhook secret, encrypted before the aggregate sees it
@@ -270,3 +296,20 @@ class Repository(SecretHolder):
 
         def apply(self, repository: Repository) -> None:
             repository.webhook = None
+
+    class StatusTargetSet(Aggregate.Event):
+        kind: str
+        api_url: str
+        project: str
+        ciphertext: str  # the host's API token, encrypted before the aggregate sees it
+        actor: str
+
+        def apply(self, repository: Repository) -> None:
+            repository.status_target = StatusTarget(self.kind, self.api_url, self.project, self.ciphertext,
+                                                    self.timestamp, self.actor)
+
+    class StatusTargetRemoved(Aggregate.Event):
+        actor: str
+
+        def apply(self, repository: Repository) -> None:
+            repository.status_target = None

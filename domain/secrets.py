@@ -75,6 +75,11 @@ def webhook_context(repository_id: str) -> str:
     return f"webhook:{repository_id}"
 
 
+def status_token_context(repository_id: str) -> str:
+    """What a repository's commit-status token is bound to."""
+    return f"status-token:{repository_id}"
+
+
 def sealed_for(job_id: str, attempt: int) -> str:
     """What a claim's sealed secrets are bound to: they open only for this attempt."""
     return f"{job_id}:{attempt}"

@@ -31,6 +31,7 @@ from gateway.repositories import RepositoriesController
 from gateway.routes import AdminController, Defaults, PushController, RunsController
 from gateway.schedules import ScheduleView
 from gateway.secrets import SecretsController
+from gateway.statuses import RunStatusesController, StatusTargetController
 from gateway.streams import Streams
 from gateway.webhooks import DeliveriesController, WebhookSettingsController
 from projections.admission import PushAdmission
@@ -38,6 +39,7 @@ from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
 from projections.registry import RegistryQueries
 from projections.schedules import ScheduleQueries
+from projections.status_outbox import StatusOutbox
 
 # How long NATS may take to answer a ping before the gateway says it is not ready.
 NATS_READY_SECONDS = 1.0
@@ -68,6 +70,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
     streams = Streams(deps.ledger, deps.nc, logs, deps.stopping)
     presence = RunnerPresenceView()
     registry = RegistryQueries(deps.queries.db)
+    outbox = StatusOutbox(deps.queries.db)
     schedules = ScheduleView(ScheduleQueries(deps.queries.db), deps.schedule_clock, deps.ledger.clock)
 
     async def watch_runners() -> None:
@@ -114,7 +117,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
             *dashboard_routes(),  # the page and its assets: public, outside the schema
             # These need a token (the guard below checks every route not marked public); the schema says so.
             Router("/", route_handlers=[PushController, AdminController, RepositoriesController, RunsController,
-                                        LiveController, SecretsController, AuditController, WebhookSettingsController],
+                                        LiveController, SecretsController, AuditController, WebhookSettingsController,
+                                        StatusTargetController, RunStatusesController],
                    security=BEARER_REQUIRED),
             # A git host's deliveries: no token, their signature is checked instead (gateway/webhooks.py).
             DeliveriesController,
@@ -132,6 +136,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "presence": Provide(lambda: presence, sync_to_thread=False),
             "registry": Provide(lambda: registry, sync_to_thread=False),
             "schedules": Provide(lambda: schedules, sync_to_thread=False),
+            "outbox": Provide(lambda: outbox, sync_to_thread=False),
         },
         on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -27,6 +27,7 @@ from commands.relay import Relay
 from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
 from commands.schedule_firing import ScheduleFiring, run_schedules
 from commands.scheduler import run_planner
+from commands.status_sender import StatusSender
 from commands.store import is_postgres, sqlite_path
 from commands.wake import run_woken
 from domain.schedule import ScheduleClock
@@ -49,6 +50,7 @@ from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
 from projections.schedules import ScheduleQueries
 from projections.sql import Database
+from projections.status_outbox import StatusOutbox
 from runner.agent import RunnerAgent
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
 from runner.executor import Executor
@@ -74,15 +76,29 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     wake = asyncio.Event()
     projection = RunsProjection(db)
 
+    # Commit statuses go out from the outbox the projection fills (projections/status_outbox.py).
+    sender = StatusSender(StatusOutbox(db), secret_book(settings, ledger), ledger.clock, settings.public_url,
+                          retry_seconds=settings.status_retry_seconds,
+                          allow_private=settings.outbound_allow_private)
+    status_wake = asyncio.Event()
+
     async def step() -> int:
-        return await asyncio.to_thread(projection.catch_up, lambda position: ledger.store.events_after(position, 500))
+        applied = await asyncio.to_thread(projection.catch_up,
+                                          lambda position: ledger.store.events_after(position, 500))
+        if applied:
+            status_wake.set()
+        return applied
 
     # The log archiver shares the process, and with it the events read (commands.recent_events).
     archiver = LogArchiver(ledger, nc.jetstream(), LogArchive(db))
     archive_wake = asyncio.Event()
-    async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
-        group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
-        group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
+    try:
+        async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
+            group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
+            group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
+            group.create_task(run_woken(sender.send_due, status_wake, stop, settings.idle_check_seconds))
+    finally:
+        await sender.close()
 
 
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,

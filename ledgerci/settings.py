@@ -64,6 +64,12 @@ class Settings:
     """LEDGERCI_REAPER_INTERVAL_SECONDS: how often the reaper looks for passed deadlines."""
     reoffer_after_seconds: float
     """LEDGERCI_REOFFER_AFTER_SECONDS: a released job no runner started this long is published again."""
+    public_url: str
+    """LEDGERCI_PUBLIC_URL: the gateway as users reach it; commit statuses link to runs under it."""
+    status_retry_seconds: float
+    """LEDGERCI_STATUS_RETRY_SECONDS: the first wait before a commit status is sent again (it doubles)."""
+    outbound_allow_private: bool
+    """LEDGERCI_OUTBOUND_ALLOW_PRIVATE: let commit statuses go to loopback and private addresses."""
     schedule_clock_speed: float
     """LEDGERCI_SCHEDULE_CLOCK_SPEED: schedule time runs this many times as fast as the wall clock
     (1; tests use 20, so that a cron minute passes in 3 seconds). Every replica must agree."""
@@ -124,6 +130,10 @@ class Settings:
             queue_timeout_seconds=float(_env("LEDGERCI_QUEUE_TIMEOUT_SECONDS", "3600")),
             reaper_interval_seconds=float(_env("LEDGERCI_REAPER_INTERVAL_SECONDS", "1")),
             reoffer_after_seconds=float(_env("LEDGERCI_REOFFER_AFTER_SECONDS", "30")),
+            public_url=_env("LEDGERCI_PUBLIC_URL", f"http://{_env('LEDGERCI_HOST', '127.0.0.1')}:"
+                                                   f"{_env('LEDGERCI_PORT', '8080')}"),
+            status_retry_seconds=float(_env("LEDGERCI_STATUS_RETRY_SECONDS", "5")),
+            outbound_allow_private=_env("LEDGERCI_OUTBOUND_ALLOW_PRIVATE", "false").lower() in ("true", "1", "yes"),
             schedule_clock_speed=float(_env("LEDGERCI_SCHEDULE_CLOCK_SPEED", "1")),
             max_deliver=int(_env("LEDGERCI_MAX_DELIVER", "20")),
             stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),

@@ -39,7 +39,7 @@ TABLES = [
 
 COMPARED = {
     "lci_tenants": "id, aggregate_id, name, created_at",
-    "lci_repositories": "id, aggregate_id, tenant_id, clone_url, created_at, deleted_at",
+    "lci_repositories": "id, aggregate_id, tenant_id, clone_url, created_at, deleted_at, statuses",
 }
 
 
@@ -72,8 +72,19 @@ def _(event: Repository.RepositoryRegistered, cursor: Cursor) -> None:
 
 @apply_registry_event.register
 def _(event: Repository.RepositoryDeleted, cursor: Cursor) -> None:
-    cursor.execute("UPDATE lci_repositories SET deleted_at = ? WHERE aggregate_id = ?",
+    cursor.execute("UPDATE lci_repositories SET deleted_at = ?, statuses = 0 WHERE aggregate_id = ?",
                    (rfc3339(event.timestamp), str(event.originator_id)))
+
+
+@apply_registry_event.register
+def _(event: Repository.StatusTargetSet, cursor: Cursor) -> None:
+    # Whether the repository's runs go to the status outbox (projections/status_outbox.py).
+    cursor.execute("UPDATE lci_repositories SET statuses = 1 WHERE aggregate_id = ?", (str(event.originator_id),))
+
+
+@apply_registry_event.register
+def _(event: Repository.StatusTargetRemoved, cursor: Cursor) -> None:
+    cursor.execute("UPDATE lci_repositories SET statuses = 0 WHERE aggregate_id = ?", (str(event.originator_id),))
 
 
 class RepositoryRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -13,8 +13,10 @@ from typing import Any, NamedTuple
 
 from domain.run import Run, superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
+from domain.statuses import RunState
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
+from projections.status_outbox import record_state
 from projections.timestamps import rfc3339
 
 PROJECTION_NAME = "runs"
@@ -144,6 +146,7 @@ class RunsProjection:
             "AND r.ref = 'refs/heads/' || lci_schedules.branch)",
             (run_id, run_id),
         )
+        record_state(cursor, run_id, RunState.PENDING, event.timestamp, f"ledgerci/{event.workflow_name or 'ci'}")
 
     @handle.register
     def _(self, event: Run.SchedulesDeclared, cursor: Cursor, position: int) -> None:
@@ -179,16 +182,19 @@ class RunsProjection:
     @handle.register
     def _(self, event: Run.RunFailed, cursor: Cursor, position: int) -> None:
         self._end_run(cursor, event, RunStatus.FAILED, event.error)
+        record_state(cursor, str(event.originator_id), RunState.FAILURE, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunSucceeded, cursor: Cursor, position: int) -> None:
         self._end_run(cursor, event, RunStatus.SUCCEEDED, None)
+        record_state(cursor, str(event.originator_id), RunState.SUCCESS, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunCancelled, cursor: Cursor, position: int) -> None:
         # The error stays: a run its concurrency group superseded says by which run.
         cursor.execute("UPDATE lci_runs SET status = ?, finished_at = ?, waiting = NULL WHERE id = ?",
                        (RunStatus.CANCELLED.value, rfc3339(event.timestamp), str(event.originator_id)))
+        record_state(cursor, str(event.originator_id), RunState.CANCELLED, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunJoinedGroup, cursor: Cursor, position: int) -> None:
@@ -244,6 +250,7 @@ class RunsProjection:
             "UPDATE lci_runs SET status = ? WHERE id = ? AND status = ?",
             (RunStatus.RUNNING.value, str(event.originator_id), RunStatus.QUEUED.value),
         )
+        record_state(cursor, str(event.originator_id), RunState.RUNNING, event.timestamp)
 
     @handle.register
     def _(self, event: Run.JobSucceeded, cursor: Cursor, position: int) -> None:

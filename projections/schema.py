@@ -2,7 +2,7 @@
 
 import re
 
-from projections import registry
+from projections import registry, status_outbox
 from projections.sql import Database
 
 READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", "lci_schedules", *registry.REGISTRY_TABLES)
@@ -85,6 +85,7 @@ TABLES = [
         position BIGINT NOT NULL
     )""",
     *registry.TABLES,
+    *status_outbox.TABLES,  # delivery bookkeeping: not derived from events, a rebuild leaves it alone
 ]
 
 
@@ -108,7 +109,8 @@ ADDED_COLUMNS = [("lci_jobs", "pool", "TEXT NOT NULL DEFAULT 'default'"),
                  ("lci_jobs", "priority", "TEXT NOT NULL DEFAULT 'normal'"),
                  ("lci_runs", "commit_subject", "TEXT"), ("lci_runs", "commit_author", "TEXT"),
                  ("lci_runs", "concurrency_group", "TEXT"), ("lci_runs", "waiting", "TEXT"),
-                 ("lci_runs", "schedule", "TEXT"), ("lci_runs", "scheduled_for", "TEXT")]
+                 ("lci_runs", "schedule", "TEXT"), ("lci_runs", "scheduled_for", "TEXT"),
+                 ("lci_repositories", "statuses", "INTEGER NOT NULL DEFAULT 0")]
 
 
 def _add_missing_columns(db: Database) -> None:

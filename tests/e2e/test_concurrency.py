@@ -208,7 +208,8 @@ def test_fifty_pushes_into_one_group_while_gateways_and_schedulers_are_killed(
 def test_a_job_level_group_runs_one_deploy_at_a_time_while_the_other_jobs_run_side_by_side(
         tmp_path: Path, cluster: LedgerCluster, repo: GroupRepo) -> None:
     admin = repo.admin
-    workflow = ("jobs:\n" + job("build", "sleep 1") + job("deploy", "sleep 1") + "    concurrency: production\n"
+    # Builds long enough to overlap however loaded the machine is (two runners take them at once).
+    workflow = ("jobs:\n" + job("build", "sleep 4") + job("deploy", "sleep 1") + "    concurrency: production\n"
                 + job("smoke", "'true'"))
     runs = [repo.push(workflow), repo.push(workflow)]
     for run_id in runs:

@@ -58,6 +58,12 @@ CROSS_TENANT_404 = [
      lambda a: (f"/api/v1/repositories/{a['repository']}/webhook", {"secret": "a-webhook-secret-1234"})),
     ("DELETE", "/api/v1/repositories/{repository_id}/webhook",
      lambda a: (f"/api/v1/repositories/{a['repository']}/webhook", None)),
+    ("PUT", "/api/v1/repositories/{repository_id}/status-target",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/status-target",
+                {"kind": "github", "api_url": "https://api.github.com", "project": "org/app", "token": "tok-1234"})),
+    ("DELETE", "/api/v1/repositories/{repository_id}/status-target",
+     lambda a: (f"/api/v1/repositories/{a['repository']}/status-target", None)),
+    ("GET", "/api/v1/runs/{run_id}/statuses", lambda a: (f"/api/v1/runs/{a['run']}/statuses", None)),
     ("GET", "/api/v1/runs/{run_id}/audit", lambda a: (f"/api/v1/runs/{a['run']}/audit", None)),
     # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
     ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",

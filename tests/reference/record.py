@@ -28,6 +28,7 @@ from commands.store import eventsourcing_env
 from domain.ids import concurrency_group_id, token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from domain.secrets import Scope
+from domain.statuses import StatusKind
 from sealing import Keyring
 from tests.reference.state import aggregate_state
 
@@ -322,13 +323,17 @@ def scheduled(story: Story) -> None:
 
 
 def webhook(story: Story) -> None:
-    """A repository's webhook secret set, rotated and removed (encrypted with the fixed key)."""
+    """A repository's webhook secret set, rotated and removed, and its status target set and
+    removed (encrypted with the fixed key)."""
     book = SecretBook(story.app, KEYRING)
     book.set_webhook("web", "the-first-webhook-secret", "org/web", ADMIN)
     story.clock.tick()
     book.set_webhook("web", "the-rotated-webhook-secret", None, Principal("tenant:acme", "acme"))
     story.clock.tick()
     book.remove_webhook("web", ADMIN)
+    book.set_status_target("web", StatusKind.GITHUB, "https://api.github.com", "org/web", "ghp-status-token", ADMIN)
+    story.clock.tick()
+    book.remove_status_target("web", ADMIN)
 
 
 SCENARIOS: dict[str, Callable[[Story], None]] = {
