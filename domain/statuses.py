@@ -40,7 +40,9 @@ _HOST_STATES = {
 }
 DESCRIPTIONS = {RunState.PENDING: "queued", RunState.RUNNING: "running", RunState.SUCCESS: "succeeded",
                 RunState.FAILURE: "failed", RunState.CANCELLED: "cancelled"}
-_PROJECT = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+# The API's schema states the same (gateway/statuses.py).
+API_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+PROJECT_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$"
 
 
 class StatusRequest(NamedTuple):
@@ -50,9 +52,9 @@ class StatusRequest(NamedTuple):
 
 
 def check_target(kind: StatusKind, api_url: str, project: str) -> None:
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", api_url):
+    if not re.fullmatch(API_URL_PATTERN, api_url):
         raise InvalidStatusTargetError(f"api_url must be an http(s) URL without query, got {api_url[:100]!r}")
-    if not _PROJECT.fullmatch(project):
+    if not re.fullmatch(PROJECT_PATTERN, project):
         raise InvalidStatusTargetError(f"project must be the host's name of the repository like org/app, "
                                        f"got {project[:100]!r}")
 

@@ -12,7 +12,7 @@ from msgspec import Meta
 from commands.app import LedgerApp
 from commands.secrets import SecretBook
 from domain.secrets import MAX_VALUE_CHARS, MIN_VALUE_CHARS
-from domain.statuses import StatusKind
+from domain.statuses import API_URL_PATTERN, PROJECT_PATTERN, StatusKind
 from gateway.blocking import blocking
 from gateway.models import Body
 from gateway.openapi import errors
@@ -23,8 +23,9 @@ from projections.timestamps import rfc3339
 
 class StatusTargetRequest(Body):
     kind: StatusKind
-    api_url: Annotated[str, Meta(max_length=2048)]  # https://api.github.com, https://gitea.example/api/v1, ...
-    project: Annotated[str, Meta(max_length=255)]  # the host's name of the repository: org/app
+    # https://api.github.com, https://gitea.example/api/v1, https://gitlab.example/api/v4
+    api_url: Annotated[str, Meta(max_length=2048, pattern=API_URL_PATTERN)]
+    project: Annotated[str, Meta(max_length=255, pattern=PROJECT_PATTERN)]  # the host's name of it: org/app
     token: Annotated[str, Meta(min_length=MIN_VALUE_CHARS, max_length=MAX_VALUE_CHARS)]
 
 
