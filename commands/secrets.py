@@ -19,7 +19,7 @@ from commands.principal import Principal
 from commands.runs import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.messages import StartJob
-from domain.registry import SecretHolder, StatusTarget, StoredSecret, Webhook
+from domain.registry import Repository, SecretHolder, StatusTarget, StoredSecret, Webhook
 from domain.run import Job, Run
 from domain.secrets import (
     Scope,
@@ -83,18 +83,15 @@ class SecretBook:
     def set_webhook(self, repository_id: str, secret: str, host_name: str | None, principal: Principal) -> Webhook:
         check_secret(secret)
         ciphertext = self._keyring().encrypt(secret, webhook_context(repository_id))
-        repository = self.app.store.decide(
-            lambda: self.app.registry.get_repository(repository_id, principal),
-            lambda r: r.configure_webhook(ciphertext, host_name, self.app.clock(), principal.name),
-            f"repository {repository_id!r}")
+        repository = self._change_repository(
+            repository_id, principal, lambda r: r.configure_webhook(ciphertext, host_name, self.app.clock(),
+                                                                    principal.name))
         assert repository.webhook is not None
         return repository.webhook
 
     def remove_webhook(self, repository_id: str, principal: Principal) -> None:
         """Idempotent: removing a webhook that is not there changes nothing."""
-        self.app.store.decide(lambda: self.app.registry.get_repository(repository_id, principal),
-                              lambda r: r.remove_webhook(self.app.clock(), principal.name),
-                              f"repository {repository_id!r}")
+        self._change_repository(repository_id, principal, lambda r: r.remove_webhook(self.app.clock(), principal.name))
 
     def webhook(self, repository_id: str) -> tuple[str, Webhook, str]:
         """(the secret, the webhook, the tenant) a delivery for the repository is checked with.
@@ -120,17 +117,20 @@ class SecretBook:
         check_target(kind, api_url, project)
         check_value(token)
         ciphertext = self._keyring().encrypt(token, status_token_context(repository_id))
-        repository = self.app.store.decide(
-            lambda: self.app.registry.get_repository(repository_id, principal),
-            lambda r: r.set_status_target(kind.value, api_url, project, ciphertext, self.app.clock(), principal.name),
-            f"repository {repository_id!r}")
+        repository = self._change_repository(
+            repository_id, principal, lambda r: r.set_status_target(kind.value, api_url, project, ciphertext,
+                                                                    self.app.clock(), principal.name))
         assert repository.status_target is not None
         return repository.status_target
 
     def remove_status_target(self, repository_id: str, principal: Principal) -> None:
-        self.app.store.decide(lambda: self.app.registry.get_repository(repository_id, principal),
-                              lambda r: r.remove_status_target(self.app.clock(), principal.name),
-                              f"repository {repository_id!r}")
+        self._change_repository(repository_id, principal,
+                                lambda r: r.remove_status_target(self.app.clock(), principal.name))
+
+    def _change_repository(self, repository_id: str, principal: Principal,
+                           decide: Callable[[Repository], bool]) -> Repository:
+        return self.app.store.decide(lambda: self.app.registry.get_repository(repository_id, principal), decide,
+                                     f"repository {repository_id!r}")
 
     def status_target(self, repository_id: str) -> tuple[str, StatusTarget] | None:
         """(the token, the target) the repository's statuses are sent with; None without one."""

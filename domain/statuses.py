@@ -41,7 +41,8 @@ _HOST_STATES = {
 DESCRIPTIONS = {RunState.PENDING: "queued", RunState.RUNNING: "running", RunState.SUCCESS: "succeeded",
                 RunState.FAILURE: "failed", RunState.CANCELLED: "cancelled"}
 # The API's schema states the same (gateway/statuses.py).
-API_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+# ASCII classes only: the schema's regex dialect (ECMA) and Python's disagree on what \s is.
+API_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$"
 PROJECT_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$"
 
 

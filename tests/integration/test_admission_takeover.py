@@ -21,9 +21,8 @@ from commands.work_queue import FencedOutError, WorkQueue
 from domain.messages import JOBS_STREAM, FinishJob, RunnerPresence, StartJob
 from projections.queries import AdmissionQueries
 from projections.runs import RunsProjection
-from projections.schema import create_read_model_tables
-from projections.sql import Database, open_database
-from tests.support.ledger import ADMIN, acme_ledger
+from projections.sql import Database
+from tests.support.ledger import ADMIN, acme_ledger, read_model
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +37,8 @@ def ledger(postgres_url: str) -> Iterator[LedgerApp]:
 
 @pytest.fixture
 def db(postgres_url: str, ledger: LedgerApp) -> Iterator[Database]:
-    database = open_database(postgres_url)
-    create_read_model_tables(database)
-    try:
+    with read_model(postgres_url) as database:
         yield database
-    finally:
-        database.close()
 
 
 @pytest.fixture

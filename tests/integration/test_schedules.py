@@ -19,10 +19,9 @@ from domain.schedule import ScheduleClock, latest_time, next_time
 from domain.status import JobStatus
 from projections.runs import RunsProjection
 from projections.schedules import ScheduleQueries
-from projections.schema import create_read_model_tables
-from projections.sql import Database, open_database
+from projections.sql import Database
 from tests.support.invariants import all_events, check_history
-from tests.support.ledger import ADMIN, acme_ledger
+from tests.support.ledger import ADMIN, acme_ledger, read_model
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +47,8 @@ def ledger(postgres_url: str) -> Iterator[LedgerApp]:
 
 @pytest.fixture
 def db(postgres_url: str, ledger: LedgerApp) -> Iterator[Database]:
-    database = open_database(postgres_url)
-    create_read_model_tables(database)
-    try:
+    with read_model(postgres_url) as database:
         yield database
-    finally:
-        database.close()
 
 
 class Replica:

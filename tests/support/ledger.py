@@ -9,6 +9,8 @@ from commands.app import LedgerApp
 from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
+from projections.schema import create_read_model_tables
+from projections.sql import Database, open_database
 
 ADMIN = Principal("admin", None)
 
@@ -24,3 +26,14 @@ def acme_ledger(postgres_url: str, *, max_concurrent_jobs: int = 4) -> Iterator[
         yield app
     finally:
         app.close()
+
+
+@contextmanager
+def read_model(postgres_url: str) -> Iterator[Database]:
+    """The read-model tables on the test's database (beside its event store)."""
+    database = open_database(postgres_url)
+    create_read_model_tables(database)
+    try:
+        yield database
+    finally:
+        database.close()
