@@ -26,7 +26,7 @@ class StatusTargetRequest(Body):
     # https://api.github.com, https://gitea.example/api/v1, https://gitlab.example/api/v4
     api_url: Annotated[str, Meta(max_length=2048, pattern=API_URL_PATTERN)]
     project: Annotated[str, Meta(max_length=255, pattern=PROJECT_PATTERN)]  # the host's name of it: org/app
-    token: Annotated[str, Meta(min_length=MIN_VALUE_CHARS, max_length=MAX_VALUE_CHARS)]
+    token: Annotated[str, Meta(min_length=MIN_VALUE_CHARS, max_length=MAX_VALUE_CHARS, pattern=r"^[^\x00]*$")]
 
 
 class StatusTargetResponse(msgspec.Struct, kw_only=True):
