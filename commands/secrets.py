@@ -104,10 +104,7 @@ class SecretBook:
             raise missing from None
         if repository.webhook is None:
             raise missing
-        try:
-            secret = self._keyring().decrypt(repository.webhook.ciphertext, webhook_context(repository_id))
-        except KeyringError as failed:
-            raise SecretsUnavailableError(f"the webhook secret cannot be decrypted: {failed}") from None
+        secret = self._decrypt(repository.webhook.ciphertext, webhook_context(repository_id), "the webhook secret")
         return secret, repository.webhook, repository.tenant_id
 
     # ----- where a repository's commit statuses go (the token, never a job's) -------------------
@@ -140,11 +137,15 @@ class SecretBook:
             return None
         if repository.status_target is None:
             return None
-        try:
-            token = self._keyring().decrypt(repository.status_target.ciphertext, status_token_context(repository_id))
-        except KeyringError as failed:
-            raise SecretsUnavailableError(f"the status token cannot be decrypted: {failed}") from None
+        token = self._decrypt(repository.status_target.ciphertext, status_token_context(repository_id),
+                              "the status token")
         return token, repository.status_target
+
+    def _decrypt(self, ciphertext: str, bound_to: str, what: str) -> str:
+        try:
+            return self._keyring().decrypt(ciphertext, bound_to)
+        except KeyringError as failed:
+            raise SecretsUnavailableError(f"{what} cannot be decrypted: {failed}") from None
 
     def _owner(self, scope: Scope, owner_id: str, principal: Principal) -> SecretHolder:
         """The tenant or repository, if the principal may see it (else 404, as if absent)."""
