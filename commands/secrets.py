@@ -82,7 +82,7 @@ class SecretBook:
 
     def set_webhook(self, repository_id: str, secret: str, host_name: str | None, principal: Principal) -> Webhook:
         check_secret(secret)
-        ciphertext = self._keyring().encrypt(secret, webhook_context(repository_id))
+        ciphertext = self.encrypt(secret, webhook_context(repository_id))
         repository = self._change_repository(
             repository_id, principal, lambda r: r.configure_webhook(ciphertext, host_name, self.app.clock(),
                                                                     principal.name))
@@ -104,7 +104,7 @@ class SecretBook:
             raise missing from None
         if repository.webhook is None:
             raise missing
-        secret = self._decrypt(repository.webhook.ciphertext, webhook_context(repository_id), "the webhook secret")
+        secret = self.decrypt(repository.webhook.ciphertext, webhook_context(repository_id), "the webhook secret")
         return secret, repository.webhook, repository.tenant_id
 
     # ----- where a repository's commit statuses go (the token, never a job's) -------------------
@@ -113,7 +113,7 @@ class SecretBook:
                           principal: Principal) -> StatusTarget:
         check_target(kind, api_url, project)
         check_value(token)
-        ciphertext = self._keyring().encrypt(token, status_token_context(repository_id))
+        ciphertext = self.encrypt(token, status_token_context(repository_id))
         repository = self._change_repository(
             repository_id, principal, lambda r: r.set_status_target(kind.value, api_url, project, ciphertext,
                                                                     self.app.clock(), principal.name))
@@ -137,11 +137,16 @@ class SecretBook:
             return None
         if repository.status_target is None:
             return None
-        token = self._decrypt(repository.status_target.ciphertext, status_token_context(repository_id),
+        token = self.decrypt(repository.status_target.ciphertext, status_token_context(repository_id),
                               "the status token")
         return token, repository.status_target
 
-    def _decrypt(self, ciphertext: str, bound_to: str, what: str) -> str:
+    # ----- for the other holders of an encrypted credential (commands/subscriptions.py) ---------
+
+    def encrypt(self, value: str, bound_to: str) -> str:
+        return self._keyring().encrypt(value, bound_to)
+
+    def decrypt(self, ciphertext: str, bound_to: str, what: str) -> str:
         try:
             return self._keyring().decrypt(ciphertext, bound_to)
         except KeyringError as failed:

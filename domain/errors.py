@@ -91,3 +91,11 @@ class InvalidWebhookError(DomainError):
 
 class InvalidStatusTargetError(DomainError):
     """A commit-status target that cannot be used (its URL, its project name)."""
+
+
+class SubscriptionNotFoundError(NotFoundError):
+    pass
+
+
+class InvalidSubscriptionError(DomainError):
+    """An outgoing-webhook subscription that cannot be used (its URL, its events, its filters)."""

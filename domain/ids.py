@@ -45,3 +45,9 @@ def concurrency_group_id(tenant_id: str, group: str) -> UUID:
 def scheduled_run_id(repository_id: str, branch: str, cron: str, nominal: datetime) -> UUID:
     """A schedule fires once per nominal time: the run of (repository, branch, cron, time)."""
     return uuid5(LEDGERCI_NAMESPACE, f"scheduled\n{repository_id}\n{branch}\n{cron}\n{nominal.isoformat()}")
+
+
+def delivery_id_for(subscription_id: str, run_id: str, event: str, job_id: str | None, attempt: int | None) -> UUID:
+    """One delivery per (subscription, occurrence): the projector queueing it twice, or a
+    rebuild queueing it again, lands on the same row, and a receiver can tell repeats apart."""
+    return uuid5(LEDGERCI_NAMESPACE, f"delivery\n{subscription_id}\n{run_id}\n{event}\n{job_id}\n{attempt}")

@@ -83,3 +83,8 @@ def status_token_context(repository_id: str) -> str:
 def sealed_for(job_id: str, attempt: int) -> str:
     """What a claim's sealed secrets are bound to: they open only for this attempt."""
     return f"{job_id}:{attempt}"
+
+
+def subscription_context(subscription_id: str) -> str:
+    """What an outgoing-webhook subscription's signing secret is bound to."""
+    return f"subscription:{subscription_id}"

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.secrets import SecretBook
+from commands.subscriptions import Subscriptions
 from domain.schedule import ScheduleClock
 from gateway.audit import AuditController
 from gateway.auth import Authenticator, make_guard
@@ -33,6 +34,7 @@ from gateway.schedules import ScheduleView
 from gateway.secrets import SecretsController
 from gateway.statuses import RunStatusesController, StatusTargetController
 from gateway.streams import Streams
+from gateway.subscriptions import SubscriptionsController
 from gateway.webhooks import DeliveriesController, WebhookSettingsController
 from projections.admission import PushAdmission
 from projections.log_archive import LogArchive
@@ -40,6 +42,7 @@ from projections.queries import LoadQueries, RunQueries
 from projections.registry import RegistryQueries
 from projections.schedules import ScheduleQueries
 from projections.status_outbox import StatusOutbox
+from projections.webhook_outbox import WebhookOutbox
 
 # How long NATS may take to answer a ping before the gateway says it is not ready.
 NATS_READY_SECONDS = 1.0
@@ -71,6 +74,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
     presence = RunnerPresenceView()
     registry = RegistryQueries(deps.queries.db)
     outbox = StatusOutbox(deps.queries.db)
+    webhook_outbox = WebhookOutbox(deps.queries.db)
+    subscriptions = Subscriptions(deps.ledger, secret_book)
     schedules = ScheduleView(ScheduleQueries(deps.queries.db), deps.schedule_clock, deps.ledger.clock)
 
     async def watch_runners() -> None:
@@ -118,7 +123,7 @@ def create_app(deps: GatewayDeps) -> Litestar:
             # These need a token (the guard below checks every route not marked public); the schema says so.
             Router("/", route_handlers=[PushController, AdminController, RepositoriesController, RunsController,
                                         LiveController, SecretsController, AuditController, WebhookSettingsController,
-                                        StatusTargetController, RunStatusesController],
+                                        StatusTargetController, RunStatusesController, SubscriptionsController],
                    security=BEARER_REQUIRED),
             # A git host's deliveries: no token, their signature is checked instead (gateway/webhooks.py).
             DeliveriesController,
@@ -137,6 +142,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "registry": Provide(lambda: registry, sync_to_thread=False),
             "schedules": Provide(lambda: schedules, sync_to_thread=False),
             "outbox": Provide(lambda: outbox, sync_to_thread=False),
+            "webhook_outbox": Provide(lambda: webhook_outbox, sync_to_thread=False),
+            "subscriptions": Provide(lambda: subscriptions, sync_to_thread=False),
         },
         on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -22,6 +22,7 @@ from commands.admission import run_admission
 from commands.app import LedgerApp
 from commands.dead_letter import serve_dead_letters
 from commands.leadership import FileLeadership, Leadership, PostgresLeadership
+from commands.outbound import Outbound
 from commands.reaper import Reaper
 from commands.relay import Relay
 from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
@@ -29,7 +30,9 @@ from commands.schedule_firing import ScheduleFiring, run_schedules
 from commands.scheduler import run_planner
 from commands.status_sender import StatusSender
 from commands.store import is_postgres, sqlite_path
+from commands.subscriptions import Subscriptions
 from commands.wake import run_woken
+from commands.webhook_sender import WebhookSender
 from domain.schedule import ScheduleClock
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
@@ -51,6 +54,7 @@ from projections.runs import RunsProjection
 from projections.schedules import ScheduleQueries
 from projections.sql import Database
 from projections.status_outbox import StatusOutbox
+from projections.webhook_outbox import WebhookOutbox
 from runner.agent import RunnerAgent
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
 from runner.executor import Executor
@@ -76,17 +80,22 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     wake = asyncio.Event()
     projection = RunsProjection(db)
 
-    # Commit statuses go out from the outbox the projection fills (projections/status_outbox.py).
-    sender = StatusSender(StatusOutbox(db), secret_book(settings, ledger), ledger.clock, settings.public_url,
-                          retry_seconds=settings.status_retry_seconds,
-                          allow_private=settings.outbound_allow_private)
-    status_wake = asyncio.Event()
+    # Commit statuses and outgoing webhooks go out from the outboxes the projection fills
+    # (projections/status_outbox.py, projections/webhook_outbox.py).
+    book = secret_book(settings, ledger)
+    outbound = Outbound(allow_private=settings.outbound_allow_private)
+    statuses = StatusSender(StatusOutbox(db), book, outbound, ledger.clock, settings.public_url,
+                            retry_seconds=settings.status_retry_seconds)
+    webhooks = WebhookSender(WebhookOutbox(db), Subscriptions(ledger, book), outbound, ledger.clock,
+                             settings.public_url, retry_seconds=settings.webhook_retry_seconds)
+    status_wake, webhook_wake = asyncio.Event(), asyncio.Event()
 
     async def step() -> int:
         applied = await asyncio.to_thread(projection.catch_up,
                                           lambda position: ledger.store.events_after(position, 500))
         if applied:
             status_wake.set()
+            webhook_wake.set()
         return applied
 
     # The log archiver shares the process, and with it the events read (commands.recent_events).
@@ -96,9 +105,10 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
         async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
             group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
             group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
-            group.create_task(run_woken(sender.send_due, status_wake, stop, settings.idle_check_seconds))
+            group.create_task(run_woken(statuses.send_due, status_wake, stop, settings.idle_check_seconds))
+            group.create_task(run_woken(webhooks.send_due, webhook_wake, stop, settings.idle_check_seconds))
     finally:
-        await sender.close()
+        await outbound.close()
 
 
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,

@@ -68,8 +68,11 @@ class Settings:
     """LEDGERCI_PUBLIC_URL: the gateway as users reach it; commit statuses link to runs under it."""
     status_retry_seconds: float
     """LEDGERCI_STATUS_RETRY_SECONDS: the first wait before a commit status is sent again (it doubles)."""
+    webhook_retry_seconds: float
+    """LEDGERCI_WEBHOOK_RETRY_SECONDS: the first wait before an outgoing webhook is sent again (it doubles)."""
     outbound_allow_private: bool
-    """LEDGERCI_OUTBOUND_ALLOW_PRIVATE: let commit statuses go to loopback and private addresses."""
+    """LEDGERCI_OUTBOUND_ALLOW_PRIVATE: let commit statuses and outgoing webhooks go to loopback and
+    private addresses."""
     schedule_clock_speed: float
     """LEDGERCI_SCHEDULE_CLOCK_SPEED: schedule time runs this many times as fast as the wall clock
     (1; tests use 20, so that a cron minute passes in 3 seconds). Every replica must agree."""
@@ -133,6 +136,7 @@ class Settings:
             public_url=_env("LEDGERCI_PUBLIC_URL", f"http://{_env('LEDGERCI_HOST', '127.0.0.1')}:"
                                                    f"{_env('LEDGERCI_PORT', '8080')}"),
             status_retry_seconds=float(_env("LEDGERCI_STATUS_RETRY_SECONDS", "5")),
+            webhook_retry_seconds=float(_env("LEDGERCI_WEBHOOK_RETRY_SECONDS", "5")),
             outbound_allow_private=_env("LEDGERCI_OUTBOUND_ALLOW_PRIVATE", "false").lower() in ("true", "1", "yes"),
             schedule_clock_speed=float(_env("LEDGERCI_SCHEDULE_CLOCK_SPEED", "1")),
             max_deliver=int(_env("LEDGERCI_MAX_DELIVER", "20")),

@@ -18,6 +18,7 @@ from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
 from projections.status_outbox import record_state
 from projections.timestamps import rfc3339
+from projections.webhook_outbox import queue_deliveries
 
 PROJECTION_NAME = "runs"
 
@@ -103,6 +104,7 @@ class RunsProjection:
                 continue  # already applied: a redelivery or a second replica
             if position not in overwritten:
                 self.handle(event, cursor, position)
+                queue_deliveries(cursor, event, position)  # outgoing webhooks, from the rows just written
             tracked = position
         return tracked
 

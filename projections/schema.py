@@ -2,7 +2,7 @@
 
 import re
 
-from projections import registry, status_outbox
+from projections import registry, status_outbox, webhook_outbox
 from projections.sql import Database
 
 READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", "lci_schedules", *registry.REGISTRY_TABLES)
@@ -85,7 +85,9 @@ TABLES = [
         position BIGINT NOT NULL
     )""",
     *registry.TABLES,
-    *status_outbox.TABLES,  # delivery bookkeeping: not derived from events, a rebuild leaves it alone
+    # Delivery bookkeeping: not derived from events, a rebuild leaves them alone.
+    *status_outbox.TABLES,
+    *webhook_outbox.TABLES,
 ]
 
 

@@ -11,12 +11,18 @@ the newest, and the end of a run, which nothing overtakes, is always delivered.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 import msgspec
 
 from domain.statuses import RunState
 from projections.sql import Cursor, Database
 from projections.timestamps import rfc3339
+
+
+class Outcome(Protocol):  # commands.outbound.Outcome, as far as a row records it
+    result: str
+
 
 RANK = {RunState.PENDING: 1, RunState.RUNNING: 2, RunState.SUCCESS: 3, RunState.FAILURE: 3, RunState.CANCELLED: 3}
 
@@ -88,15 +94,17 @@ class StatusOutbox:
             "ORDER BY created_at LIMIT ?", (rfc3339(now), limit))
         return [_row(row) for row in rows]
 
-    def delivered(self, row_id: str, at: datetime, result: str) -> None:
+    def delivered(self, row_id: str, at: datetime, outcome: Outcome) -> None:
         with self.db.transaction() as cursor:
             cursor.execute("UPDATE lci_status_outbox SET delivered_at = ?, attempts = attempts + 1, last_result = ? "
-                           "WHERE id = ?", (rfc3339(at), result, row_id))
+                           "WHERE id = ?", (rfc3339(at), outcome.result, row_id))
 
-    def failed(self, row_id: str, retry_at: datetime, result: str) -> None:
+    def failed(self, row_id: str, at: datetime, retry_at: datetime | None, outcome: Outcome) -> None:
+        # A status is never given up (retry_at None): the host must learn the run's end.
+        assert retry_at is not None
         with self.db.transaction() as cursor:
             cursor.execute("UPDATE lci_status_outbox SET attempts = attempts + 1, next_at = ?, last_result = ? "
-                           "WHERE id = ?", (rfc3339(retry_at), result, row_id))
+                           "WHERE id = ?", (rfc3339(retry_at), outcome.result, row_id))
 
     def of_run(self, run_id: str) -> list[OutboxRow]:
         return [_row(row) for row in self.db.query(

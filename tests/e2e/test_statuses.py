@@ -7,12 +7,8 @@ process of its own on PostgreSQL and a real nats-server."""
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +16,7 @@ from tests.e2e.test_faults import assert_invariants, wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
+from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.e2e
 
@@ -28,41 +25,11 @@ BAD = "name: build\njobs:\n  - name: compile\n    run: exit 3\n"
 TOKEN = "host-api-token-1234"
 
 
-class StatusHost:
+class StatusHost(Receiver):
     """GitHub's or GitLab's "create a commit status" endpoint, recording what it is sent."""
 
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.failures_left = 0
-        self.lock = threading.Lock()
-        host = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the name http.server calls
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with host.lock:
-                    failing = host.failures_left > 0
-                    host.failures_left -= failing
-                    if not failing:
-                        host.received.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                self.send_response(500 if failing else 201)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
     def states(self, commit: str) -> list[str]:
-        with self.lock:
-            return [r["body"]["state"] for r in self.received if r["path"].endswith(f"/statuses/{commit}")]
-
-    def close(self) -> None:
-        self.server.shutdown()
+        return [r.body["state"] for r in self.received if r.path.endswith(f"/statuses/{commit}")]
 
 
 @pytest.fixture
@@ -110,19 +77,19 @@ def test_github_sees_pending_then_success_or_failure_and_gitlab_its_own_states(
     for commit in (good_commit, bad_commit):
         states = status_host.states(commit)
         assert states[0] == "pending" and set(states[:-1]) == {"pending"}, states
-    sent = next(r for r in status_host.received if r["path"].endswith(good_commit))
-    assert sent["path"] == f"/repos/org/app/statuses/{good_commit}"
-    assert sent["headers"]["Authorization"] == f"token {TOKEN}"
-    assert sent["body"]["context"] == "ledgerci/build" and sent["body"]["target_url"].endswith(f"/#/runs/{good}")
+    sent = next(r for r in status_host.received if r.path.endswith(good_commit))
+    assert sent.path == f"/repos/org/app/statuses/{good_commit}"
+    assert sent.headers["Authorization"] == f"token {TOKEN}"
+    assert sent.body["context"] == "ledgerci/build" and sent.body["target_url"].endswith(f"/#/runs/{good}")
     listed = owner.http.get(f"/api/v1/runs/{good}/statuses").json()["statuses"]
     assert listed[-1]["state"] == "success" and listed[-1]["last_result"] == "HTTP 201"
 
     gl_owner, gl_repository, gl_repo = repository_with_target(admin, tmp_path, "gitlab", status_host.url)
     _, gl_commit = pushed(gl_owner, gl_repository, gl_repo, GOOD, 9)  # not the GitHub commit's sha
     wait_for(lambda: status_host.states(gl_commit)[-1:] == ["success"], 30, "success on GitLab")
-    sent = next(r for r in status_host.received if r["path"].endswith(gl_commit))
-    assert sent["path"] == f"/projects/org%2Fapp/statuses/{gl_commit}"
-    assert sent["headers"]["PRIVATE-TOKEN"] == TOKEN and sent["body"]["name"] == "ledgerci/build"
+    sent = next(r for r in status_host.received if r.path.endswith(gl_commit))
+    assert sent.path == f"/projects/org%2Fapp/statuses/{gl_commit}"
+    assert sent.headers["PRIVATE-TOKEN"] == TOKEN and sent.body["name"] == "ledgerci/build"
     assert_invariants(allowing)
 
 

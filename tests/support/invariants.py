@@ -14,6 +14,8 @@ event store recorded (not against what any service says):
 - concurrency groups: a run of a group starts a job only once it took the group, never while
   another run of the group has started and not ended, and no group is left held by (or with
   waiting) a run that has ended;
+- outgoing webhooks: exactly one delivery queued per (subscription, occurrence it matched),
+  each with the id derived from them, none for what no live subscription matched;
 - the read models equal a rebuild from the history.
 """
 
@@ -26,8 +28,9 @@ from typing import Any
 
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
-from domain.ids import concurrency_group_id, run_id_for, scheduled_run_id
+from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id
 from domain.run import RUNNER_LOST, Run
+from domain.subscriptions import WebhookSubscription, occurrences
 from projections.rebuild import verify
 from projections.sql import open_database
 
@@ -224,13 +227,59 @@ def _check_run(stream: list[Any], require_final: bool) -> list[str]:
     return problems
 
 
+def expected_deliveries(events: list[tuple[int, Any]], upto: int) -> set[str]:
+    """The delivery ids the history up to `upto` calls for: every occurrence that a
+    subscription of the run's tenant, live at that point of the global order, matches."""
+    subscriptions: dict[str, WebhookSubscription.Subscribed] = {}
+    runs: dict[str, tuple[str, str, str | None]] = {}  # run -> tenant, repository, ref
+    expected: set[str] = set()
+    for position, event in events:
+        if position > upto:
+            break
+        if isinstance(event, WebhookSubscription.Subscribed):
+            subscriptions[str(event.originator_id)] = event
+        elif isinstance(event, WebhookSubscription.Unsubscribed):
+            subscriptions.pop(str(event.originator_id), None)
+        elif isinstance(event, Run.RunRequested):
+            runs[str(event.originator_id)] = (event.tenant_id, event.repository_id, event.ref)
+        for occurrence in occurrences(event):
+            tenant_id, repository_id, ref = runs[occurrence.run_id]
+            for subscription_id, subscribed in subscriptions.items():
+                wanted = (tuple(subscribed.events), subscribed.repository_id, subscribed.branch)
+                if subscribed.tenant_id == tenant_id and _matches(wanted, occurrence.event, repository_id, ref):
+                    expected.add(str(delivery_id_for(subscription_id, occurrence.run_id, occurrence.event,
+                                                     occurrence.job_id, occurrence.attempt)))
+    return expected
+
+
+def _matches(wanted: tuple[tuple[str, ...], str | None, str | None], event: str, repository_id: str,
+             ref: str | None) -> bool:
+    # Written out again, not domain.subscriptions.Filter: the checker must not share the
+    # projector's mistakes.
+    events, repository, branch = wanted
+    if branch is not None and ref != f"refs/heads/{branch}":
+        return False
+    return event in events and repository in (None, repository_id)
+
+
+def delivery_breaches(events: list[tuple[int, Any]], live: Any) -> list[str]:
+    tracked = live.query("SELECT position FROM lci_tracking WHERE projection = 'runs'")
+    queued = live.query("SELECT id FROM lci_webhook_deliveries")
+    rows = {row[0] for row in queued}  # the primary key: a delivery is never queued twice
+    expected = expected_deliveries(events, int(tracked[0][0]) if tracked else 0)
+    problems = [f"webhook delivery {row} queued for no occurrence a live subscription matched"
+                 for row in sorted(rows - expected)]
+    problems += [f"webhook delivery {row} never queued" for row in sorted(expected - rows)]
+    return problems
+
+
 def check_invariants(database_url: str, *, require_final: bool = True) -> list[str]:
     app = LedgerApp(env=eventsourcing_env(database_url))
     live = open_database(database_url)
     try:
         events = all_events(app)
         differences, _ = verify(live, lambda position, limit: list(app.store.events_after(position, limit)))
-        return check_history(events, require_final=require_final) + differences
+        return check_history(events, require_final=require_final) + delivery_breaches(events, live) + differences
     finally:
         live.close()
         app.close()

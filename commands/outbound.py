@@ -1,0 +1,119 @@
+"""Requests ledgerci makes to other people's servers (commit statuses, outgoing webhooks), and
+the one loop that delivers an outbox of them at least once.
+
+A request never follows a redirect and, unless the admin allows it
+(LEDGERCI_OUTBOUND_ALLOW_PRIVATE), never goes to a loopback, link-local or private address: a
+tenant's URL must not reach into the cluster. (The address is checked when the request is
+made; a name that resolves differently between the check and the connection is not caught.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Hashable
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from domain.statuses import is_private
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_STEPS = 8  # the wait doubles up to 2**8 times the first
+TIMEOUT_SECONDS = 10
+
+
+class Outcome(NamedTuple):
+    ok: bool
+    result: str  # what a user reads: "HTTP 201", "refused: ...", "error: ConnectTimeout"
+    status_code: int | None = None
+
+
+class Due(Protocol):
+    id: str
+    attempts: int
+
+
+class Outbox(Protocol):
+    def due(self, now: datetime, limit: int = 50) -> list[Any]: ...
+    def delivered(self, row_id: str, at: datetime, outcome: Outcome) -> None: ...
+    def failed(self, row_id: str, at: datetime, retry_at: datetime | None, outcome: Outcome) -> None: ...
+
+
+class Outbound:
+    """One HTTP client for every outbound request of a process."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self.allow_private = allow_private
+        self.http = httpx.AsyncClient(timeout=TIMEOUT_SECONDS, follow_redirects=False)
+
+    async def post(self, url: str, headers: dict[str, str], *, json: Any = None,
+                   content: bytes | None = None) -> Outcome:
+        """2xx is delivered; a redirect, like any other answer, is not."""
+        try:
+            await self._check_address(url)
+            answer = await self.http.post(url, headers=headers, json=json, content=content)
+        except _Refused as refused:
+            return Outcome(False, f"refused: {refused}")
+        except httpx.HTTPError as failed:
+            return Outcome(False, f"error: {type(failed).__name__}")
+        return Outcome(answer.is_success, f"HTTP {answer.status_code}", answer.status_code)
+
+    async def _check_address(self, url: str) -> None:
+        if self.allow_private:
+            return
+        host = urlsplit(url).hostname or ""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError as unresolved:
+            raise httpx.ConnectError(str(unresolved)) from None
+        private = sorted({info[4][0] for info in infos if is_private(info[4][0])})
+        if private:
+            raise _Refused(f"{host} is a private address ({', '.join(private)}); LEDGERCI_OUTBOUND_ALLOW_PRIVATE "
+                           "allows it")
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class _Refused(Exception):
+    """The target may not be called (a private address); tried again later, it stays refused."""
+
+
+async def deliver_due(outbox: Outbox, deliver: Callable[[Any], Awaitable[Outcome]], clock: Callable[[], datetime],
+                      *, retry_seconds: float, max_attempts: int | None = None,
+                      key: Callable[[Any], Hashable] = lambda row: row.id) -> int:
+    """Deliver what is due; the number delivered (0: nothing more now).
+
+    A row is marked delivered only after its target answered 2xx, so a sender killed
+    mid-delivery sends it again when it starts again. A failure is tried again later, the wait
+    doubling up to a cap; after `max_attempts` it is given up (None: never). Rows of one `key`
+    (one receiver) go one after another, in their order; different keys at once, so one slow
+    receiver does not hold up the others."""
+    rows = await asyncio.to_thread(outbox.due, clock())
+    queues: dict[Hashable, list[Any]] = {}
+    for row in rows:
+        queues.setdefault(key(row), []).append(row)
+
+    async def one_after_another(queue: list[Any]) -> int:
+        delivered = 0
+        for row in queue:
+            outcome = await deliver(row)
+            if outcome.ok:
+                await asyncio.to_thread(outbox.delivered, row.id, clock(), outcome)
+                delivered += 1
+                continue
+            attempts = row.attempts + 1
+            wait = retry_seconds * 2 ** min(row.attempts, MAX_BACKOFF_STEPS)
+            retry_at = None if max_attempts is not None and attempts >= max_attempts else clock() + timedelta(
+                seconds=wait)
+            await asyncio.to_thread(outbox.failed, row.id, clock(), retry_at, outcome)
+            log.info("%s not delivered (%s); %s", row.id, outcome.result,
+                     f"again in {wait:.1f}s" if retry_at else f"given up after {attempts} attempts")
+        return delivered
+
+    return sum(await asyncio.gather(*(one_after_another(queue) for queue in queues.values())))
