@@ -25,7 +25,7 @@ def test_patterns_expand_to_the_events_they_name_in_the_catalogues_order() -> No
 
 @pytest.mark.parametrize("patterns", [[], ["run.exploded"], ["push"], ["run.[f]ailed"], ["run.?ailed"]])
 def test_a_pattern_that_names_no_event_is_refused_with_the_list(patterns: list[str]) -> None:
-    with pytest.raises(InvalidSubscriptionError, match="run.queued"):
+    with pytest.raises(InvalidSubscriptionError, match=r"run\.queued"):
         expand_events(patterns)
 
 
