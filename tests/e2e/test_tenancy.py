@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.e2e.test_faults import wait_for
 from tests.support.api import Api
 from tests.support.cluster import LedgerCluster
 from tests.support.git_repo import GitRepo
@@ -77,6 +78,21 @@ CROSS_TENANT_404 = [
     ("GET", "/api/v1/tenants/{tenant_id}/secrets", lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets", None)),
     ("DELETE", "/api/v1/tenants/{tenant_id}/secrets/{name}",
      lambda a: (f"/api/v1/tenants/{a['tenant']}/secrets/TOKEN", None)),
+    # Outgoing webhooks: a subscription, its delivery log, a redelivery; deleted last.
+    ("POST", "/api/v1/tenants/{tenant_id}/webhooks",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks", {"url": "https://hooks.example.invalid/", "events": ["*"]})),
+    ("GET", "/api/v1/tenants/{tenant_id}/webhooks", lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks", None)),
+    ("GET", "/api/v1/tenants/{tenant_id}/webhooks/{subscription_id}",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}", None)),
+    ("GET", "/api/v1/tenants/{tenant_id}/webhooks/{subscription_id}/deliveries",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}/deliveries", None)),
+    ("GET", "/api/v1/tenants/{tenant_id}/webhooks/{subscription_id}/deliveries/{delivery_id}",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}/deliveries/{a['delivery']}", None)),
+    ("POST", "/api/v1/tenants/{tenant_id}/webhooks/{subscription_id}/deliveries/{delivery_id}/redeliver",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}/deliveries/{a['delivery']}/redeliver",
+                None)),
+    ("DELETE", "/api/v1/tenants/{tenant_id}/webhooks/{subscription_id}",
+     lambda a: (f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}", None)),
     # Last: the owner's own delete of its repository goes through.
     ("DELETE", "/api/v1/repositories/{repository_id}", lambda a: (f"/api/v1/repositories/{a['repository']}", None)),
 ]
@@ -108,8 +124,24 @@ def test_every_route_is_covered_by_the_isolation_table(cluster: LedgerCluster, a
     assert routes == covered
 
 
+def with_a_webhook_delivery(a: dict[str, Any]) -> None:
+    """A subscription of the tenant's, and one delivery queued for it (to a name that never
+    resolves: the delivery stays in the log, retried)."""
+    own: Api = a["api"]
+    made = own.http.post(f"/api/v1/tenants/{a['tenant']}/webhooks",
+                         json={"url": "https://hooks.example.invalid/ci", "events": ["run.succeeded"]})
+    assert made.status_code == 201, made.text
+    a["subscription"] = made.json()["subscription"]["id"]
+    commit = a["repo"].commit({".ledgerci.yml": WORKFLOW, "again": "1"})
+    own.wait_run(own.push(a["repository"], commit).json()["run_id"])
+    deliveries = f"/api/v1/tenants/{a['tenant']}/webhooks/{a['subscription']}/deliveries"
+    wait_for(lambda: own.http.get(deliveries).json()["deliveries"], 30, "the delivery to be queued")
+    a["delivery"] = own.http.get(deliveries).json()["deliveries"][0]["id"]
+
+
 def test_another_tenants_resources_answer_404_on_every_route(tmp_path: Path, admin: Api) -> None:
     a = tenant_with_a_run(admin, tmp_path, "alpha")
+    with_a_webhook_delivery(a)
     b = tenant_with_a_run(admin, tmp_path, "beta")
     for method, route, make in CROSS_TENANT_404:
         path, body = make(a)
