@@ -5,7 +5,7 @@ subscription, and its deliveries, answer 404 exactly as absent ones."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
@@ -16,7 +16,7 @@ from msgspec import Meta
 from commands.app import LedgerApp
 from commands.subscriptions import Subscriptions
 from domain.errors import SubscriptionNotFoundError
-from domain.subscriptions import BRANCH_PATTERN, EVENT_PATTERN, URL_PATTERN, WebhookSubscription
+from domain.subscriptions import BRANCH_PATTERN, PATTERNS, URL_PATTERN, WebhookSubscription
 from gateway.blocking import blocking
 from gateway.models import Body, Identifier
 from gateway.openapi import errors
@@ -25,9 +25,8 @@ from projections.registry import RegistryQueries, SubscriptionRow
 from projections.timestamps import rfc3339
 from projections.webhook_outbox import AttemptRow, DeliveryRow, Payload, WebhookOutbox
 
-EventName = Annotated[str, Meta(max_length=32, pattern=EVENT_PATTERN,
-                                description="run.queued|started|succeeded|failed|cancelled|skipped, "
-                                            "job.started|succeeded|failed|cancelled, run.*, job.* or *")]
+# An event, all of a kind, one outcome of both, or everything (domain.subscriptions.PATTERNS).
+EventName = Literal[PATTERNS]  # type: ignore[valid-type]
 
 
 class SubscriptionRequest(Body):
