@@ -9,6 +9,7 @@ from importlib.metadata import version
 from uuid import UUID
 
 from ledgerci.client import ClientError, add_client_options
+from ledgerci.hook_commands import add_hook_commands
 from ledgerci.process import configure_logging, run_until_signalled
 from ledgerci.registry_commands import add_registry_commands
 from ledgerci.run_commands import add_run_commands, verify_through_gateway
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(commands)
     add_registry_commands(commands)
     add_secret_commands(commands)
+    add_hook_commands(commands)
     return parser
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from uuid import UUID
 
 from ledgerci.client import ClientError, GatewayClient, add_client_options
+from ledgerci.hook_commands import add_status_target_command
 from ledgerci.printing import print_json, print_table
 from ledgerci.secret_commands import read_value
 
@@ -72,6 +73,7 @@ def _add_repo_commands(repo: Any) -> None:
     webhook.add_argument("--host-name", help="the host's name of the repository (e.g. org/app): a delivery "
                                              "for another repository is refused")
     webhook.add_argument("--remove", action="store_true", help="stop taking deliveries instead")
+    add_status_target_command(repo)
     delete = _action(repo, "delete", "stop taking pushes for a repository (its runs stay)", _repo_delete)
     delete.add_argument("repository_id")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_faults import wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
@@ -265,3 +266,43 @@ def test_version_and_schema(tenant) -> None:
     assert schema.headers["content-type"].startswith("application/vnd.oai.openapi+json")
     assert schema.json() == api.http.get("/schema/openapi.json").json()
     assert "/api/v1/repositories" in schema.json()["paths"]
+
+
+def test_webhooks_and_status_targets_from_the_command_line(tenant, tmp_path: Path) -> None:
+    cli, _, tenant_id = tenant
+    repository_id, commit = _repo(cli, tenant_id, tmp_path, PASSES)
+    made = cli("webhooks", "create", "https://hooks.example.invalid/ci", "--tenant", tenant_id,
+               "--events", "run.succeeded, job.*", "--repo", repository_id)
+    assert made.returncode == 0, made.stderr
+    subscription = made.stdout.split()[1]
+    assert "signing secret (shown once): whsec_" in made.stdout
+    assert "run.succeeded, job.started, job.succeeded, job.failed, job.cancelled" in made.stdout
+    listed = cli("webhooks", "list", "--tenant", tenant_id)
+    assert listed.stdout.splitlines()[0].split() == ["WEBHOOK", "URL", "EVENTS", "REPOSITORY", "BRANCH"]
+    assert subscription in listed.stdout and "whsec_" not in listed.stdout
+    refused = cli("webhooks", "create", "https://x.example/", "--tenant", tenant_id, "--events", "run.exploded")
+    assert refused.returncode == 1 and "422" in refused.stderr and "run.exploded" in refused.stderr
+
+    assert cli("run", _push(cli, repository_id, commit), "--watch").returncode == 0
+    log = cli("webhooks", "deliveries", subscription, "--tenant", tenant_id)
+    assert log.returncode == 0 and log.stdout.splitlines()[0].split()[:3] == ["DELIVERY", "EVENT", "RUN"]
+    # The name never resolves: each delivery waits for its next try, with the reason shown.
+    wait_for(lambda: "error: ConnectError" in cli("webhooks", "deliveries", subscription, "--tenant",
+                                                  tenant_id).stdout, 30, "a delivery to be tried")
+    delivery = cli("webhooks", "deliveries", subscription, "--tenant", tenant_id).stdout.splitlines()[1].split()[0]
+    shown = cli("webhooks", "delivery", subscription, delivery, "--tenant", tenant_id)
+    assert shown.returncode == 0 and f"delivery {delivery}: " in shown.stdout and '"event"' in shown.stdout
+    again = cli("webhooks", "redeliver", subscription, delivery, "--tenant", tenant_id)
+    assert again.returncode == 0 and "will be sent again" in again.stdout
+    assert cli("webhooks", "delete", subscription, "--tenant", tenant_id).returncode == 0
+    assert "has no webhooks" in cli("webhooks", "list", "--tenant", tenant_id).stdout
+
+    target = cli("repo", "status-target", repository_id, "--kind", "gitea", "--api-url",
+                 "https://gitea.example/api/v1", "--project", "org/app", stdin="host-token-1234\n")
+    assert target.returncode == 0, target.stderr
+    assert "sends commit statuses to gitea https://gitea.example/api/v1 for org/app" in target.stdout
+    assert "host-token-1234" not in target.stdout
+    half = cli("repo", "status-target", repository_id, "--kind", "gitea")
+    assert half.returncode != 0 and "--api-url, --project needed" in half.stderr
+    removed = cli("repo", "status-target", repository_id, "--remove")
+    assert removed.returncode == 0 and "sends no commit statuses now" in removed.stdout
