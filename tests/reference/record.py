@@ -25,6 +25,7 @@ from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
+from commands.subscriptions import Subscriptions
 from domain.ids import concurrency_group_id, token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from domain.secrets import Scope
@@ -336,6 +337,20 @@ def webhook(story: Story) -> None:
     book.remove_status_target("web", ADMIN)
 
 
+def outgoing_webhook(story: Story) -> None:
+    """A tenant's outgoing-webhook subscription made (its secret encrypted with the fixed key),
+    a run it hears of, then deleted."""
+    subscriptions = Subscriptions(story.app, SecretBook(story.app, KEYRING))
+    subscription, _ = subscriptions.subscribe("acme", "https://hooks.example.com/ci", ["*.failed"], "web", "main",
+                                              Principal("tenant:acme", "acme"))
+    story.aggregates.append(subscription.id)
+    story.clock.tick()
+    failing = story.push(b"jobs:\n  - name: test\n    run: exit 1\n")
+    story.run_job(failing, 0, exit_code=1)
+    story.clock.tick()
+    subscriptions.delete("acme", subscription.id, ADMIN)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -352,6 +367,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "job_concurrency_group": job_concurrency_group,
     "scheduled": scheduled,
     "webhook": webhook,
+    "outgoing_webhook": outgoing_webhook,
 }
 
 
