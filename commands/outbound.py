@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Hashable
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -84,36 +84,52 @@ class _Refused(Exception):
     """The target may not be called (a private address); tried again later, it stays refused."""
 
 
-async def deliver_due(outbox: Outbox, deliver: Callable[[Any], Awaitable[Outcome]], clock: Callable[[], datetime],
-                      *, retry_seconds: float, max_attempts: int | None = None,
-                      key: Callable[[Any], Hashable] = lambda row: row.id) -> int:
-    """Deliver what is due; the number delivered (0: nothing more now).
+class OutboxSender:
+    """Delivers an outbox at least once: a row is marked delivered only after its target
+    answered 2xx, so a sender killed mid-delivery sends it again when it starts again. A
+    failure is tried again later, the wait doubling up to a cap; after `max_attempts` it is
+    given up (None: never). Rows of one `receiver` go one after another, in their order;
+    different receivers at once, so one slow receiver does not hold up the others.
 
-    A row is marked delivered only after its target answered 2xx, so a sender killed
-    mid-delivery sends it again when it starts again. A failure is tried again later, the wait
-    doubling up to a cap; after `max_attempts` it is given up (None: never). Rows of one `key`
-    (one receiver) go one after another, in their order; different keys at once, so one slow
-    receiver does not hold up the others."""
-    rows = await asyncio.to_thread(outbox.due, clock())
-    queues: dict[Hashable, list[Any]] = {}
-    for row in rows:
-        queues.setdefault(key(row), []).append(row)
+    A subclass says what one row's request is (`deliver`) and whose it is (`receiver`)."""
 
-    async def one_after_another(queue: list[Any]) -> int:
+    max_attempts: int | None = None
+
+    def __init__(self, outbox: Outbox, outbound: Outbound, clock: Callable[[], datetime], public_url: str, *,
+                 retry_seconds: float) -> None:
+        self.outbox = outbox
+        self.outbound = outbound
+        self.clock = clock
+        self.public_url = public_url.rstrip("/")
+        self.retry_seconds = retry_seconds
+
+    async def deliver(self, row: Any) -> Outcome:
+        raise NotImplementedError
+
+    def receiver(self, row: Any) -> Hashable:
+        raise NotImplementedError
+
+    async def send_due(self) -> int:
+        """Deliver what is due; the number delivered (0: nothing more now)."""
+        rows = await asyncio.to_thread(self.outbox.due, self.clock())
+        queues: dict[Hashable, list[Any]] = {}
+        for row in rows:
+            queues.setdefault(self.receiver(row), []).append(row)
+        return sum(await asyncio.gather(*(self._one_after_another(queue) for queue in queues.values())))
+
+    async def _one_after_another(self, queue: list[Any]) -> int:
         delivered = 0
         for row in queue:
-            outcome = await deliver(row)
+            outcome = await self.deliver(row)
             if outcome.ok:
-                await asyncio.to_thread(outbox.delivered, row.id, clock(), outcome)
+                await asyncio.to_thread(self.outbox.delivered, row.id, self.clock(), outcome)
                 delivered += 1
                 continue
             attempts = row.attempts + 1
-            wait = retry_seconds * 2 ** min(row.attempts, MAX_BACKOFF_STEPS)
-            retry_at = None if max_attempts is not None and attempts >= max_attempts else clock() + timedelta(
-                seconds=wait)
-            await asyncio.to_thread(outbox.failed, row.id, clock(), retry_at, outcome)
+            wait = self.retry_seconds * 2 ** min(row.attempts, MAX_BACKOFF_STEPS)
+            given_up = self.max_attempts is not None and attempts >= self.max_attempts
+            retry_at = None if given_up else self.clock() + timedelta(seconds=wait)
+            await asyncio.to_thread(self.outbox.failed, row.id, self.clock(), retry_at, outcome)
             log.info("%s not delivered (%s); %s", row.id, outcome.result,
-                     f"again in {wait:.1f}s" if retry_at else f"given up after {attempts} attempts")
+                     f"given up after {attempts} attempts" if given_up else f"again in {wait:.1f}s")
         return delivered
-
-    return sum(await asyncio.gather(*(one_after_another(queue) for queue in queues.values())))

@@ -1,5 +1,5 @@
 """Delivers the commit-status outbox (projections/status_outbox.py) to each repository's git
-host, at least once (commands/outbound.deliver_due): retried with backoff until the host
+host, at least once (commands.outbound.OutboxSender): retried with backoff until the host
 answers 2xx. The host keeps the newest status per (commit, context), so a repeat is harmless.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from commands.outbound import Outbound, Outbox, Outcome, deliver_due
+from commands.outbound import Outbound, Outbox, OutboxSender, Outcome
 from commands.secrets import SecretBook
 from domain.errors import DomainError
 from domain.statuses import RunState, StatusKind, status_request
@@ -26,22 +26,18 @@ class DueStatus(Protocol):
     attempts: int
 
 
-class StatusSender:
+class StatusSender(OutboxSender):
+    """Never gives up: the host must learn how the run ended."""
+
     def __init__(self, outbox: Outbox, book: SecretBook, outbound: Outbound, clock: Callable[[], datetime],
                  public_url: str, *, retry_seconds: float) -> None:
-        self.outbox = outbox
+        super().__init__(outbox, outbound, clock, public_url, retry_seconds=retry_seconds)
         self.book = book
-        self.outbound = outbound
-        self.clock = clock
-        self.public_url = public_url.rstrip("/")
-        self.retry_seconds = retry_seconds
 
-    async def send_due(self) -> int:
-        """Deliver what is due; the number of rows delivered (0: nothing more now)."""
-        return await deliver_due(self.outbox, self._deliver, self.clock, retry_seconds=self.retry_seconds,
-                                 key=lambda row: row.repository_id)
+    def receiver(self, row: DueStatus) -> str:
+        return row.repository_id
 
-    async def _deliver(self, row: DueStatus) -> Outcome:
+    async def deliver(self, row: DueStatus) -> Outcome:
         try:
             found = await asyncio.to_thread(self.book.status_target, row.repository_id)
         except DomainError as unavailable:

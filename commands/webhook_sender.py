@@ -1,5 +1,5 @@
 """Delivers the outgoing-webhook outbox (projections/webhook_outbox.py) to each subscription's
-URL, at least once (commands/outbound.deliver_due), signed with the subscription's secret
+URL, at least once (commands.outbound.OutboxSender), signed with the subscription's secret
 (domain.subscriptions.signature). Retried with backoff up to MAX_ATTEMPTS, then given up until
 someone asks for a redelivery; each attempt is in the delivery log.
 
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import msgspec
 
-from commands.outbound import Outbound, Outbox, Outcome, deliver_due
+from commands.outbound import Outbound, Outbox, OutboxSender, Outcome
 from commands.subscriptions import Subscriptions
 from domain.errors import DomainError
 from domain.subscriptions import signature
@@ -33,21 +33,18 @@ class DueDelivery(Protocol):
     attempts: int
 
 
-class WebhookSender:
+class WebhookSender(OutboxSender):
+    max_attempts = MAX_ATTEMPTS
+
     def __init__(self, outbox: Outbox, subscriptions: Subscriptions, outbound: Outbound,
                  clock: Callable[[], datetime], public_url: str, *, retry_seconds: float) -> None:
-        self.outbox = outbox
+        super().__init__(outbox, outbound, clock, public_url, retry_seconds=retry_seconds)
         self.subscriptions = subscriptions
-        self.outbound = outbound
-        self.clock = clock
-        self.public_url = public_url.rstrip("/")
-        self.retry_seconds = retry_seconds
 
-    async def send_due(self) -> int:
-        return await deliver_due(self.outbox, self._deliver, self.clock, retry_seconds=self.retry_seconds,
-                                 max_attempts=MAX_ATTEMPTS, key=lambda row: row.subscription_id)
+    def receiver(self, row: DueDelivery) -> str:
+        return row.subscription_id
 
-    async def _deliver(self, row: DueDelivery) -> Outcome:
+    async def deliver(self, row: DueDelivery) -> Outcome:
         try:
             found = await asyncio.to_thread(self.subscriptions.signing, row.subscription_id)
         except DomainError as unavailable:

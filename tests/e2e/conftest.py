@@ -21,6 +21,18 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, request) -> It
 
 
 @pytest.fixture
+def allowing(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
+    """A cluster allowed to send commit statuses and outgoing webhooks to loopback (a test's
+    receiver), retrying them quickly."""
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
+                            extra_env={"LEDGERCI_OUTBOUND_ALLOW_PRIVATE": "true",
+                                       "LEDGERCI_STATUS_RETRY_SECONDS": "0.2", "LEDGERCI_WEBHOOK_RETRY_SECONDS": "0.2",
+                                       "LEDGERCI_IDLE_CHECK_SECONDS": "0.3"})
+    with cluster.running():
+        yield cluster
+
+
+@pytest.fixture
 def admin(cluster: LedgerCluster) -> Api:
     return Api(cluster.url, ADMIN_TOKEN)
 

@@ -35,16 +35,6 @@ def receiver() -> Iterator[Receiver]:
         yield receiver
 
 
-@pytest.fixture
-def allowing(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
-    """A cluster allowed to send to loopback (the test's receiver), retrying quickly."""
-    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={"LEDGERCI_OUTBOUND_ALLOW_PRIVATE": "true",
-                                       "LEDGERCI_WEBHOOK_RETRY_SECONDS": "0.2", "LEDGERCI_IDLE_CHECK_SECONDS": "0.3"})
-    with cluster.running():
-        yield cluster
-
-
 class Tenant:
     def __init__(self, admin: Api, tmp_path: Path) -> None:
         self.id, token = admin.tenant()

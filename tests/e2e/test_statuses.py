@@ -39,16 +39,6 @@ def status_host() -> Iterator[StatusHost]:
     host.close()
 
 
-@pytest.fixture
-def allowing(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
-    """A cluster allowed to send statuses to loopback (the test's host), retrying quickly."""
-    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={"LEDGERCI_OUTBOUND_ALLOW_PRIVATE": "true",
-                                       "LEDGERCI_STATUS_RETRY_SECONDS": "0.2", "LEDGERCI_IDLE_CHECK_SECONDS": "0.3"})
-    with cluster.running():
-        yield cluster
-
-
 def repository_with_target(admin: Api, tmp_path: Path, kind: str, api_url: str) -> tuple[Api, str, GitRepo]:
     tenant_id, token = admin.tenant()
     owner = Api(admin.url, token)
