@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from domain.messages import JobDispatch
+from domain.messages import ArtifactInput, JobDispatch
 from domain.run import Run
 from domain.status import JobStatus
 from domain.workflow import JobSpec
@@ -28,7 +28,16 @@ def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) ->
         repository_id=origin.repository_id, clone_url=origin.clone_url, commit=origin.commit, ref=origin.ref,
         script=spec.run, env=dict(spec.env), image=spec.image, timeout_seconds=spec.timeout_seconds,
         idempotency_key=f"{origin.run_id}:{job_id}", resources=spec.resources, pool=spec.pool,
+        artifacts=spec.artifacts,
     )
+
+
+def inputs_of(run: Run, job_id: str) -> list[ArtifactInput]:
+    """What the jobs before `job_id` left, the later job's file winning a path both left."""
+    job = run.job(job_id)
+    left = {path: stored for earlier in run.jobs[:job.index] for path, stored in earlier.artifacts.items()}
+    return [ArtifactInput(path=path, object=stored.object, size=stored.size, sha256=stored.sha256)
+            for path, stored in left.items()]
 
 
 def ready_dispatch(run: Run) -> JobDispatch | None:

@@ -17,7 +17,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from commands.concurrency import ConcurrencyGroups
-from commands.dispatch import ready_dispatch
+from commands.dispatch import inputs_of, ready_dispatch
 from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
 from commands.plan_rules import declare_schedules, group_of, pool_refusal, within_tenant_cap
 from commands.principal import Principal
@@ -270,7 +270,7 @@ class RunCommands:
             command.run_id,
             lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock(),
                                       executor=command.executor, pool=command.pool),
-            job_id=command.job_id,
+            job_id=command.job_id, with_inputs=True,
         )
 
     def heartbeat(self, command: Heartbeat) -> CommandResult:
@@ -285,7 +285,7 @@ class RunCommands:
             command.run_id,
             lambda run: run.finish_job(
                 command.job_id, command.attempt, command.runner_id, command.exit_code,
-                self.clock(), command.error, timed_out=command.timed_out,
+                self.clock(), command.error, timed_out=command.timed_out, artifacts=command.artifacts,
             ),
             job_id=command.job_id, with_deadlines=False,
         )
@@ -298,7 +298,8 @@ class RunCommands:
         )
 
     def _runner_command(
-        self, run_id: str, decide: Callable[[Run], bool], job_id: str, with_deadlines: bool = True
+        self, run_id: str, decide: Callable[[Run], bool], job_id: str, with_deadlines: bool = True,
+        with_inputs: bool = False,
     ) -> CommandResult:
         appended = False
 
@@ -313,7 +314,8 @@ class RunCommands:
             return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
         job = run.job(job_id)
         deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
-        return CommandResult(CommandReply(ok=True, **deadlines), job if appended else None)
+        inputs = inputs_of(run, job_id) if with_inputs else []
+        return CommandResult(CommandReply(ok=True, inputs=inputs, **deadlines), job if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------
 

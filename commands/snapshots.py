@@ -24,6 +24,7 @@ import msgspec
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, Transcoding, UUIDAsHex
 
+from domain.artifacts import StoredArtifact
 from domain.concurrency_group import ConcurrencyGroup
 from domain.run import Job, Run
 from domain.status import JobStatus, RunStatus
@@ -68,6 +69,18 @@ class _JobSpecAsDict(Transcoding):
         return msgspec.convert(data, JobSpec)
 
 
+class _StoredArtifactAsDict(Transcoding):
+    type = StoredArtifact
+    name = "stored_artifact"
+
+    def encode(self, obj: StoredArtifact) -> dict:
+        return {"path": obj.path, "attempt": obj.attempt, "size": obj.size, "sha256": obj.sha256,
+                "object": obj.object, "expires_at": obj.expires_at}  # the datetime transcoded in turn
+
+    def decode(self, data: dict) -> StoredArtifact:
+        return StoredArtifact(**data)
+
+
 class _JobAsDict(Transcoding):
     type = Job
     name = "job"
@@ -81,6 +94,7 @@ class _JobAsDict(Transcoding):
 
 _STATE_TRANSCODINGS: list[Transcoding] = [
     _TimedeltaAsSeconds(), _EnumAsValue(JobStatus), _EnumAsValue(RunStatus), _JobSpecAsDict(), _JobAsDict(),
+    _StoredArtifactAsDict(),
 ]
 _TAGGED = {t.type: t for t in _STATE_TRANSCODINGS if issubclass(t.type, Enum) or t.type is Job}
 

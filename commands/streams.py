@@ -12,6 +12,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 
+from domain.artifacts import BUCKET as ARTIFACTS_BUCKET
+from domain.artifacts import MAX_EXPIRE_SECONDS
 from domain.messages import (
     DEAD_STREAM,
     DEAD_SUBJECT_PREFIX,
@@ -33,6 +35,7 @@ DUPLICATE_WINDOW_SECONDS = 600.0
 STREAMS_PATIENCE_SECONDS = 60.0
 STREAMS_RETRY_SECONDS = 0.5
 LIVE_LOG_RETENTION_SECONDS = 7 * 24 * 3600.0
+ARTIFACTS_MAX_BYTES = 10 * 1024**3
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -66,6 +69,19 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             # Finished logs are archived in the database (projections.log_archive) within
             # moments; the live copy only has to outlast an archiver that is down for a while.
             max_age=LIVE_LOG_RETENTION_SECONDS,
+        ),
+        # The artifacts' object store (domain/artifacts.py), as nats-py's create_object_store
+        # makes it: made here so that it is made, and kept up to date, like every stream.
+        StreamConfig(
+            name=f"OBJ_{ARTIFACTS_BUCKET}",
+            subjects=[f"$O.{ARTIFACTS_BUCKET}.C.>", f"$O.{ARTIFACTS_BUCKET}.M.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=float(MAX_EXPIRE_SECONDS),  # what outlives every artifact's expiry goes
+            max_bytes=ARTIFACTS_MAX_BYTES,
+            discard=DiscardPolicy.NEW,  # full: a new upload fails (its job says so), nothing stored is lost
+            allow_rollup_hdrs=True,
+            allow_direct=True,
         ),
         StreamConfig(
             name=DEAD_STREAM,

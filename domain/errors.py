@@ -99,3 +99,11 @@ class SubscriptionNotFoundError(NotFoundError):
 
 class InvalidSubscriptionError(DomainError):
     """An outgoing-webhook subscription that cannot be used (its URL, its events, its filters)."""
+
+
+class ArtifactExpiredError(DomainError):
+    """The artifact was stored once, and its `expire_in` has passed: 410."""
+
+
+class ArtifactNotFoundError(NotFoundError):
+    pass

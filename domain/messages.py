@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from domain.artifacts import ArtifactSpec, UploadedArtifact
 from domain.workflow import Resources
 
 # JetStream streams and their subjects.
@@ -109,6 +110,7 @@ class JobDispatch(Message, frozen=True):
     idempotency_key: str
     resources: Resources | None = None  # limits the Docker executor applies, within the runner's caps
     pool: str = "default"  # the runners it is offered to (ledgerci.jobs.<pool>)
+    artifacts: ArtifactSpec | None = None  # what the runner stores of the workspace once the command ends
 
 
 class StartJob(Message, frozen=True):
@@ -138,6 +140,7 @@ class FinishJob(Message, frozen=True):
     exit_code: int | None
     error: str | None = None
     timed_out: bool = False  # the runner killed the job at its deadline
+    artifacts: list[UploadedArtifact] = []  # the files it stored for this attempt (domain/artifacts.py)
 
 
 class HandBack(Message, frozen=True):
@@ -162,6 +165,17 @@ class CommandReply(Message, frozen=True):
     # `seal_to`, or why they cannot be given (then the runner fails the job with it).
     secrets: str | None = None
     secrets_error: str | None = None
+    # After a start: the files earlier jobs of the run left, to be put in the workspace first.
+    inputs: list[ArtifactInput] = []
+
+
+class ArtifactInput(Message, frozen=True):
+    """A file an earlier job of the run stored: where in the workspace, and which object."""
+
+    path: str
+    object: str
+    size: int
+    sha256: str
 
 
 class RunnerPresence(Message, frozen=True):

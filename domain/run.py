@@ -12,7 +12,7 @@ stream gives the same state on every machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -20,6 +20,7 @@ from uuid import UUID
 import msgspec
 from eventsourcing.domain import Aggregate
 
+from domain.artifacts import StoredArtifact, UploadedArtifact, object_name, uploads_problem
 from domain.errors import InvalidTransitionError, StaleAttemptError
 from domain.ids import job_id_for
 from domain.status import Abandonment, JobStatus, RunStatus
@@ -63,6 +64,8 @@ class Job:
     pick_up_by: datetime | None = None  # queued: fails "not picked up" past it
     lease_expires_at: datetime | None = None  # running: the attempt is lost past it
     timeout_at: datetime | None = None  # running: the job fails "timed out" past it
+    # The files its latest attempt that stored any left (domain/artifacts.py), by path.
+    artifacts: dict[str, StoredArtifact] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -408,14 +411,21 @@ class Run(Aggregate):
         error: str | None = None,
         *,
         timed_out: bool = False,
+        artifacts: list[UploadedArtifact] | None = None,
     ) -> bool:
-        """The runner reports how an attempt ended; the next job is decided in the same save."""
+        """The runner reports how an attempt ended, with the artifacts it stored for it; the
+        next job is decided in the same save."""
         job = self.job(job_id)
         self._check_attempt(job, attempt)
         if job.status.is_final and job.runner_id == runner_id and job.exit_code == exit_code:
             return False  # a repeated report of the same outcome changes nothing
         self._check_holder(job, attempt, runner_id)
         actor = f"runner:{runner_id}"
+        if artifacts and not timed_out:
+            if problem := uploads_problem(job.spec.artifacts, artifacts):
+                error = error or f"artifacts not recorded: {problem}"
+            else:
+                self._record_artifacts(job, attempt, artifacts, at, actor)
         if timed_out:
             self._abandon(job, Abandonment.TIMED_OUT, at, actor)
         elif exit_code == 0 and error is None:
@@ -430,6 +440,18 @@ class Run(Aggregate):
             )
         self._advance(at, actor)
         return True
+
+    def _record_artifacts(self, job: Job, attempt: int, uploaded: list[UploadedArtifact], at: datetime,
+                          actor: str) -> None:
+        assert job.spec.artifacts is not None  # uploads_problem says so otherwise
+        expires_at = at + timedelta(seconds=job.spec.artifacts.expire_in_seconds)
+        for artifact in uploaded:
+            self.trigger_event(
+                self.ArtifactUploaded, timestamp=at, job_id=str(job.id), attempt=attempt, path=artifact.path,
+                size=artifact.size, sha256=artifact.sha256, expires_at=expires_at, actor=actor,
+                object=object_name(self.tenant_id, self.repository_id, str(self.id), str(job.id), attempt,
+                                   artifact.path),
+            )
 
     def _check_attempt(self, job: Job, attempt: int) -> None:
         if attempt != job.attempt:
@@ -739,6 +761,26 @@ class Run(Aggregate):
 
         def apply(self, run: Run) -> None:
             _end(run.job(self.job_id), JobStatus.CANCELLED, None, "cancelled", self.timestamp)
+
+    class ArtifactUploaded(Aggregate.Event):
+        """A file the attempt stored (domain/artifacts.py), recorded in the save of its outcome."""
+
+        job_id: str
+        attempt: int
+        path: str
+        size: int
+        sha256: str
+        object: str
+        expires_at: datetime
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            job = run.job(self.job_id)
+            if any(stored.attempt != self.attempt for stored in job.artifacts.values()):
+                job.artifacts = {}  # a later attempt's files replace an earlier one's
+            job.artifacts[self.path] = StoredArtifact(path=self.path, attempt=self.attempt, size=self.size,
+                                                      sha256=self.sha256, object=self.object,
+                                                      expires_at=self.expires_at)
 
     class JobSucceeded(Aggregate.Event):
         job_id: str

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast, get_args
 
 import msgspec
 
+from domain.artifacts import ArtifactSpec, compiled_artifacts
 from domain.concurrency import QUEUE_MODES, Concurrency, QueueMode, template_problem
 from domain.errors import InvalidWorkflowError
 from domain.schedule import MAX_SCHEDULES, Schedule, cron_problem
@@ -100,6 +101,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     # A job-level group: the job waits for it and holds it while it runs (first come, first
     # served). As written in the file; the planner records it with the run's values filled in.
     concurrency: str | None = None
+    artifacts: ArtifactSpec | None = None  # files left for later jobs and for download
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -276,6 +278,7 @@ def _job(
         pool=raw.pool,
         interruptible=raw.interruptible,
         concurrency=_job_group(raw.concurrency, path, at),
+        artifacts=compiled_artifacts(raw.artifacts, (*path, "artifacts"), at),
     )
 
 

@@ -45,6 +45,13 @@ class RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pool: str = DEFAULT_POOL
     interruptible: bool = True
     concurrency: str | RawJobConcurrency | None = None
+    artifacts: RawArtifacts | None = None
+
+
+class RawArtifacts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    paths: list[str]
+    expire_in: int | str = "7d"
+    when: str = "on_success"
 
 
 class RawJobConcurrency(msgspec.Struct, forbid_unknown_fields=True):
@@ -90,6 +97,7 @@ SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
     ("jobs", "*"): RawJob,
     ("jobs", "*", "concurrency"): RawJobConcurrency,
     ("jobs", "*", "resources"): RawResources,
+    ("jobs", "*", "artifacts"): RawArtifacts,
 }
 TYPE_WORDS = {
     "object": "a mapping",

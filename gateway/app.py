@@ -17,6 +17,7 @@ from commands.app import LedgerApp
 from commands.secrets import SecretBook
 from commands.subscriptions import Subscriptions
 from domain.schedule import ScheduleClock
+from gateway.artifacts import ArtifactReader, ArtifactsController
 from gateway.audit import AuditController
 from gateway.auth import Authenticator, make_guard
 from gateway.control import Control
@@ -37,6 +38,7 @@ from gateway.streams import Streams
 from gateway.subscriptions import SubscriptionsController
 from gateway.webhooks import DeliveriesController, WebhookSettingsController
 from projections.admission import PushAdmission
+from projections.artifacts import ArtifactQueries
 from projections.log_archive import LogArchive
 from projections.queries import LoadQueries, RunQueries
 from projections.registry import RegistryQueries
@@ -76,6 +78,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
     outbox = StatusOutbox(deps.queries.db)
     webhook_outbox = WebhookOutbox(deps.queries.db)
     subscriptions = Subscriptions(deps.ledger, secret_book)
+    artifact_queries = ArtifactQueries(deps.queries.db)
+    artifact_reader = ArtifactReader(deps.nc)
     schedules = ScheduleView(ScheduleQueries(deps.queries.db), deps.schedule_clock, deps.ledger.clock)
 
     async def watch_runners() -> None:
@@ -123,7 +127,8 @@ def create_app(deps: GatewayDeps) -> Litestar:
             # These need a token (the guard below checks every route not marked public); the schema says so.
             Router("/", route_handlers=[PushController, AdminController, RepositoriesController, RunsController,
                                         LiveController, SecretsController, AuditController, WebhookSettingsController,
-                                        StatusTargetController, RunStatusesController, SubscriptionsController],
+                                        StatusTargetController, RunStatusesController, SubscriptionsController,
+                                        ArtifactsController],
                    security=BEARER_REQUIRED),
             # A git host's deliveries: no token, their signature is checked instead (gateway/webhooks.py).
             DeliveriesController,
@@ -144,6 +149,9 @@ def create_app(deps: GatewayDeps) -> Litestar:
             "outbox": Provide(lambda: outbox, sync_to_thread=False),
             "webhook_outbox": Provide(lambda: webhook_outbox, sync_to_thread=False),
             "subscriptions": Provide(lambda: subscriptions, sync_to_thread=False),
+            "artifact_queries": Provide(lambda: artifact_queries, sync_to_thread=False),
+            "artifact_reader": Provide(lambda: artifact_reader, sync_to_thread=False),
+            "clock": Provide(lambda: deps.ledger.clock, sync_to_thread=False),
         },
         on_startup=[watch_runners],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -12,6 +12,7 @@ from litestar.status_codes import (
     HTTP_401_UNAUTHORIZED,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
+    HTTP_410_GONE,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
@@ -21,6 +22,7 @@ from psycopg_pool import PoolTimeout
 
 from domain.errors import (
     AlreadyExistsError,
+    ArtifactExpiredError,
     DomainError,
     NotFoundError,
     QuotaExceededError,
@@ -49,6 +51,8 @@ def _validation(_: Request, exc: ValidationException) -> Response:
 def _domain(_: Request, exc: DomainError) -> Response:
     if isinstance(exc, NotFoundError):
         return _error(HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, ArtifactExpiredError):
+        return _error(HTTP_410_GONE, str(exc))
     if isinstance(exc, WebhookSignatureError):
         return _error(HTTP_401_UNAUTHORIZED, str(exc))
     if isinstance(exc, (AlreadyExistsError, RepositoryDeletedError)):

@@ -51,6 +51,7 @@ _WHY = {
     403: "this needs the admin token",
     404: "not found (or another tenant's)",
     409: "the id is taken",
+    410: "it existed, and has expired",
     413: "the request body is over 1 MiB",
     422: "a parameter or the body is invalid",
     429: "over the tenant's push rate or queued-runs quota; see Retry-After",

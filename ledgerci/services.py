@@ -33,6 +33,7 @@ from commands.store import is_postgres, sqlite_path
 from commands.subscriptions import Subscriptions
 from commands.wake import run_woken
 from commands.webhook_sender import WebhookSender
+from domain.artifacts import BUCKET as ARTIFACTS_BUCKET
 from domain.schedule import ScheduleClock
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
@@ -168,7 +169,7 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
         nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
         stop_grace=settings.stop_grace_seconds, max_log_bytes=settings.max_log_bytes,
-        lease_seconds=settings.lease_seconds,
+        lease_seconds=settings.lease_seconds, artifacts=await nc.jetstream().object_store(ARTIFACTS_BUCKET),
     )
     await agent.run(stop)
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from projections import registry
+from projections import artifacts, registry
 from projections.runs import RunsProjection
 from projections.schema import READ_MODEL_TABLES, create_read_model_tables
 from projections.sql import Database, PostgresDatabase, open_database
@@ -38,6 +38,7 @@ COMPARED = {
                 "queued_at, started_at, finished_at, pick_up_by, lease_expires_at, timeout_at",
     "lci_schedules": "id, repository_id, tenant_id, branch, cron, commit_sha, declared_by, declared_at",
     **registry.COMPARED,
+    **artifacts.COMPARED,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from domain.run import Run, superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
 from domain.statuses import RunState
+from projections.artifacts import artifact_uploaded
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
 from projections.status_outbox import record_state
@@ -80,7 +81,7 @@ class RunsProjection:
         """
         with self.db.transaction(lock=True) as cursor:
             self._lock_position(cursor)
-            for table in ("lci_jobs", "lci_runs", "lci_schedules", *REGISTRY_TABLES):
+            for table in ("lci_jobs", "lci_runs", "lci_schedules", "lci_artifacts", *REGISTRY_TABLES):
                 cursor.execute(f"DELETE FROM {table}")
             tracked = events = 0
             for page in pages:
@@ -253,6 +254,10 @@ class RunsProjection:
             (RunStatus.RUNNING.value, str(event.originator_id), RunStatus.QUEUED.value),
         )
         record_state(cursor, str(event.originator_id), RunState.RUNNING, event.timestamp)
+
+    @handle.register
+    def _(self, event: Run.ArtifactUploaded, cursor: Cursor, position: int) -> None:
+        artifact_uploaded(event, cursor)
 
     @handle.register
     def _(self, event: Run.JobSucceeded, cursor: Cursor, position: int) -> None:

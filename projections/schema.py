@@ -2,10 +2,11 @@
 
 import re
 
-from projections import registry, status_outbox, webhook_outbox
+from projections import artifacts, registry, status_outbox, webhook_outbox
 from projections.sql import Database
 
-READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", "lci_schedules", *registry.REGISTRY_TABLES)
+READ_MODEL_TABLES = ("lci_tracking", "lci_runs", "lci_jobs", "lci_schedules", "lci_artifacts",
+                     *registry.REGISTRY_TABLES)
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS lci_tracking (
@@ -85,6 +86,7 @@ TABLES = [
         position BIGINT NOT NULL
     )""",
     *registry.TABLES,
+    *artifacts.TABLES,
     # Delivery bookkeeping: not derived from events, a rebuild leaves them alone.
     *status_outbox.TABLES,
     *webhook_outbox.TABLES,

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from domain.artifacts import UploadedArtifact
 from domain.messages import (
     FINISH_JOB_SUBJECT,
     HAND_BACK_SUBJECT,
@@ -39,6 +40,7 @@ from domain.messages import (
     jobs_subject,
 )
 from gitcache import GitError, GitMirrors
+from runner.artifacts import ObjectStore, WorkspaceFiles
 from runner.executor import Execution, Executor, Outcome
 from runner.leftovers import kill_left_over_jobs, remove_left_over_workspaces
 from runner.logs import MAX_LOG_BYTES, LogStream
@@ -102,6 +104,7 @@ class RunnerAgent:
         stop_grace: float = 20.0,
         max_log_bytes: int = MAX_LOG_BYTES,
         lease_seconds: float = 30.0,
+        artifacts: ObjectStore | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -121,6 +124,7 @@ class RunnerAgent:
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
         self._background: set[asyncio.Task[None]] = set()
+        self.files = WorkspaceFiles(artifacts) if artifacts is not None else None
 
     async def run(self, stop: asyncio.Event) -> None:
         # A previous life of this runner may have died mid-job: what its jobs left goes first.
@@ -202,9 +206,9 @@ class RunnerAgent:
         keep_alive = asyncio.create_task(_keep_in_progress(message))
         try:
             secrets = open_secrets(claim, recipient, dispatch.job_id, dispatch.attempt)
-            outcome = await self._run_fenced(dispatch, claim, workdir, secrets)
-            if outcome is not None:
-                await self._report(dispatch, outcome)
+            ended = await self._run_fenced(dispatch, claim, workdir, secrets)
+            if ended is not None:
+                await self._report(dispatch, *ended)
         finally:
             keep_alive.cancel()
         # The double ack, only once the outcome is recorded, and the clean-up: neither holds
@@ -222,7 +226,7 @@ class RunnerAgent:
         return await self._command(START_JOB_SUBJECT, start, timeout=self.patience)
 
     async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path,
-                          secrets: JobSecrets) -> Outcome | None:
+                          secrets: JobSecrets) -> tuple[Outcome, list[UploadedArtifact]] | None:
         """Run the attempt while it is ours. None: it stopped being ours, and was killed."""
         stopped = asyncio.Event()
         reason: list[str] = []
@@ -240,7 +244,7 @@ class RunnerAgent:
 
         control = await self.nc.subscribe(control_subject(dispatch.job_id, dispatch.attempt), cb=on_control)
         cancelled = await self.nc.subscribe(events_subject("Run", dispatch.run_id, "JobCancelled"), cb=on_cancelled)
-        execution = asyncio.create_task(self._execute(dispatch, workdir, claim.timeout_at, secrets))
+        execution = asyncio.create_task(self._execute(dispatch, workdir, claim, secrets))
         guard = asyncio.create_task(self._guard(dispatch, claim.lease_expires_at, stopped, reason))
         stop_wait = asyncio.create_task(stopped.wait())
         grace_over = asyncio.create_task(self._hand_back_now.wait())
@@ -292,21 +296,27 @@ class RunnerAgent:
                     return
                 wait = period / 4  # ask again soon: the next period may be past the lease
 
-    async def _execute(self, dispatch: JobDispatch, workdir: Path, timeout_at: datetime | None,
-                       secrets: JobSecrets) -> Outcome:
+    async def _execute(self, dispatch: JobDispatch, workdir: Path, claim: CommandReply,
+                       secrets: JobSecrets) -> tuple[Outcome, list[UploadedArtifact]]:
+        """The attempt from checkout to its stored artifacts (all of it killed if it stops
+        being ours: nothing it stored is then recorded)."""
         logs = LogStream(self.js, dispatch.job_id, dispatch.attempt, secrets=tuple(secrets.values.values()),
                          max_bytes=self.max_log_bytes)
         try:
             if secrets.error:  # e.g. a secret the job lists is set nowhere: fail it before it runs
                 await logs.write(f"ledgerci: {secrets.error}\n".encode())
-                return Outcome(exit_code=None, error=secrets.error)
+                return Outcome(exit_code=None, error=secrets.error), []
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.parent.mkdir(parents=True, exist_ok=True)
             try:
                 await asyncio.to_thread(self._checkout, dispatch, workdir)
             except GitError as failed:
                 await logs.write(f"ledgerci: checkout failed: {failed}\n".encode())
-                return Outcome(exit_code=None, error=f"checkout failed: {failed}")
+                return Outcome(exit_code=None, error=f"checkout failed: {failed}"), []
+            if claim.inputs and (unfetched := await self._fetch(claim, workdir)):
+                await logs.write(f"ledgerci: {unfetched}\n".encode())
+                return Outcome(exit_code=None, error=unfetched), []
+            timeout_at = claim.timeout_at
             # The timeout is an absolute deadline from the claim: time spent waiting for a
             # checkout or a slot counts.
             remaining = (timeout_at - _now()).total_seconds() if timeout_at else dispatch.timeout_seconds
@@ -318,21 +328,29 @@ class RunnerAgent:
                         "tenant": dispatch.tenant_id},
             )
             outcome = await self.executor.run(execution, logs.write)
+            stored: list[UploadedArtifact] = []
+            if dispatch.artifacts is not None and self.files is not None:
+                outcome, stored = await self.files.keep(dispatch, workdir, outcome)
             if outcome.error:
                 await logs.write(f"\nledgerci: {outcome.error}\n".encode())
-            return outcome
+            return outcome, stored
         finally:
             await logs.close()
+
+    async def _fetch(self, claim: CommandReply, workdir: Path) -> str | None:
+        if self.files is None:
+            return "this runner has no artifact store to fetch earlier jobs' files from"
+        return await self.files.fetch(claim.inputs, workdir)
 
     def _checkout(self, dispatch: JobDispatch, workdir: Path) -> None:
         self.mirrors.checkout(dispatch.repository_id, dispatch.clone_url, dispatch.commit, workdir)
 
-    async def _report(self, dispatch: JobDispatch, outcome: Outcome) -> None:
+    async def _report(self, dispatch: JobDispatch, outcome: Outcome, artifacts: list[UploadedArtifact]) -> None:
         """Report until the command service has it: the outcome must not be lost."""
         finish = FinishJob(
             run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
             runner_id=self.runner_id, exit_code=outcome.exit_code, error=outcome.error,
-            timed_out=outcome.timed_out,
+            timed_out=outcome.timed_out, artifacts=artifacts,
         )
         delay = 0.1
         while True:

@@ -1,0 +1,140 @@
+"""The runner's side of artifacts (domain/artifacts.py): the files earlier jobs left, put in
+the workspace before the command runs; the files this attempt leaves, stored once it ends.
+
+Only regular files inside the workspace are stored: a symbolic link is skipped, whatever it
+points at, and nothing is read through one, so a job cannot make the runner read a file of
+its own machine (the Docker executor's job sees only its workspace, the runner sees more).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+from typing import Any, Protocol
+
+import msgspec
+
+from domain.artifacts import MAX_FILES_PER_JOB, ArtifactSpec, UploadedArtifact, object_name
+from domain.messages import ArtifactInput, JobDispatch
+from runner.executor import Outcome
+
+
+class ObjectStore(Protocol):
+    """What is used of nats-py's JetStream object store."""
+
+    async def put(self, name: str, data: Any) -> Any: ...
+    async def get(self, name: str, writeinto: Any = None) -> Any: ...
+
+
+class ArtifactError(Exception):
+    """The attempt's files could not be stored or fetched: the job fails saying why."""
+
+
+def matched_files(workdir: Path, spec: ArtifactSpec) -> list[str]:
+    """The workspace's regular files the patterns name ("dir/": all under it), as "/"-separated
+    paths relative to it, sorted; at most MAX_FILES_PER_JOB (more is an ArtifactError)."""
+    root = workdir.resolve()
+    found: set[str] = set()
+    for pattern in spec.paths:
+        matches = [workdir / pattern.rstrip("/")] if pattern.endswith("/") else workdir.glob(pattern)
+        for match in matches:
+            found.update(_regular_files(root, match))
+    if len(found) > MAX_FILES_PER_JOB:
+        raise ArtifactError(f"the artifact paths match {len(found)} files, over the {MAX_FILES_PER_JOB} a job "
+                            "may leave (archive them into one)")
+    return sorted(found)
+
+
+def _regular_files(root: Path, start: Path) -> list[str]:
+    try:
+        mode = os.lstat(start).st_mode
+    except OSError:
+        return []
+    if not _inside(root, start):
+        return []
+    if stat.S_ISREG(mode):
+        return [start.relative_to(root).as_posix()]
+    if not stat.S_ISDIR(mode):
+        return []  # a link, a socket, a device: never followed, never stored
+    files = []
+    for directory, subdirectories, names in os.walk(start):  # os.walk does not follow links
+        here = Path(directory)
+        files += [(here / name).relative_to(root).as_posix() for name in names
+                  if stat.S_ISREG(os.lstat(here / name).st_mode)]
+        subdirectories.sort()
+    return files
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path` (itself not followed) lies under `root` with no link on the way."""
+    parent = path.parent.resolve()
+    return parent == root or root in parent.parents
+
+
+async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path) -> list[UploadedArtifact]:
+    """Store the attempt's files under names only this attempt writes."""
+    assert dispatch.artifacts is not None
+    uploaded = []
+    for path in matched_files(workdir.resolve(), dispatch.artifacts):
+        name = object_name(dispatch.tenant_id, dispatch.repository_id, dispatch.run_id, dispatch.job_id,
+                           dispatch.attempt, path)
+        try:
+            fd = os.open(workdir / path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, "rb") as file:
+                info = await store.put(name, file)
+        except OSError as failed:
+            raise ArtifactError(f"artifact {path} cannot be read: {failed.strerror}") from None
+        except Exception as failed:
+            raise ArtifactError(f"artifact {path} was not stored: {type(failed).__name__} {failed}") from None
+        uploaded.append(UploadedArtifact(path=path, size=info.size, sha256=_hex(info.digest)))
+    return uploaded
+
+
+async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir: Path) -> None:
+    """Put what earlier jobs left at their paths in the workspace (the object store checks
+    each object's SHA-256 as it reads it)."""
+    for item in inputs:
+        target = workdir / item.path
+        if not _inside(workdir.resolve(), target):
+            raise ArtifactError(f"artifact {item.path} would land outside the workspace")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(target, "wb") as file:
+                await store.get(item.object, writeinto=file)
+        except Exception as failed:
+            raise ArtifactError(f"artifact {item.path} of an earlier job could not be fetched: "
+                                f"{type(failed).__name__} {failed}") from None
+
+
+def _hex(digest: str) -> str:
+    """nats-py's "SHA-256=<base64url>" as hex."""
+    return base64.urlsafe_b64decode(digest.split("=", 1)[1]).hex()
+
+
+class WorkspaceFiles:
+    """What the agent asks of artifacts around one attempt's command."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def fetch(self, inputs: list[ArtifactInput], workdir: Path) -> str | None:
+        """Put the earlier jobs' files in place; why not, if they could not be."""
+        try:
+            await fetch_inputs(self.store, inputs, workdir)
+        except ArtifactError as failed:
+            return str(failed)
+        return None
+
+    async def keep(self, dispatch: JobDispatch, workdir: Path,
+                   outcome: Outcome) -> tuple[Outcome, list[UploadedArtifact]]:
+        """Store the attempt's files if its `when` asks for them; a failure to store them
+        fails the job (an outcome must not promise files that are not there)."""
+        succeeded = outcome.exit_code == 0 and outcome.error is None
+        if dispatch.artifacts is None or outcome.timed_out or not dispatch.artifacts.wanted(succeeded):
+            return outcome, []
+        try:
+            return outcome, await store_outputs(self.store, dispatch, workdir)
+        except ArtifactError as failed:
+            return msgspec.structs.replace(outcome, error=str(failed)), []

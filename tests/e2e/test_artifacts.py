@@ -1,0 +1,135 @@
+"""Artifacts (issue 20), end to end on PostgreSQL, a real nats-server (its object store) and
+runner processes: a file made by one job is in the next job's workspace and downloads with the
+right SHA-256; a link in the workspace is never stored; another tenant gets 404 on every
+artifact route; an expired artifact answers 410; a runner SIGKILLed while it uploads leaves no
+artifact recorded for that attempt, and the retry stores and records each file once."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.test_faults import LEASE_SECONDS, assert_invariants, start_cluster, wait_for
+from tests.support.api import Api
+from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+from tests.support.git_repo import GitRepo
+
+pytestmark = pytest.mark.e2e
+
+PASSES_FILES = """\
+jobs:
+  - name: build
+    run: |
+      mkdir -p dist/sub
+      head -c 300000 /dev/urandom > dist/app.bin
+      echo nested > dist/sub/notes.txt
+      echo '<testsuite tests="1"/>' > report.xml
+      ln -s /etc/passwd dist/leak
+      echo not-listed > other.txt
+    artifacts:
+      paths: [dist/, report.xml]
+  - name: test
+    run: |
+      ls dist/ dist/sub
+      sha256sum dist/app.bin report.xml
+"""
+
+
+def tenant_repository(admin: Api, tmp_path: Path, workflow: str, name: str) -> tuple[Api, str, str]:
+    tenant_id, token = admin.tenant(name)
+    repo = GitRepo(tmp_path / name)
+    commit = repo.commit({".ledgerci.yml": workflow})
+    return Api(admin.url, token), admin.repository(tenant_id, repo.clone_url, f"{name}-repo"), commit
+
+
+def test_a_file_of_one_job_is_in_the_next_ones_workspace_and_downloads_with_its_sha256(
+        tmp_path: Path, cluster: LedgerCluster, admin: Api) -> None:
+    owner, repository_id, commit = tenant_repository(admin, tmp_path, PASSES_FILES, "alpha")
+    run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
+    assert run["status"] == "succeeded", owner.explain(run["id"])
+
+    listed = owner.http.get(f"/api/v1/runs/{run['id']}/artifacts").json()["artifacts"]
+    assert [a["name"] for a in listed] == ["build/dist/app.bin", "build/dist/sub/notes.txt", "build/report.xml"]
+    by_path = {a["path"]: a for a in listed}
+    test_log = owner.log(run["jobs"][1]["id"])
+    assert "notes.txt" in test_log and "leak" not in test_log  # the link was not stored
+    for path in ("dist/app.bin", "report.xml"):
+        assert f"{by_path[path]['sha256']}  {path}" in test_log  # what the next job saw is what was stored
+        got = owner.http.get(f"/api/v1/runs/{run['id']}/artifacts/build/{path}")
+        assert got.status_code == 200, got.text
+        assert hashlib.sha256(got.content).hexdigest() == by_path[path]["sha256"] == got.headers["X-Ledgerci-Sha256"]
+        assert int(got.headers["Content-Length"]) == len(got.content) == by_path[path]["size"]
+    assert by_path["dist/app.bin"]["size"] == 300_000
+
+    # Another tenant: 404 on the list and on every download, as if the run did not exist.
+    other, _, _ = tenant_repository(admin, tmp_path, PASSES_FILES, "beta")
+    assert other.http.get(f"/api/v1/runs/{run['id']}/artifacts").status_code == 404
+    assert other.http.get(f"/api/v1/runs/{run['id']}/artifacts/build/report.xml").status_code == 404
+    assert owner.http.get(f"/api/v1/runs/{run['id']}/artifacts/build/nothing").status_code == 404
+    assert_invariants(cluster)
+
+
+def test_an_expired_artifact_answers_410(tmp_path: Path, admin: Api) -> None:
+    workflow = ("jobs:\n  - name: build\n    run: echo hi > out.txt\n"
+                "    artifacts:\n      paths: [out.txt]\n      expire_in: 1s\n")
+    owner, repository_id, commit = tenant_repository(admin, tmp_path, workflow, "gamma")
+    run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
+    assert run["status"] == "succeeded", owner.explain(run["id"])
+    path = f"/api/v1/runs/{run['id']}/artifacts/build/out.txt"
+    gone = wait_for(lambda: (answer := owner.http.get(path)).status_code == 410 and answer, 10, "the expiry")
+    assert "expired at" in gone.json()["detail"]
+
+
+BIG_UPLOAD = """\
+jobs:
+  - name: build
+    retries: 1
+    run: head -c 200000000 /dev/zero > big.bin && echo small > small.txt
+    artifacts:
+      paths: [big.bin, small.txt]
+"""
+
+
+@pytest.fixture
+def fault_cluster(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
+    cluster = start_cluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url)
+    cluster.nats_monitor = fresh_nats_server.monitor_port  # type: ignore[attr-defined]
+    yield cluster
+    cluster.stop_all()
+
+
+def stored_chunks(monitor_port: int) -> int:
+    """Messages in the artifacts' object-store stream, from nats-server's monitoring endpoint."""
+    jsz = httpx.get(f"http://127.0.0.1:{monitor_port}/jsz", params={"streams": "true"}).json()
+    return sum(stream["state"]["messages"] for account in jsz.get("account_details", [])
+               for stream in account.get("stream_detail", []) if stream["name"] == "OBJ_LEDGERCI_ARTIFACTS")
+
+
+def test_a_runner_killed_mid_upload_records_nothing_and_the_retry_stores_each_file_once(
+        tmp_path: Path, fault_cluster: LedgerCluster) -> None:
+    admin = Api(fault_cluster.url, ADMIN_TOKEN)
+    owner, repository_id, commit = tenant_repository(admin, tmp_path, BIG_UPLOAD, "delta")
+    run_id = owner.push(repository_id, commit).json()["run_id"]
+    wait_for(lambda: stored_chunks(fault_cluster.nats_monitor) > 0, 60, "the upload to begin")  # type: ignore[attr-defined]
+    holder = owner.run(run_id)["jobs"][0]
+    assert holder["status"] == "running" and holder["attempt"] == 1, holder
+    fault_cluster.kill("runner" if holder["runner_id"] == "runner" else holder["runner_id"].replace("-", "#"))
+
+    run = owner.wait_run(run_id, timeout=120)
+    assert run["status"] == "succeeded", owner.explain(run_id)
+    assert run["jobs"][0]["attempt"] == 2
+    uploads = [e["data"] for e in owner.events(run_id) if e["type"] == "ArtifactUploaded"]
+    assert sorted((u["attempt"], u["path"]) for u in uploads) == [(2, "big.bin"), (2, "small.txt")]
+    listed = {a["path"]: a for a in owner.http.get(f"/api/v1/runs/{run_id}/artifacts").json()["artifacts"]}
+    assert listed["big.bin"]["size"] == 200_000_000 and listed["big.bin"]["attempt"] == 2
+    with owner.http.stream("GET", f"/api/v1/runs/{run_id}/artifacts/build/big.bin") as got:
+        digest = hashlib.sha256()
+        for chunk in got.iter_bytes():
+            digest.update(chunk)
+    assert digest.hexdigest() == listed["big.bin"]["sha256"] == hashlib.sha256(b"\0" * 200_000_000).hexdigest()
+    assert LEASE_SECONDS < 10
+    assert_invariants(fault_cluster)
