@@ -8,6 +8,7 @@ import sys
 from importlib.metadata import version
 from uuid import UUID
 
+from ledgerci.artifact_commands import add_artifact_commands
 from ledgerci.client import ClientError, add_client_options
 from ledgerci.hook_commands import add_hook_commands
 from ledgerci.process import configure_logging, run_until_signalled
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(commands)
     add_secret_commands(commands)
     add_hook_commands(commands)
+    add_artifact_commands(commands)
     return parser
 
 

@@ -306,3 +306,23 @@ def test_webhooks_and_status_targets_from_the_command_line(tenant, tmp_path: Pat
     assert half.returncode != 0 and "--api-url, --project needed" in half.stderr
     removed = cli("repo", "status-target", repository_id, "--remove")
     assert removed.returncode == 0 and "sends no commit statuses now" in removed.stdout
+
+
+def test_artifacts_are_listed_and_downloaded_checked(tenant, tmp_path: Path) -> None:
+    cli, _, tenant_id = tenant
+    workflow = ("jobs:\n  - name: build\n    run: mkdir -p dist && echo built > dist/app.txt\n"
+                "    artifacts:\n      paths: [dist/]\n")
+    repository_id, commit = _repo(cli, tenant_id, tmp_path, workflow)
+    run_id = _push(cli, repository_id, commit)
+    assert cli("run", run_id, "--watch").returncode == 0
+    listed = cli("artifacts", run_id)
+    assert listed.stdout.splitlines()[0].split() == ["ARTIFACT", "SIZE", "SHA256", "EXPIRES"]
+    assert listed.stdout.splitlines()[1].split()[:2] == ["build/dist/app.txt", "6"]
+    fetched = cli("artifacts", run_id, "--download", str(tmp_path / "got"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "got" / "build" / "dist" / "app.txt").read_text() == "built\n"
+    plain_repository, plain_commit = _repo(cli, tenant_id, tmp_path, PASSES)
+    plain = _push(cli, plain_repository, plain_commit)
+    assert cli("run", plain, "--watch").returncode == 0
+    assert f"run {plain} has no artifacts" in cli("artifacts", plain).stdout
+    assert "404" in cli("artifacts", "00000000-0000-0000-0000-000000000000").stderr

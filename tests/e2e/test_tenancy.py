@@ -22,7 +22,8 @@ from tests.support.git_repo import GitRepo
 
 pytestmark = pytest.mark.e2e
 
-WORKFLOW = "jobs:\n  - name: only\n    run: echo hello from $LEDGERCI_JOB_NAME\n"
+WORKFLOW = ("jobs:\n  - name: only\n    run: echo hello from $LEDGERCI_JOB_NAME | tee out.txt\n"
+            "    artifacts:\n      paths: [out.txt]\n")
 
 
 def tenant_with_a_run(admin: Api, tmp_path: Path, name: str) -> dict[str, Any]:
@@ -65,6 +66,9 @@ CROSS_TENANT_404 = [
     ("DELETE", "/api/v1/repositories/{repository_id}/status-target",
      lambda a: (f"/api/v1/repositories/{a['repository']}/status-target", None)),
     ("GET", "/api/v1/runs/{run_id}/statuses", lambda a: (f"/api/v1/runs/{a['run']}/statuses", None)),
+    ("GET", "/api/v1/runs/{run_id}/artifacts", lambda a: (f"/api/v1/runs/{a['run']}/artifacts", None)),
+    ("GET", "/api/v1/runs/{run_id}/artifacts/{name}",
+     lambda a: (f"/api/v1/runs/{a['run']}/artifacts/only/out.txt", None)),
     ("GET", "/api/v1/runs/{run_id}/audit", lambda a: (f"/api/v1/runs/{a['run']}/audit", None)),
     # Secrets: set, listed, deleted, in this order (the owner's own delete finds what it set).
     ("PUT", "/api/v1/repositories/{repository_id}/secrets/{name}",

@@ -26,6 +26,7 @@ from commands.schema import create_event_store
 from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
 from commands.subscriptions import Subscriptions
+from domain.artifacts import UploadedArtifact
 from domain.ids import concurrency_group_id, token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from domain.secrets import Scope
@@ -351,6 +352,21 @@ def outgoing_webhook(story: Story) -> None:
     subscriptions.delete("acme", subscription.id, ADMIN)
 
 
+def artifacts(story: Story) -> None:
+    """A job's files recorded with its outcome; a retried attempt's replace the first's."""
+    run_id = story.push(b"jobs:\n  - name: build\n    run: make\n    retries: 1\n"
+                        b"    artifacts:\n      paths: [dist/]\n      when: always\n"
+                        b"  - name: test\n    run: ls dist\n")
+    story.start(run_id, 0)
+    story.clock.tick(31)  # past the lease
+    story.app.runs.mark_lost(run_id, story.job(run_id, 0)[0], 1)  # nothing it stored is recorded
+    story.start(run_id, 0, "runner-2")
+    story.finish(run_id, 0, 0, "runner-2", artifacts=[
+        UploadedArtifact(path="dist/app.bin", size=1024, sha256="ab" * 32),
+        UploadedArtifact(path="dist/notes.txt", size=5, sha256="cd" * 32)])
+    story.run_job(run_id, 1)
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -368,6 +384,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "scheduled": scheduled,
     "webhook": webhook,
     "outgoing_webhook": outgoing_webhook,
+    "artifacts": artifacts,
 }
 
 

@@ -14,6 +14,9 @@ event store recorded (not against what any service says):
 - concurrency groups: a run of a group starts a job only once it took the group, never while
   another run of the group has started and not ended, and no group is left held by (or with
   waiting) a run that has ended;
+- artifacts: recorded only by the runner holding the attempt, each path once per attempt,
+  under the object name derived from (tenant, repository, run, job, attempt, path), and
+  only in the save of that attempt's own outcome (right before it);
 - outgoing webhooks: exactly one delivery queued per (subscription, occurrence it matched),
   each with the id derived from them, none for what no live subscription matched;
 - the read models equal a rebuild from the history.
@@ -28,6 +31,7 @@ from typing import Any
 
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
+from domain.artifacts import object_name
 from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id
 from domain.run import RUNNER_LOST, Run
 from domain.subscriptions import WebhookSubscription, occurrences
@@ -54,6 +58,7 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
     keys: dict[tuple, Any] = {}
     for run_id, stream in runs.items():
         problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
+        problems += [f"run {run_id}: {p}" for p in artifact_breaches(stream)]
         key, derived = _run_key(stream)
         if key is None:
             continue
@@ -62,6 +67,29 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
         keys[key] = run_id
         if run_id != derived:
             problems.append(f"run {run_id} is not the derived id of {key}")
+    return problems
+
+
+def artifact_breaches(stream: list[Any]) -> list[str]:
+    problems = []
+    first = stream[0]
+    seen: set[tuple[str, int, str]] = set()
+    for index, event in enumerate(stream):
+        if type(event).__name__ != "ArtifactUploaded":
+            continue
+        key = (event.job_id, event.attempt, event.path)
+        if key in seen:
+            problems.append(f"artifact {key} recorded twice")
+        seen.add(key)
+        derived = object_name(first.tenant_id, first.repository_id, str(event.originator_id), event.job_id,
+                              event.attempt, event.path)
+        if event.object != derived:
+            problems.append(f"artifact {key} stored as {event.object!r}, not {derived!r}")
+        outcome = next((e for e in stream[index + 1:] if type(e).__name__ != "ArtifactUploaded"), None)
+        if (type(outcome).__name__ not in ("JobSucceeded", "JobFailed") or outcome.job_id != event.job_id
+                or outcome.attempt != event.attempt or outcome.timestamp != event.timestamp
+                or outcome.actor != event.actor):
+            problems.append(f"artifact {key} not recorded with its attempt's outcome")
     return problems
 
 

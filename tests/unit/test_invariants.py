@@ -7,6 +7,7 @@ from uuid import uuid4
 
 import pytest
 
+from domain.artifacts import ArtifactSpec, UploadedArtifact
 from domain.concurrency_group import ConcurrencyGroup
 from domain.ids import run_id_for
 from domain.registry import Tenant
@@ -112,3 +113,31 @@ def test_two_runs_of_a_group_running_at_once_and_a_group_held_by_an_ended_run_ar
     second.finish_job(second.jobs[0].id, 1, "r2", 0, T0)
     events += second.collect_events()
     assert any("left held by run" in p for p in check_history(list(enumerate(events))))
+
+
+def test_artifacts_recorded_apart_from_their_outcome_or_under_another_name_are_reported():
+    run = new_run()
+    run.plan([JobSpec(name="a", run="true", artifacts=ArtifactSpec(paths=["out/"]))], None, T0, "p")
+    job = run.jobs[0]
+    run.start_job(job.id, 1, "r1", T0)
+    run.finish_job(job.id, 1, "r1", 0, T0, artifacts=[UploadedArtifact(path="out/a", size=1, sha256="0" * 64)])
+    events = run.collect_events()
+    assert check_history([(i + 1, e) for i, e in enumerate(events)]) == []
+    uploaded = next(e for e in events if type(e).__name__ == "ArtifactUploaded")
+    late = Run.ArtifactUploaded(originator_id=run.id, originator_version=len(events) + 1, timestamp=T0,
+                                job_id=str(job.id), attempt=1, path="out/b", size=1, sha256="0" * 64,
+                                object="t/other/place", expires_at=uploaded.expires_at, actor="runner:r1")
+    problems = check_history([(i + 1, e) for i, e in enumerate([*events, late])])
+    assert any("not recorded with its attempt's outcome" in p for p in problems)
+    assert any("stored as 't/other/place'" in p for p in problems)
+
+
+def test_a_report_of_files_the_job_does_not_list_fails_it_and_records_none():
+    run = new_run()
+    run.plan([JobSpec(name="a", run="true")], None, T0, "p")
+    job = run.jobs[0]
+    run.start_job(job.id, 1, "r1", T0)
+    run.finish_job(job.id, 1, "r1", 0, T0, artifacts=[UploadedArtifact(path="../x", size=1, sha256="0" * 64)])
+    kinds = [type(e).__name__ for e in run.collect_events()]
+    assert "ArtifactUploaded" not in kinds and "JobFailed" in kinds
+    assert run.jobs[0].error == "artifacts not recorded: the job lists no artifacts"
