@@ -284,11 +284,15 @@ jobs:
       objects=$(cat .git/objects/info/alternates)  # git objects borrowed from the runner's mirror
       ls "$objects/pack" >/dev/null && echo "objects readable"
       touch "$objects/x" 2>/dev/null || echo "objects read-only"
+      mkdir -p dist && echo "made by first" > dist/made.txt
       sleep 1
+    artifacts:
+      paths: [dist/]
   - name: second
     image: {OTHER_IMAGE}
     run: |
       echo "second in $(cat /etc/ledgerci-image) as $(id -u) sees $(cat hello.txt) container=$(hostname)"
+      echo "second reads $(cat dist/made.txt)" && echo more >> dist/made.txt && echo "second may write it"
   - name: third
     resources: {{cpus: 0.5, memory: 64m}}
     run: |
@@ -339,6 +343,8 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
         assert f"{job['name']} in {image} as 65534 sees the commit's file" in log, log
     assert f"run={run_id} job={run['jobs'][0]['id']} attempt=1 commit={commit} env=workflow-env" in logs[0]
     assert "objects readable" in logs[0] and "objects read-only" in logs[0]
+    # The first job's artifact, restored into the next container's workspace for its non-root user.
+    assert "second reads made by first" in logs[1] and "second may write it" in logs[1]
     containers = {log.split("container=")[1].split()[0] for log in logs}
     assert len(containers) == 3  # a container of its own for each job
     started = [e for e in tenant.events(run_id) if e["type"] == "JobStarted"]
