@@ -286,6 +286,7 @@ class RunCommands:
             lambda run: run.finish_job(
                 command.job_id, command.attempt, command.runner_id, command.exit_code,
                 self.clock(), command.error, timed_out=command.timed_out, artifacts=command.artifacts,
+                cache=command.cache,
             ),
             job_id=command.job_id, with_deadlines=False,
         )

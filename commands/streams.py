@@ -14,6 +14,7 @@ from nats.js.errors import BadRequestError, ServiceUnavailableError
 
 from domain.artifacts import BUCKET as ARTIFACTS_BUCKET
 from domain.artifacts import MAX_EXPIRE_SECONDS
+from domain.caches import BUCKET as CACHES_BUCKET
 from domain.messages import (
     DEAD_STREAM,
     DEAD_SUBJECT_PREFIX,
@@ -36,6 +37,8 @@ STREAMS_PATIENCE_SECONDS = 60.0
 STREAMS_RETRY_SECONDS = 0.5
 LIVE_LOG_RETENTION_SECONDS = 7 * 24 * 3600.0
 ARTIFACTS_MAX_BYTES = 10 * 1024**3
+CACHES_MAX_BYTES = 10 * 1024**3
+CACHE_MAX_AGE_SECONDS = 30 * 24 * 3600.0
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -80,6 +83,19 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             max_age=float(MAX_EXPIRE_SECONDS),  # what outlives every artifact's expiry goes
             max_bytes=ARTIFACTS_MAX_BYTES,
             discard=DiscardPolicy.NEW,  # full: a new upload fails (its job says so), nothing stored is lost
+            allow_rollup_hdrs=True,
+            allow_direct=True,
+        ),
+        # The caches' object store (domain/caches.py): an entry goes after CACHE_MAX_AGE_SECONDS
+        # from its save, or sooner when its tenant is over its quota (runner/caches.py).
+        StreamConfig(
+            name=f"OBJ_{CACHES_BUCKET}",
+            subjects=[f"$O.{CACHES_BUCKET}.C.>", f"$O.{CACHES_BUCKET}.M.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=CACHE_MAX_AGE_SECONDS,
+            max_bytes=CACHES_MAX_BYTES,
+            discard=DiscardPolicy.NEW,
             allow_rollup_hdrs=True,
             allow_direct=True,
         ),

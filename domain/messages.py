@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from domain.artifacts import ArtifactSpec, UploadedArtifact
+from domain.caches import CacheReport, CacheSpec
 from domain.workflow import Resources
 
 # JetStream streams and their subjects.
@@ -111,6 +112,7 @@ class JobDispatch(Message, frozen=True):
     resources: Resources | None = None  # limits the Docker executor applies, within the runner's caps
     pool: str = "default"  # the runners it is offered to (ledgerci.jobs.<pool>)
     artifacts: ArtifactSpec | None = None  # what the runner stores of the workspace once the command ends
+    cache: CacheSpec | None = None  # what it restores before the command and saves after it
 
 
 class StartJob(Message, frozen=True):
@@ -141,6 +143,7 @@ class FinishJob(Message, frozen=True):
     error: str | None = None
     timed_out: bool = False  # the runner killed the job at its deadline
     artifacts: list[UploadedArtifact] = []  # the files it stored for this attempt (domain/artifacts.py)
+    cache: CacheReport | None = None  # what it restored and saved (domain/caches.py)
 
 
 class HandBack(Message, frozen=True):

@@ -21,6 +21,7 @@ import msgspec
 from eventsourcing.domain import Aggregate
 
 from domain.artifacts import StoredArtifact, UploadedArtifact, object_name, uploads_problem
+from domain.caches import CacheReport, report_problem
 from domain.errors import InvalidTransitionError, StaleAttemptError
 from domain.ids import job_id_for
 from domain.status import Abandonment, JobStatus, RunStatus
@@ -412,6 +413,7 @@ class Run(Aggregate):
         *,
         timed_out: bool = False,
         artifacts: list[UploadedArtifact] | None = None,
+        cache: CacheReport | None = None,
     ) -> bool:
         """The runner reports how an attempt ended, with the artifacts it stored for it; the
         next job is decided in the same save."""
@@ -426,6 +428,11 @@ class Run(Aggregate):
                 error = error or f"artifacts not recorded: {problem}"
             else:
                 self._record_artifacts(job, attempt, artifacts, at, actor)
+        if cache is not None and not timed_out:
+            if problem := report_problem(job.spec.cache, cache):
+                error = error or f"cache not recorded: {problem}"
+            else:
+                self._record_cache(job, attempt, cache, at, actor)
         if timed_out:
             self._abandon(job, Abandonment.TIMED_OUT, at, actor)
         elif exit_code == 0 and error is None:
@@ -452,6 +459,14 @@ class Run(Aggregate):
                 object=object_name(self.tenant_id, self.repository_id, str(self.id), str(job.id), attempt,
                                    artifact.path),
             )
+
+    def _record_cache(self, job: Job, attempt: int, cache: CacheReport, at: datetime, actor: str) -> None:
+        if cache.restored is not None:
+            self.trigger_event(self.CacheRestored, timestamp=at, job_id=str(job.id), attempt=attempt, key=cache.key,
+                               result=cache.restored, restored_key=cache.restored_key, actor=actor)
+        if cache.saved_size is not None:
+            self.trigger_event(self.CacheSaved, timestamp=at, job_id=str(job.id), attempt=attempt, key=cache.key,
+                               size=cache.saved_size, sha256=cache.saved_sha256, actor=actor)
 
     def _check_attempt(self, job: Job, attempt: int) -> None:
         if attempt != job.attempt:
@@ -781,6 +796,32 @@ class Run(Aggregate):
             job.artifacts[self.path] = StoredArtifact(path=self.path, attempt=self.attempt, size=self.size,
                                                       sha256=self.sha256, object=self.object,
                                                       expires_at=self.expires_at)
+
+    class CacheRestored(Aggregate.Event):
+        """What the attempt's cache restore found (domain/caches.py), recorded with its outcome."""
+
+        job_id: str
+        attempt: int
+        key: str
+        result: str  # hit, partial or miss
+        restored_key: str | None
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            pass  # for the history and the read model: nothing of the run depends on it
+
+    class CacheSaved(Aggregate.Event):
+        """The attempt saved its cache entry, recorded with its outcome."""
+
+        job_id: str
+        attempt: int
+        key: str
+        size: int
+        sha256: str
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            pass
 
     class JobSucceeded(Aggregate.Event):
         job_id: str

@@ -15,6 +15,7 @@ from typing import Any, Literal, cast, get_args
 import msgspec
 
 from domain.artifacts import ArtifactSpec, compiled_artifacts
+from domain.caches import CacheSpec, compiled_cache
 from domain.concurrency import QUEUE_MODES, Concurrency, QueueMode, template_problem
 from domain.errors import InvalidWorkflowError
 from domain.schedule import MAX_SCHEDULES, Schedule, cron_problem
@@ -102,6 +103,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=T
     # served). As written in the file; the planner records it with the run's values filled in.
     concurrency: str | None = None
     artifacts: ArtifactSpec | None = None  # files left for later jobs and for download
+    cache: CacheSpec | None = None  # files kept between runs, by key
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -279,6 +281,7 @@ def _job(
         interruptible=raw.interruptible,
         concurrency=_job_group(raw.concurrency, path, at),
         artifacts=compiled_artifacts(raw.artifacts, (*path, "artifacts"), at),
+        cache=compiled_cache(raw.cache, (*path, "cache"), at),
     )
 
 

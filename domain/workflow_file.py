@@ -46,6 +46,14 @@ class RawJob(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     interruptible: bool = True
     concurrency: str | RawJobConcurrency | None = None
     artifacts: RawArtifacts | None = None
+    cache: RawCache | None = None
+
+
+class RawCache(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    key: str
+    restore_keys: list[str] = []
+    paths: list[str]
+    policy: str = "pull-push"
 
 
 class RawArtifacts(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -98,6 +106,7 @@ SHAPES: dict[tuple[str, ...], type[msgspec.Struct]] = {
     ("jobs", "*", "concurrency"): RawJobConcurrency,
     ("jobs", "*", "resources"): RawResources,
     ("jobs", "*", "artifacts"): RawArtifacts,
+    ("jobs", "*", "cache"): RawCache,
 }
 TYPE_WORDS = {
     "object": "a mapping",

@@ -34,6 +34,7 @@ from commands.subscriptions import Subscriptions
 from commands.wake import run_woken
 from commands.webhook_sender import WebhookSender
 from domain.artifacts import BUCKET as ARTIFACTS_BUCKET
+from domain.caches import BUCKET as CACHES_BUCKET
 from domain.schedule import ScheduleClock
 from gateway.app import GatewayDeps, create_app
 from gateway.routes import Defaults
@@ -57,6 +58,8 @@ from projections.sql import Database
 from projections.status_outbox import StatusOutbox
 from projections.webhook_outbox import WebhookOutbox
 from runner.agent import RunnerAgent
+from runner.attempt_files import AttemptFiles
+from runner.caches import Caches
 from runner.docker import PULL_POLICIES, DockerExecutor, DockerSettings, PullPolicy
 from runner.executor import Executor
 from runner.local import LocalExecutor
@@ -169,9 +172,16 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
         nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
         stop_grace=settings.stop_grace_seconds, max_log_bytes=settings.max_log_bytes,
-        lease_seconds=settings.lease_seconds, artifacts=await nc.jetstream().object_store(ARTIFACTS_BUCKET),
+        lease_seconds=settings.lease_seconds, files=await _attempt_files(settings, nc),
     )
     await agent.run(stop)
+
+
+async def _attempt_files(settings: Settings, nc: NATS) -> AttemptFiles:
+    js = nc.jetstream()
+    caches = Caches(await js.object_store(CACHES_BUCKET), tenant_quota_bytes=settings.cache_tenant_max_bytes,
+                    scratch=settings.data_dir / "cache-scratch")
+    return AttemptFiles(await js.object_store(ARTIFACTS_BUCKET), caches)
 
 
 async def _executor(settings: Settings) -> Executor:

@@ -22,6 +22,7 @@ from nats.errors import NoRespondersError
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from domain.artifacts import UploadedArtifact
+from domain.caches import CacheReport
 from domain.messages import (
     FINISH_JOB_SUBJECT,
     HAND_BACK_SUBJECT,
@@ -40,7 +41,7 @@ from domain.messages import (
     jobs_subject,
 )
 from gitcache import GitError, GitMirrors
-from runner.artifacts import ObjectStore, WorkspaceFiles
+from runner.attempt_files import AttemptFiles, Kept
 from runner.executor import Execution, Executor, Outcome
 from runner.leftovers import kill_left_over_jobs, remove_left_over_workspaces
 from runner.logs import MAX_LOG_BYTES, LogStream
@@ -104,7 +105,7 @@ class RunnerAgent:
         stop_grace: float = 20.0,
         max_log_bytes: int = MAX_LOG_BYTES,
         lease_seconds: float = 30.0,
-        artifacts: ObjectStore | None = None,
+        files: AttemptFiles | None = None,
     ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
@@ -124,7 +125,7 @@ class RunnerAgent:
         self.workspaces = data_dir / "workspaces"
         self.mirrors = GitMirrors(data_dir / "mirrors")
         self._background: set[asyncio.Task[None]] = set()
-        self.files = WorkspaceFiles(artifacts) if artifacts is not None else None
+        self.files = files  # artifacts and caches (None: a job that has either fails saying so)
 
     async def run(self, stop: asyncio.Event) -> None:
         # A previous life of this runner may have died mid-job: what its jobs left goes first.
@@ -226,7 +227,7 @@ class RunnerAgent:
         return await self._command(START_JOB_SUBJECT, start, timeout=self.patience)
 
     async def _run_fenced(self, dispatch: JobDispatch, claim: CommandReply, workdir: Path,
-                          secrets: JobSecrets) -> tuple[Outcome, list[UploadedArtifact]] | None:
+                          secrets: JobSecrets) -> Kept | None:
         """Run the attempt while it is ours. None: it stopped being ours, and was killed."""
         stopped = asyncio.Event()
         reason: list[str] = []
@@ -297,7 +298,7 @@ class RunnerAgent:
                 wait = period / 4  # ask again soon: the next period may be past the lease
 
     async def _execute(self, dispatch: JobDispatch, workdir: Path, claim: CommandReply,
-                       secrets: JobSecrets) -> tuple[Outcome, list[UploadedArtifact]]:
+                       secrets: JobSecrets) -> Kept:
         """The attempt from checkout to its stored artifacts (all of it killed if it stops
         being ours: nothing it stored is then recorded)."""
         logs = LogStream(self.js, dispatch.job_id, dispatch.attempt, secrets=tuple(secrets.values.values()),
@@ -305,17 +306,26 @@ class RunnerAgent:
         try:
             if secrets.error:  # e.g. a secret the job lists is set nowhere: fail it before it runs
                 await logs.write(f"ledgerci: {secrets.error}\n".encode())
-                return Outcome(exit_code=None, error=secrets.error), []
+                return Kept(Outcome(exit_code=None, error=secrets.error), [], None)
             shutil.rmtree(workdir, ignore_errors=True)
             workdir.parent.mkdir(parents=True, exist_ok=True)
             try:
                 await asyncio.to_thread(self._checkout, dispatch, workdir)
             except GitError as failed:
                 await logs.write(f"ledgerci: checkout failed: {failed}\n".encode())
-                return Outcome(exit_code=None, error=f"checkout failed: {failed}"), []
-            if claim.inputs and (unfetched := await self._fetch(claim, workdir)):
-                await logs.write(f"ledgerci: {unfetched}\n".encode())
-                return Outcome(exit_code=None, error=unfetched), []
+                return Kept(Outcome(exit_code=None, error=f"checkout failed: {failed}"), [], None)
+
+            async def say(line: str) -> None:
+                await logs.write(line.encode())
+
+            cache = None
+            if claim.inputs or dispatch.artifacts or dispatch.cache:
+                if self.files is None:
+                    return Kept(Outcome(exit_code=None, error="this runner keeps no artifacts or caches"), [], None)
+                unready, cache = await self.files.before(dispatch, claim.inputs, workdir, say)
+                if unready:
+                    await say(f"ledgerci: {unready}\n")
+                    return Kept(Outcome(exit_code=None, error=unready), [], None)
             timeout_at = claim.timeout_at
             # The timeout is an absolute deadline from the claim: time spent waiting for a
             # checkout or a slot counts.
@@ -328,29 +338,25 @@ class RunnerAgent:
                         "tenant": dispatch.tenant_id},
             )
             outcome = await self.executor.run(execution, logs.write)
-            stored: list[UploadedArtifact] = []
-            if dispatch.artifacts is not None and self.files is not None:
-                outcome, stored = await self.files.keep(dispatch, workdir, outcome)
-            if outcome.error:
-                await logs.write(f"\nledgerci: {outcome.error}\n".encode())
-            return outcome, stored
+            kept = Kept(outcome, [], cache)
+            if self.files is not None and (dispatch.artifacts or cache):
+                kept = await self.files.after(dispatch, workdir, outcome, cache, say)
+            if kept.outcome.error:
+                await logs.write(f"\nledgerci: {kept.outcome.error}\n".encode())
+            return kept
         finally:
             await logs.close()
-
-    async def _fetch(self, claim: CommandReply, workdir: Path) -> str | None:
-        if self.files is None:
-            return "this runner has no artifact store to fetch earlier jobs' files from"
-        return await self.files.fetch(claim.inputs, workdir)
 
     def _checkout(self, dispatch: JobDispatch, workdir: Path) -> None:
         self.mirrors.checkout(dispatch.repository_id, dispatch.clone_url, dispatch.commit, workdir)
 
-    async def _report(self, dispatch: JobDispatch, outcome: Outcome, artifacts: list[UploadedArtifact]) -> None:
+    async def _report(self, dispatch: JobDispatch, outcome: Outcome, artifacts: list[UploadedArtifact],
+                      cache: CacheReport | None) -> None:
         """Report until the command service has it: the outcome must not be lost."""
         finish = FinishJob(
             run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
             runner_id=self.runner_id, exit_code=outcome.exit_code, error=outcome.error,
-            timed_out=outcome.timed_out, artifacts=artifacts,
+            timed_out=outcome.timed_out, artifacts=artifacts, cache=cache,
         )
         delay = 0.1
         while True:

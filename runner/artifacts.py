@@ -14,11 +14,8 @@ import stat
 from pathlib import Path
 from typing import Any, Protocol
 
-import msgspec
-
 from domain.artifacts import MAX_FILES_PER_JOB, ArtifactSpec, UploadedArtifact, object_name
 from domain.messages import ArtifactInput, JobDispatch
-from runner.executor import Outcome
 
 
 class ObjectStore(Protocol):
@@ -88,7 +85,7 @@ async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path
             raise ArtifactError(f"artifact {path} cannot be read: {failed.strerror}") from None
         except Exception as failed:
             raise ArtifactError(f"artifact {path} was not stored: {type(failed).__name__} {failed}") from None
-        uploaded.append(UploadedArtifact(path=path, size=info.size, sha256=_hex(info.digest)))
+        uploaded.append(UploadedArtifact(path=path, size=info.size, sha256=sha256_hex(info.digest)))
     return uploaded
 
 
@@ -108,33 +105,7 @@ async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir:
                                 f"{type(failed).__name__} {failed}") from None
 
 
-def _hex(digest: str) -> str:
+def sha256_hex(digest: str) -> str:
     """nats-py's "SHA-256=<base64url>" as hex."""
     return base64.urlsafe_b64decode(digest.split("=", 1)[1]).hex()
 
-
-class WorkspaceFiles:
-    """What the agent asks of artifacts around one attempt's command."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    async def fetch(self, inputs: list[ArtifactInput], workdir: Path) -> str | None:
-        """Put the earlier jobs' files in place; why not, if they could not be."""
-        try:
-            await fetch_inputs(self.store, inputs, workdir)
-        except ArtifactError as failed:
-            return str(failed)
-        return None
-
-    async def keep(self, dispatch: JobDispatch, workdir: Path,
-                   outcome: Outcome) -> tuple[Outcome, list[UploadedArtifact]]:
-        """Store the attempt's files if its `when` asks for them; a failure to store them
-        fails the job (an outcome must not promise files that are not there)."""
-        succeeded = outcome.exit_code == 0 and outcome.error is None
-        if dispatch.artifacts is None or outcome.timed_out or not dispatch.artifacts.wanted(succeeded):
-            return outcome, []
-        try:
-            return outcome, await store_outputs(self.store, dispatch, workdir)
-        except ArtifactError as failed:
-            return msgspec.structs.replace(outcome, error=str(failed)), []

@@ -102,11 +102,11 @@ def fault_cluster(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Itera
     cluster.stop_all()
 
 
-def stored_chunks(monitor_port: int) -> int:
-    """Messages in the artifacts' object-store stream, from nats-server's monitoring endpoint."""
+def stored_chunks(monitor_port: int, stream_name: str = "OBJ_LEDGERCI_ARTIFACTS") -> int:
+    """Messages in an object store's stream, from nats-server's monitoring endpoint."""
     jsz = httpx.get(f"http://127.0.0.1:{monitor_port}/jsz", params={"streams": "true"}).json()
     return sum(stream["state"]["messages"] for account in jsz.get("account_details", [])
-               for stream in account.get("stream_detail", []) if stream["name"] == "OBJ_LEDGERCI_ARTIFACTS")
+               for stream in account.get("stream_detail", []) if stream["name"] == stream_name)
 
 
 def test_a_runner_killed_mid_upload_records_nothing_and_the_retry_stores_each_file_once(

@@ -27,6 +27,7 @@ from commands.secrets import SecretBook
 from commands.store import eventsourcing_env
 from commands.subscriptions import Subscriptions
 from domain.artifacts import UploadedArtifact
+from domain.caches import CacheReport
 from domain.ids import concurrency_group_id, token_aggregate_id
 from domain.messages import FinishJob, HandBack, Heartbeat, StartJob
 from domain.secrets import Scope
@@ -367,6 +368,16 @@ def artifacts(story: Story) -> None:
     story.run_job(run_id, 1)
 
 
+def cache(story: Story) -> None:
+    """A job's cache restored by prefix and saved, recorded with its outcome."""
+    run_id = story.push(b"jobs:\n  - name: deps\n    run: make deps\n    cache:\n"
+                        b"      key: deps-${{ hashFiles('req.txt') }}\n      restore_keys: [deps-]\n"
+                        b"      paths: [.venv/]\n")
+    story.start(run_id, 0)
+    story.finish(run_id, 0, 0, cache=CacheReport(key="deps-9f86d0", restored="partial", restored_key="deps-1a2b3c",
+                                                saved_size=4096, saved_sha256="ef" * 32))
+
+
 SCENARIOS: dict[str, Callable[[Story], None]] = {
     "succeeds": succeeds,
     "fails_and_runs_always": fails_and_runs_always,
@@ -385,6 +396,7 @@ SCENARIOS: dict[str, Callable[[Story], None]] = {
     "webhook": webhook,
     "outgoing_webhook": outgoing_webhook,
     "artifacts": artifacts,
+    "cache": cache,
 }
 
 

@@ -14,9 +14,10 @@ event store recorded (not against what any service says):
 - concurrency groups: a run of a group starts a job only once it took the group, never while
   another run of the group has started and not ended, and no group is left held by (or with
   waiting) a run that has ended;
-- artifacts: recorded only by the runner holding the attempt, each path once per attempt,
-  under the object name derived from (tenant, repository, run, job, attempt, path), and
-  only in the save of that attempt's own outcome (right before it);
+- artifacts and caches: recorded only by the runner holding the attempt, in the save of that
+  attempt's own outcome (right before it); each artifact path once per attempt, under the
+  object name derived from (tenant, repository, run, job, attempt, path); at most one cache
+  restore and one cache save per attempt;
 - outgoing webhooks: exactly one delivery queued per (subscription, occurrence it matched),
   each with the id derived from them, none for what no live subscription matched;
 - the read models equal a rebuild from the history.
@@ -70,26 +71,31 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
     return problems
 
 
+WITH_OUTCOME = {"ArtifactUploaded", "CacheRestored", "CacheSaved"}  # recorded in the save of an outcome
+
+
 def artifact_breaches(stream: list[Any]) -> list[str]:
     problems = []
     first = stream[0]
-    seen: set[tuple[str, int, str]] = set()
+    seen: set[tuple[str, str, int, str]] = set()
     for index, event in enumerate(stream):
-        if type(event).__name__ != "ArtifactUploaded":
+        kind = type(event).__name__
+        if kind not in WITH_OUTCOME:
             continue
-        key = (event.job_id, event.attempt, event.path)
+        key = (kind, event.job_id, event.attempt, event.path if kind == "ArtifactUploaded" else "")
         if key in seen:
-            problems.append(f"artifact {key} recorded twice")
+            problems.append(f"{key} recorded twice")
         seen.add(key)
-        derived = object_name(first.tenant_id, first.repository_id, str(event.originator_id), event.job_id,
-                              event.attempt, event.path)
-        if event.object != derived:
-            problems.append(f"artifact {key} stored as {event.object!r}, not {derived!r}")
-        outcome = next((e for e in stream[index + 1:] if type(e).__name__ != "ArtifactUploaded"), None)
+        if kind == "ArtifactUploaded":
+            derived = object_name(first.tenant_id, first.repository_id, str(event.originator_id), event.job_id,
+                                  event.attempt, event.path)
+            if event.object != derived:
+                problems.append(f"artifact {key} stored as {event.object!r}, not {derived!r}")
+        outcome = next((e for e in stream[index + 1:] if type(e).__name__ not in WITH_OUTCOME), None)
         if (type(outcome).__name__ not in ("JobSucceeded", "JobFailed") or outcome.job_id != event.job_id
                 or outcome.attempt != event.attempt or outcome.timestamp != event.timestamp
                 or outcome.actor != event.actor):
-            problems.append(f"artifact {key} not recorded with its attempt's outcome")
+            problems.append(f"{key} not recorded with its attempt's outcome")
     return problems
 
 
