@@ -320,6 +320,9 @@ class RunCommands:
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------
 
+    def expire_artifacts(self, run_id: UUID, job_id: str, paths: list[str], *, actor: str = "reaper") -> Run:
+        return self._decide(run_id, lambda run: run.expire_artifacts(job_id, paths, self.clock(), actor))
+
     def mark_lost(self, run_id: UUID, job_id: str, attempt: int, *, actor: str = "reaper") -> Run:
         return self._decide(run_id, lambda run: run.mark_lost(job_id, attempt, self.clock(), actor))
 

@@ -460,6 +460,16 @@ class Run(Aggregate):
                                    artifact.path),
             )
 
+    def expire_artifacts(self, job_id: UUID | str, paths: list[str], at: datetime, actor: str) -> bool:
+        """The files of a job past their `expire_in` were removed from the store: record it.
+        Idempotent: paths no longer held, or not yet expired, are left out."""
+        job = self.job(job_id)
+        gone = [path for path in paths if path in job.artifacts and job.artifacts[path].expires_at <= at]
+        if not gone:
+            return False
+        self.trigger_event(self.ArtifactsExpired, timestamp=at, job_id=str(job.id), paths=gone, actor=actor)
+        return True
+
     def _record_cache(self, job: Job, attempt: int, cache: CacheReport, at: datetime, actor: str) -> None:
         if cache.restored is not None:
             self.trigger_event(self.CacheRestored, timestamp=at, job_id=str(job.id), attempt=attempt, key=cache.key,
@@ -796,6 +806,18 @@ class Run(Aggregate):
             job.artifacts[self.path] = StoredArtifact(path=self.path, attempt=self.attempt, size=self.size,
                                                       sha256=self.sha256, object=self.object,
                                                       expires_at=self.expires_at)
+
+    class ArtifactsExpired(Aggregate.Event):
+        """Files of the job past their expiry, removed from the object store."""
+
+        job_id: str
+        paths: list[str]
+        actor: str
+
+        def apply(self, run: Run) -> None:
+            job = run.job(self.job_id)
+            for path in self.paths:
+                job.artifacts.pop(path, None)
 
     class CacheRestored(Aggregate.Event):
         """What the attempt's cache restore found (domain/caches.py), recorded with its outcome."""

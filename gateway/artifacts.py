@@ -90,7 +90,7 @@ class ArtifactsController(Controller):
         found = await blocking(artifact_queries.find, run, name)
         if found is None:
             raise ArtifactNotFoundError(f"run {run} has no artifact {name[:200]!r}")
-        if found.row.expires_at <= rfc3339(clock()):
+        if found.row.removed_at is not None or found.row.expires_at <= rfc3339(clock()):
             raise ArtifactExpiredError(f"artifact {name[:200]!r} of run {run} expired at {found.row.expires_at}")
         filename = quote(found.row.path.rsplit("/", 1)[-1])
         return Stream(artifact_reader.chunks(found.object), media_type="application/octet-stream", headers={

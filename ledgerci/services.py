@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 
 from commands.admission import run_admission
 from commands.app import LedgerApp
+from commands.artifact_expiry import ArtifactExpiry
 from commands.dead_letter import serve_dead_letters
 from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.outbound import Outbound
@@ -50,6 +51,7 @@ from ledgerci.resources import (
 from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
 from projections.admission import PushAdmission
+from projections.artifacts import ArtifactQueries
 from projections.log_archive import LogArchive
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
@@ -118,10 +120,15 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
                          nc: NATS) -> None:
     reaper = Reaper(ledger, DeadlineQueries(db).overdue)
+    expiry = ArtifactExpiry(ledger, ArtifactQueries(db).expiring, await nc.jetstream().object_store(ARTIFACTS_BUCKET))
     never = asyncio.Event()  # the reaper keeps time; nothing wakes it early
+
+    async def sweep() -> int:
+        return await reaper.sweep() + await expiry.sweep()
+
     async with asyncio.TaskGroup() as group:
         group.create_task(serve_dead_letters(nc, stop))
-        await run_woken(_idle_after(reaper.sweep), never, stop, settings.reaper_interval_seconds)
+        await run_woken(_idle_after(sweep), never, stop, settings.reaper_interval_seconds)
 
 
 def _idle_after(sweep: Callable[[], Awaitable[int]]) -> Callable[[], Awaitable[int]]:
@@ -181,7 +188,8 @@ async def _attempt_files(settings: Settings, nc: NATS) -> AttemptFiles:
     js = nc.jetstream()
     caches = Caches(await js.object_store(CACHES_BUCKET), tenant_quota_bytes=settings.cache_tenant_max_bytes,
                     scratch=settings.data_dir / "cache-scratch")
-    return AttemptFiles(await js.object_store(ARTIFACTS_BUCKET), caches)
+    return AttemptFiles(await js.object_store(ARTIFACTS_BUCKET), caches,
+                        artifact_tenant_quota_bytes=settings.artifact_tenant_max_bytes)
 
 
 async def _executor(settings: Settings) -> Executor:

@@ -68,6 +68,9 @@ class Settings:
     """LEDGERCI_PUBLIC_URL: the gateway as users reach it; commit statuses link to runs under it."""
     status_retry_seconds: float
     """LEDGERCI_STATUS_RETRY_SECONDS: the first wait before a commit status is sent again (it doubles)."""
+    artifact_tenant_max_bytes: int
+    """LEDGERCI_ARTIFACT_TENANT_MAX_BYTES: a job whose artifacts would take a tenant's stored files
+    past this many bytes fails saying so (runner)."""
     cache_tenant_max_bytes: int
     """LEDGERCI_CACHE_TENANT_MAX_BYTES: a tenant's cache entries beyond this many bytes go, least
     recently used first (runner)."""
@@ -139,6 +142,7 @@ class Settings:
             public_url=_env("LEDGERCI_PUBLIC_URL", f"http://{_env('LEDGERCI_HOST', '127.0.0.1')}:"
                                                    f"{_env('LEDGERCI_PORT', '8080')}"),
             status_retry_seconds=float(_env("LEDGERCI_STATUS_RETRY_SECONDS", "5")),
+            artifact_tenant_max_bytes=int(_env("LEDGERCI_ARTIFACT_TENANT_MAX_BYTES", str(5 * 1024**3))),
             cache_tenant_max_bytes=int(_env("LEDGERCI_CACHE_TENANT_MAX_BYTES", str(2 * 1024**3))),
             webhook_retry_seconds=float(_env("LEDGERCI_WEBHOOK_RETRY_SECONDS", "5")),
             outbound_allow_private=_env("LEDGERCI_OUTBOUND_ALLOW_PRIVATE", "false").lower() in ("true", "1", "yes"),

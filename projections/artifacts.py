@@ -4,6 +4,8 @@ rows, as the run aggregate does."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 
 from domain.run import Run
@@ -24,11 +26,14 @@ TABLES = [
         object TEXT NOT NULL,
         expires_at TEXT NOT NULL,
         created_at TEXT NOT NULL,
+        removed_at TEXT,
         PRIMARY KEY (run_id, name)
     )""",
+    # The reaper's question: which stored files are past their expiry.
+    "CREATE INDEX IF NOT EXISTS lci_artifacts_expiring ON lci_artifacts (removed_at, expires_at)",
 ]
 COMPARED = {"lci_artifacts": "run_id, name, tenant_id, job_id, job_name, attempt, path, size, sha256, object, "
-                             "expires_at, created_at"}
+                             "expires_at, created_at, removed_at"}
 
 
 def artifact_uploaded(event: Run.ArtifactUploaded, cursor: Cursor) -> None:
@@ -46,6 +51,12 @@ def artifact_uploaded(event: Run.ArtifactUploaded, cursor: Cursor) -> None:
          rfc3339(event.expires_at), rfc3339(event.timestamp), event.job_id))
 
 
+def artifacts_expired(event: Run.ArtifactsExpired, cursor: Cursor) -> None:
+    for path in event.paths:
+        cursor.execute("UPDATE lci_artifacts SET removed_at = ? WHERE job_id = ? AND path = ? AND removed_at IS NULL",
+                       (rfc3339(event.timestamp), event.job_id, path))
+
+
 class ArtifactRow(msgspec.Struct, frozen=True, kw_only=True):
     name: str  # <job name>/<path>: what the download route takes
     job: str
@@ -55,6 +66,7 @@ class ArtifactRow(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     expires_at: str
     created_at: str
+    removed_at: str | None  # set once expired and removed from the store
 
 
 class StoredObject(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,12 +74,19 @@ class StoredObject(msgspec.Struct, frozen=True, kw_only=True):
     object: str  # never shown: where the gateway reads it
 
 
-_COLUMNS = "name, job_name, attempt, path, size, sha256, expires_at, created_at, object"
+_COLUMNS = "name, job_name, attempt, path, size, sha256, expires_at, created_at, removed_at, object"
 
 
 def _row(row: tuple) -> ArtifactRow:
     return ArtifactRow(name=row[0], job=row[1], attempt=row[2], path=row[3], size=row[4], sha256=row[5],
-                       expires_at=row[6], created_at=row[7])
+                       expires_at=row[6], created_at=row[7], removed_at=row[8])
+
+
+class Expiring(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    job_id: str
+    path: str
+    object: str
 
 
 class ArtifactQueries:
@@ -82,5 +101,11 @@ class ArtifactQueries:
 
     def find(self, run_id: str, name: str) -> StoredObject | None:
         rows = self.db.query(f"SELECT {_COLUMNS} FROM lci_artifacts WHERE run_id = ? AND name = ?", (run_id, name))
-        return StoredObject(row=_row(rows[0]), object=rows[0][8]) if rows else None
+        return StoredObject(row=_row(rows[0]), object=rows[0][9]) if rows else None
+
+    def expiring(self, now: datetime, limit: int = 200) -> list[Expiring]:
+        """Stored files past their expiry, not yet removed."""
+        rows = self.db.query("SELECT run_id, job_id, path, object FROM lci_artifacts WHERE removed_at IS NULL "
+                             "AND expires_at <= ? ORDER BY expires_at LIMIT ?", (rfc3339(now), limit))
+        return [Expiring(run_id=r[0], job_id=r[1], path=r[2], object=r[3]) for r in rows]
 

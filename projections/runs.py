@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from domain.run import Run, superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
 from domain.statuses import RunState
-from projections.artifacts import artifact_uploaded
+from projections.artifacts import artifact_uploaded, artifacts_expired
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
 from projections.status_outbox import record_state
@@ -258,6 +258,10 @@ class RunsProjection:
     @handle.register
     def _(self, event: Run.ArtifactUploaded, cursor: Cursor, position: int) -> None:
         artifact_uploaded(event, cursor)
+
+    @handle.register
+    def _(self, event: Run.ArtifactsExpired, cursor: Cursor, position: int) -> None:
+        artifacts_expired(event, cursor)
 
     @handle.register
     def _(self, event: Run.JobSucceeded, cursor: Cursor, position: int) -> None:

@@ -23,6 +23,7 @@ class ObjectStore(Protocol):
 
     async def put(self, name: str, data: Any) -> Any: ...
     async def get(self, name: str, writeinto: Any = None) -> Any: ...
+    async def list(self, ignore_deletes: bool = False) -> list[Any]: ...
 
 
 class ArtifactError(Exception):
@@ -70,11 +71,20 @@ def _inside(root: Path, path: Path) -> bool:
     return parent == root or root in parent.parents
 
 
-async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path) -> list[UploadedArtifact]:
-    """Store the attempt's files under names only this attempt writes."""
+async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path,
+                        tenant_quota_bytes: int) -> list[UploadedArtifact]:
+    """Store the attempt's files under names only this attempt writes, if the tenant's stored
+    files leave room for them (else an ArtifactError that says so, and nothing is stored)."""
     assert dispatch.artifacts is not None
+    paths = matched_files(workdir.resolve(), dispatch.artifacts)
+    size = sum(os.lstat(workdir / path).st_size for path in paths)
+    if paths:
+        stored = await _stored_bytes(store, f"{dispatch.tenant_id}/")
+        if stored + size > tenant_quota_bytes:
+            raise ArtifactError(f"artifact quota exceeded: tenant {dispatch.tenant_id} stores {stored} bytes of its "
+                                f"{tenant_quota_bytes}, and this job's {len(paths)} files are {size} bytes more")
     uploaded = []
-    for path in matched_files(workdir.resolve(), dispatch.artifacts):
+    for path in paths:
         name = object_name(dispatch.tenant_id, dispatch.repository_id, dispatch.run_id, dispatch.job_id,
                            dispatch.attempt, path)
         try:
@@ -87,6 +97,16 @@ async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path
             raise ArtifactError(f"artifact {path} was not stored: {type(failed).__name__} {failed}") from None
         uploaded.append(UploadedArtifact(path=path, size=info.size, sha256=sha256_hex(info.digest)))
     return uploaded
+
+
+async def _stored_bytes(store: ObjectStore, prefix: str) -> int:
+    try:
+        listed = await store.list(ignore_deletes=True)
+    except Exception as failed:
+        if "NotFound" in type(failed).__name__:  # an empty bucket
+            return 0
+        raise
+    return sum(info.size or 0 for info in listed if info.name.startswith(prefix) and not info.deleted)
 
 
 async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir: Path) -> None:

@@ -24,9 +24,10 @@ class Kept(NamedTuple):
 
 
 class AttemptFiles:
-    def __init__(self, artifacts: ObjectStore, caches: Caches) -> None:
+    def __init__(self, artifacts: ObjectStore, caches: Caches, *, artifact_tenant_quota_bytes: int) -> None:
         self.artifacts = artifacts
         self.caches = caches
+        self.artifact_tenant_quota_bytes = artifact_tenant_quota_bytes
 
     async def before(self, dispatch: JobDispatch, inputs: list[ArtifactInput], workdir: Path,
                      say: Say) -> tuple[str | None, CacheReport | None]:
@@ -50,7 +51,7 @@ class AttemptFiles:
         spec = dispatch.artifacts
         if spec is not None and not outcome.timed_out and spec.wanted(succeeded):
             try:
-                stored = await store_outputs(self.artifacts, dispatch, workdir)
+                stored = await store_outputs(self.artifacts, dispatch, workdir, self.artifact_tenant_quota_bytes)
             except ArtifactError as failed:
                 outcome = msgspec.structs.replace(outcome, error=str(failed))
                 succeeded = False

@@ -73,15 +73,43 @@ def test_a_file_of_one_job_is_in_the_next_ones_workspace_and_downloads_with_its_
     assert_invariants(cluster)
 
 
-def test_an_expired_artifact_answers_410(tmp_path: Path, admin: Api) -> None:
+def test_an_expired_artifact_is_removed_recorded_and_answers_410(tmp_path: Path, cluster: LedgerCluster,
+                                                                   admin: Api) -> None:
     workflow = ("jobs:\n  - name: build\n    run: echo hi > out.txt\n"
-                "    artifacts:\n      paths: [out.txt]\n      expire_in: 1s\n")
+                "    artifacts:\n      paths: [out.txt]\n      expire_in: 2s\n")
     owner, repository_id, commit = tenant_repository(admin, tmp_path, workflow, "gamma")
     run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
     assert run["status"] == "succeeded", owner.explain(run["id"])
     path = f"/api/v1/runs/{run['id']}/artifacts/build/out.txt"
-    gone = wait_for(lambda: (answer := owner.http.get(path)).status_code == 410 and answer, 10, "the expiry")
+    assert owner.http.get(path).content == b"hi\n"
+    # The reaper removes it from the object store and records that in the run's history.
+    expired = wait_for(lambda: [e for e in owner.events(run["id"]) if e["type"] == "ArtifactsExpired"], 20,
+                       "the expiry to be recorded")
+    assert [e["data"]["paths"] for e in expired] == [["out.txt"]]
+    gone = wait_for(lambda: (answer := owner.http.get(path)).status_code == 410 and answer, 10, "410")
     assert "expired at" in gone.json()["detail"]
+    (listed,) = owner.http.get(f"/api/v1/runs/{run['id']}/artifacts").json()["artifacts"]
+    assert listed["removed_at"] is not None
+    assert_invariants(cluster)
+
+
+def test_an_artifact_over_the_tenants_quota_fails_the_job_with_the_reason(
+        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
+                            extra_env={"LEDGERCI_ARTIFACT_TENANT_MAX_BYTES": "1000000"})
+    with cluster.running():
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        workflow = ("jobs:\n  - name: build\n    run: head -c 2000000 /dev/zero > big.bin\n"
+                    "    artifacts:\n      paths: [big.bin]\n")
+        owner, repository_id, commit = tenant_repository(admin, tmp_path, workflow, "epsilon")
+        run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
+        job = run["jobs"][0]
+        assert (run["status"], job["status"]) == ("failed", "failed")
+        assert job["error"].startswith(f"artifact quota exceeded: tenant {run['tenant_id']} stores 0 bytes of its "
+                                       "1000000, and this job's 1 files are 2000000 bytes more"), job["error"]
+        assert "artifact quota exceeded" in owner.log(job["id"])
+        assert [e for e in owner.events(run["id"]) if e["type"] == "ArtifactUploaded"] == []
+        assert_invariants(cluster)
 
 
 BIG_UPLOAD = """\
