@@ -366,6 +366,8 @@ def artifacts(story: Story) -> None:
         UploadedArtifact(path="dist/app.bin", size=1024, sha256="ab" * 32),
         UploadedArtifact(path="dist/notes.txt", size=5, sha256="cd" * 32)])
     story.run_job(run_id, 1)
+    story.clock.tick(8 * 24 * 3600)  # past the default expire_in of 7 days
+    story.app.runs.expire_artifacts(run_id, story.job(run_id, 0)[0], ["dist/app.bin"])
 
 
 def cache(story: Story) -> None:
