@@ -4,7 +4,6 @@ answers 404 on both, exactly as an absent one."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -21,11 +20,10 @@ from domain.errors import ArtifactExpiredError, ArtifactNotFoundError
 from gateway.blocking import blocking
 from gateway.openapi import errors
 from gateway.routes import principal_of, uuid_or_not_found
+from objectstore import read_chunks
 from projections.artifacts import ArtifactQueries, ArtifactRow
 from projections.queries import RunQueries
 from projections.timestamps import rfc3339
-
-CHUNKS_IN_FLIGHT = 8  # read ahead of a slow client at most this many chunks (128 KiB each)
 
 
 class ArtifactList(msgspec.Struct, kw_only=True):
@@ -41,30 +39,10 @@ class ArtifactReader:
         self._store: Any = None
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
-        """The object's bytes as they arrive; nats-py checks its SHA-256 at the end."""
+        """The object's bytes as they arrive; its SHA-256 is checked at the end."""
         self._store = self._store or await self.nc.jetstream().object_store(BUCKET)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(CHUNKS_IN_FLIGHT)
-
-        class Sink:  # nats-py writes each chunk from a worker thread: wait there while the queue is full
-            def write(self, data: bytes) -> None:
-                asyncio.run_coroutine_threadsafe(queue.put(bytes(data)), loop).result()
-
-        async def read() -> None:
-            try:
-                await self._store.get(name, writeinto=Sink())
-                await queue.put(None)
-            except BaseException as failed:  # handed to the response, which ends the stream
-                await queue.put(failed)
-
-        reading = asyncio.create_task(read())
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            reading.cancel()
+        async for chunk in read_chunks(self._store, name):
+            yield chunk
 
 
 class ArtifactsController(Controller):

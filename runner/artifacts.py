@@ -14,14 +14,19 @@ import stat
 from pathlib import Path
 from typing import Any, Protocol
 
+from nats.js.api import ObjectMeta, ObjectMetaOptions
+
 from domain.artifacts import MAX_FILES_PER_JOB, ArtifactSpec, UploadedArtifact, object_name
 from domain.messages import ArtifactInput, JobDispatch
+from objectstore import read_chunks
+
+CHUNK_BYTES = 512 * 1024
 
 
 class ObjectStore(Protocol):
     """What is used of nats-py's JetStream object store."""
 
-    async def put(self, name: str, data: Any) -> Any: ...
+    async def put(self, name: str, data: Any, meta: Any = None) -> Any: ...
     async def get(self, name: str, writeinto: Any = None) -> Any: ...
     async def list(self, ignore_deletes: bool = False) -> list[Any]: ...
 
@@ -90,13 +95,19 @@ async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path
         try:
             fd = os.open(workdir / path, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(fd, "rb") as file:
-                info = await store.put(name, file)
+                info = await store.put(name, file, meta=chunked(name))
         except OSError as failed:
             raise ArtifactError(f"artifact {path} cannot be read: {failed.strerror}") from None
         except Exception as failed:
             raise ArtifactError(f"artifact {path} was not stored: {type(failed).__name__} {failed}") from None
         uploaded.append(UploadedArtifact(path=path, size=info.size, sha256=sha256_hex(info.digest)))
     return uploaded
+
+
+def chunked(name: str, description: str | None = None) -> ObjectMeta:
+    """An object's meta with chunks of CHUNK_BYTES: a quarter as many round trips as nats-py's
+    128 KiB default, and still under NATS's default 1 MiB message limit."""
+    return ObjectMeta(name=name, description=description, options=ObjectMetaOptions(max_chunk_size=CHUNK_BYTES))
 
 
 async def _stored_bytes(store: ObjectStore, prefix: str) -> int:
@@ -110,8 +121,8 @@ async def _stored_bytes(store: ObjectStore, prefix: str) -> int:
 
 
 async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir: Path) -> None:
-    """Put what earlier jobs left at their paths in the workspace (the object store checks
-    each object's SHA-256 as it reads it)."""
+    """Put what earlier jobs left at their paths in the workspace (each object's SHA-256 is
+    checked as it is read)."""
     for item in inputs:
         target = workdir / item.path
         if not _inside(workdir.resolve(), target):
@@ -119,7 +130,8 @@ async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(target, "wb") as file:
-                await store.get(item.object, writeinto=file)
+                async for chunk in read_chunks(store, item.object):  # type: ignore[arg-type]
+                    file.write(chunk)
         except Exception as failed:
             raise ArtifactError(f"artifact {item.path} of an earlier job could not be fetched: "
                                 f"{type(failed).__name__} {failed}") from None

@@ -38,7 +38,8 @@ from domain.caches import (
     tenant_prefix,
 )
 from domain.messages import JobDispatch
-from runner.artifacts import sha256_hex
+from objectstore import read_chunks
+from runner.artifacts import chunked, sha256_hex
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], Awaitable[None]]
@@ -165,7 +166,8 @@ class Caches:
     async def _extract(self, name: str, workdir: Path) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=self.scratch) as archive:
-            await self.store.get(name, writeinto=archive)
+            async for chunk in read_chunks(self.store, name):  # type: ignore[arg-type]
+                archive.write(chunk)
             archive.seek(0)
             await asyncio.to_thread(_untar, archive, workdir)
 
@@ -174,7 +176,7 @@ class Caches:
         with tempfile.TemporaryFile(dir=self.scratch) as archive:
             await asyncio.to_thread(_tar, archive, spec.paths, workdir)
             archive.seek(0)
-            return await self.store.put(name, archive, meta=ObjectMeta(name=name, description=_now()))
+            return await self.store.put(name, archive, meta=chunked(name, _now()))
 
     async def _touch(self, name: str) -> None:
         """Record the use, for least-recently-used eviction."""
