@@ -49,6 +49,16 @@ export async function request(method, path, options) {
   return (await send(method, path, options)).json();
 }
 
+/** Save a response's body as a file named `filename` (the token stays in the header, never a link). */
+export async function download(response, filename) {
+  const url = URL.createObjectURL(await response.blob());
+  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000); // the download has its own copy long before
+}
+
 const job = (jobId) => `/api/v1/jobs/${encodeURIComponent(jobId)}`;
 // `attempt` null: the job's current attempt.
 const attemptQuery = (attempt) => (attempt === null || attempt === undefined ? "" : `?attempt=${attempt}`);
@@ -59,6 +69,10 @@ export const api = {
   events: (runId) => request("GET", `/api/v1/runs/${encodeURIComponent(runId)}/events`),
   cancel: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/cancel`),
   rerun: (runId) => request("POST", `/api/v1/runs/${encodeURIComponent(runId)}/rerun`),
+  artifacts: (runId) => request("GET", `/api/v1/runs/${encodeURIComponent(runId)}/artifacts`),
+  /** One artifact's bytes (a Response), by its name `<job>/<path>`. */
+  artifact: (runId, name) => send("GET", `/api/v1/runs/${encodeURIComponent(runId)}/artifacts/${
+    name.split("/").map(encodeURIComponent).join("/")}`),
   schedules: (repositoryId) => request("GET", `/api/v1/repositories/${encodeURIComponent(repositoryId)}/schedules`),
   /** The log as plain text (a Response: its headers say the attempt, the run and the size). */
   log: (jobId, attempt, signal) => send("GET", `${job(jobId)}/log`, { params: { attempt }, signal }),

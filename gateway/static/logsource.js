@@ -3,7 +3,7 @@
 // stream then carries on from the byte where that answer ended, live, to the job's end.
 // Also the raw download, which needs the token as every call does, so it goes through fetch.
 
-import { ApiError, api, refused, session } from "./api.js";
+import { ApiError, api, download, refused, session } from "./api.js";
 import { followStream } from "./sse.js";
 
 // Text is handed to the view in slices of about this many characters, with a pause between
@@ -124,11 +124,5 @@ export function followLog(jobId, view, { attempt = null, known = false, onInfo =
 
 /** Saves the attempt's whole log as a file (a link cannot carry the token; fetch can). */
 export async function downloadLog(jobId, attempt, filename) {
-  const blob = await (await api.log(jobId, attempt)).blob();
-  const url = URL.createObjectURL(blob);
-  const link = Object.assign(document.createElement("a"), { href: url, download: filename });
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60_000); // the download has its own copy long before
+  await download(await api.log(jobId, attempt), filename);
 }

@@ -3,7 +3,7 @@
 // the job that is running (then the last one that ran, or the failure of a failed run);
 // `#/runs/<run>/jobs/<job>` pins one, `…/L12?attempt=1` a line of one of its attempts.
 
-import { api, refused, session } from "./api.js";
+import { api, download, refused, session } from "./api.js";
 import { FINAL, ago, badge, commitSubject, duration, fill, h, jobLabel, setStatus, shortRef, shortSha } from "./dom.js";
 import { JobLog } from "./joblog.js";
 import { followStream } from "./sse.js";
@@ -11,6 +11,38 @@ import { followStream } from "./sse.js";
 const ACTIVITY_SHOWN = 200;
 // A running job's heartbeats (one every few seconds) would bury what happened; `ledgerci events` has them.
 const QUIET_EVENTS = new Set(["JobLeaseExtended"]);
+// Changes after which the run's artifacts are read again.
+const ARTIFACT_EVENTS = new Set(["ArtifactUploaded", "ArtifactsExpired"]);
+
+function bytes(size) {
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let unit = 0;
+  while (size >= 1024 && unit < units.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  return `${unit ? size.toFixed(1) : size} ${units[unit]}`;
+}
+
+/** The files the run's jobs left: each a button that downloads it (the token goes in a header). */
+function artifactsPanel(runId, artifacts) {
+  if (!artifacts.length) return null;
+  const save = (artifact) => api.artifact(runId, artifact.name)
+    .then((response) => download(response, artifact.path.split("/").pop()))
+    .catch((error) => window.alert(`Could not download ${artifact.name}: ${error.message}`));
+  return h("section", { class: "artifacts" },
+    h("h2", {}, "Artifacts"),
+    h("table", {},
+      h("thead", {}, h("tr", {}, ["File", "Size", "SHA-256", "Expires"].map((title) => h("th", {}, title)))),
+      h("tbody", {}, artifacts.map((artifact) => h("tr", { "data-artifact": artifact.name },
+        h("td", {}, artifact.removed_at
+          ? h("span", { class: "muted", title: "expired and removed" }, artifact.name)
+          : h("button", { type: "button", class: "link artifact", onclick: () => save(artifact) }, artifact.name)),
+        h("td", {}, bytes(artifact.size)),
+        h("td", { class: "mono", title: artifact.sha256 }, artifact.sha256.slice(0, 12)),
+        h("td", {}, artifact.removed_at ? "expired" : h("time", { datetime: artifact.expires_at },
+          new Date(artifact.expires_at).toLocaleString())))))));
+}
 
 /**
  * The job to show when none is pinned: the running one, else the last that started, else the
@@ -43,11 +75,13 @@ export function mountRun(main, { runId, jobId, attempt, line }, { setCrumbs, set
   const logTitle = h("div", { class: "log-title" });
   const jobLog = new JobLog({ lineLink: (job, shown, number) => jobHref(runId, job, shown, number) });
   const activity = h("ol", { class: "activity" });
+  const artifacts = h("div");
   main.replaceChildren(h("div", { class: "run-page" },
     head,
     h("div", { class: "run-body" },
       h("aside", {}, h("h2", {}, "Jobs"), jobList),
       h("section", { class: "log-pane" }, logTitle, jobLog.element)),
+    artifacts,
     h("details", { class: "activity-frame" }, h("summary", {}, "Activity (the run's events)"), activity)));
 
   function renderHead() {
@@ -175,6 +209,14 @@ export function mountRun(main, { runId, jobId, attempt, line }, { setCrumbs, set
     }
   }
 
+  async function loadArtifacts() {
+    try {
+      artifacts.replaceChildren(...[artifactsPanel(runId, (await api.artifacts(runId)).artifacts)].filter(Boolean));
+    } catch {
+      // The list is extra: the run's page does not need it.
+    }
+  }
+
   async function cancel() {
     await api.cancel(run.id).catch((error) => window.alert(`Could not cancel: ${error.message}`));
   }
@@ -202,11 +244,13 @@ export function mountRun(main, { runId, jobId, attempt, line }, { setCrumbs, set
       const change = JSON.parse(data);
       run = change.run;
       if (change.event) events.set(change.event.version, change.event);
+      if (ARTIFACT_EVENTS.has(change.event?.type)) loadArtifacts();
       render();
       renderActivity();
     },
   });
   loadHistory();
+  loadArtifacts();
 
   return {
     /** Another job of the same run: switch the log, keep the run's stream. */

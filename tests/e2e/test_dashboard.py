@@ -258,6 +258,39 @@ def test_a_16_mib_log_opens_at_its_tail_and_can_be_searched_linked_and_downloade
     assert page_errors == []
 
 
+WITH_ARTIFACTS = """
+jobs:
+  - name: build
+    run: mkdir -p dist && head -c 100000 /dev/urandom > dist/app.bin
+    artifacts:
+      paths: [dist/]
+"""
+
+
+def test_the_run_page_lists_its_artifacts_and_downloads_each_as_stored(tmp_path: Path, admin: Api,
+                                                                      browser: Browser) -> None:
+    tenant, token, repository_id, commit = tenant_with_a_repository(admin, tmp_path, WITH_ARTIFACTS)
+    run_id = tenant.push(repository_id, commit).json()["run_id"]
+    assert tenant.wait_run(run_id)["status"] == "succeeded"
+    stored = tenant.http.get(f"/api/v1/runs/{run_id}/artifacts/build/dist/app.bin").content
+
+    page_errors: list[str] = []
+    page = watched_page(browser, page_errors)
+    try:
+        sign_in(page, admin.url, token)
+        page.goto(f"{admin.url}/#/runs/{run_id}")
+        row = page.locator('.artifacts tr[data-artifact="build/dist/app.bin"]')
+        expect(row).to_contain_text("97.7 KiB")
+        keep_screenshot(page, "dashboard-artifacts")
+        with page.expect_download() as download:
+            row.locator("button.artifact").click()
+        assert download.value.suggested_filename == "app.bin"
+        assert Path(download.value.path()).read_bytes() == stored
+    finally:
+        page.close()
+    assert page_errors == []
+
+
 # Attempt 1 prints a line and hangs until its 2-second timeout; the retry prints another and succeeds.
 RETRIED = """
 jobs:
