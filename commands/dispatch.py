@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import NamedTuple
 
 from domain.messages import ArtifactInput, JobDispatch
@@ -32,10 +33,12 @@ def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) ->
     )
 
 
-def inputs_of(run: Run, job_id: str) -> list[ArtifactInput]:
-    """What the jobs before `job_id` left, the later job's file winning a path both left."""
+def inputs_of(run: Run, job_id: str, now: datetime) -> list[ArtifactInput]:
+    """What the jobs before `job_id` left and has not expired, the later job's file winning a
+    path both left."""
     job = run.job(job_id)
-    left = {path: stored for earlier in run.jobs[:job.index] for path, stored in earlier.artifacts.items()}
+    left = {path: stored for earlier in run.jobs[:job.index] for path, stored in earlier.artifacts.items()
+            if stored.expires_at > now}
     return [ArtifactInput(path=path, object=stored.object, size=stored.size, sha256=stored.sha256)
             for path, stored in left.items()]
 

@@ -43,9 +43,23 @@ def pool_refusal(tenant_id: str, tenant: Tenant | None, jobs: list[JobSpec]) -> 
 
 
 def within_tenant_cap(jobs: list[JobSpec], tenant: Tenant | None) -> list[JobSpec]:
-    """The jobs at the priority their file asks for, lowered to the tenant's cap if above it:
-    a workflow file cannot raise itself over what the admin allows its tenant."""
+    """The jobs as their file asks, within what the admin allows its tenant: the priority
+    lowered to its cap, its artifacts kept no longer than its maximum, and its byte quotas for
+    artifacts and caches written in for the runner."""
     if tenant is None:
         return jobs
-    return [msgspec.structs.replace(job, priority=capped_priority(job.priority, tenant.max_priority))
-            for job in jobs]
+    return [_within_limits(msgspec.structs.replace(job, priority=capped_priority(job.priority, tenant.max_priority)),
+                           tenant) for job in jobs]
+
+
+def _within_limits(job: JobSpec, tenant: Tenant) -> JobSpec:
+    artifacts, cache = job.artifacts, job.cache
+    if artifacts is not None:
+        longest = tenant.max_artifact_days * 86400 if tenant.max_artifact_days else artifacts.expire_in_seconds
+        artifacts = msgspec.structs.replace(artifacts, expire_in_seconds=min(artifacts.expire_in_seconds, longest),
+                                            quota_bytes=tenant.max_artifact_bytes)
+    if cache is not None:
+        cache = msgspec.structs.replace(cache, quota_bytes=tenant.max_cache_bytes)
+    if artifacts is job.artifacts and cache is job.cache:
+        return job
+    return msgspec.structs.replace(job, artifacts=artifacts, cache=cache)

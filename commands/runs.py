@@ -315,7 +315,7 @@ class RunCommands:
             return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
         job = run.job(job_id)
         deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
-        inputs = inputs_of(run, job_id) if with_inputs else []
+        inputs = inputs_of(run, job_id, self.clock()) if with_inputs else []
         return CommandResult(CommandReply(ok=True, inputs=inputs, **deadlines), job if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------

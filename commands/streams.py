@@ -38,7 +38,6 @@ STREAMS_RETRY_SECONDS = 0.5
 LIVE_LOG_RETENTION_SECONDS = 7 * 24 * 3600.0
 ARTIFACTS_MAX_BYTES = 10 * 1024**3
 CACHES_MAX_BYTES = 10 * 1024**3
-CACHE_MAX_AGE_SECONDS = 30 * 24 * 3600.0
 
 
 def stream_configs(replicas: int = 1) -> list[StreamConfig]:
@@ -86,14 +85,14 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             allow_rollup_hdrs=True,
             allow_direct=True,
         ),
-        # The caches' object store (domain/caches.py): an entry goes after CACHE_MAX_AGE_SECONDS
-        # from its save, or sooner when its tenant is over its quota (runner/caches.py).
+        # The caches' object store (domain/caches.py). No age limit on the stream: a restore
+        # rewrites an entry's name (its last use) but not its chunks, which an age limit would
+        # remove under a live name; entries go by use instead (runner/caches.py).
         StreamConfig(
             name=f"OBJ_{CACHES_BUCKET}",
             subjects=[f"$O.{CACHES_BUCKET}.C.>", f"$O.{CACHES_BUCKET}.M.>"],
             storage=StorageType.FILE,
             num_replicas=replicas,
-            max_age=CACHE_MAX_AGE_SECONDS,
             max_bytes=CACHES_MAX_BYTES,
             discard=DiscardPolicy.NEW,
             allow_rollup_hdrs=True,

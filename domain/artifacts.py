@@ -42,6 +42,8 @@ class ArtifactSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     paths: list[str]  # globs relative to the workspace; "dir/" is everything under it
     expire_in_seconds: int = DEFAULT_EXPIRE_SECONDS
     when: ArtifactWhen = "on_success"
+    # The tenant's byte quota when the run was planned (None: the runner's default).
+    quota_bytes: int | None = None
 
     def wanted(self, succeeded: bool) -> bool:
         """Whether an attempt that ended so uploads its artifacts."""
@@ -73,8 +75,13 @@ def path_problem(path: str) -> str | None:
         return "a path of 1 to 255 printable characters, without a backslash"
     if path.startswith("/"):
         return "a path relative to the workspace, not an absolute one"
-    if ".." in path.split("/"):
+    parts = path.removesuffix("/").split("/")
+    if ".." in parts:
         return 'a path inside the workspace: ".." is not allowed'
+    if any(part in ("", ".") for part in parts):
+        return 'a path without empty or "." parts, like dist/app.bin'
+    if any("**" in part and part != "**" for part in parts):
+        return '"**" only as a whole part of the path, as in dist/**/*.whl'
     return None
 
 

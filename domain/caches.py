@@ -53,6 +53,8 @@ class CacheSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     restore_keys: list[str] = []
     paths: list[str]
     policy: CachePolicy = "pull-push"
+    # The tenant's byte quota when the run was planned (None: the runner's default).
+    quota_bytes: int | None = None
 
     @property
     def pulls(self) -> bool:

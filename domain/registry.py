@@ -71,6 +71,13 @@ def pool_allowed(pools: list[str] | tuple[str, ...], pool: str) -> bool:
 
 
 class Tenant(SecretHolder):
+    # Set by TenantUpdated; class attributes (not annotations, which eventsourcing would take for
+    # fields of TenantCreated) so a tenant replayed from before they existed reads None, which
+    # means: the deployment's default (LEDGERCI_ARTIFACT_TENANT_MAX_BYTES, ...).
+    max_artifact_bytes = None  # its stored artifacts at most
+    max_cache_bytes = None  # its cache entries at most (least recently used go first)
+    max_artifact_days = None  # the longest `expire_in` its files get (a longer one is cut to it)
+
     class TenantCreated(Aggregate.Created):
         tenant_id: str
         name: str
@@ -131,7 +138,7 @@ class Tenant(SecretHolder):
     # ----- changes (recorded as events, so the audit trail says who changed a quota when) -----
 
     POLICY_FIELDS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute", "pools",
-                     "max_priority")
+                     "max_priority", "max_artifact_bytes", "max_cache_bytes", "max_artifact_days")
 
     def update(self, changes: dict[str, object], at: datetime, actor: str) -> bool:
         """Change the name, weight or quotas; only what differs is recorded. Idempotent."""

@@ -40,9 +40,13 @@ _HOST_STATES = {
 }
 DESCRIPTIONS = {RunState.PENDING: "queued", RunState.RUNNING: "running", RunState.SUCCESS: "succeeded",
                 RunState.FAILURE: "failed", RunState.CANCELLED: "cancelled"}
+# A host name of dot-separated labels (no empty one), and a port that exists: what the schema
+# allows, the resolver and httpx must take.
+HOST_PATTERN = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+PORT_PATTERN = r"(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
 # The API's schema states the same (gateway/statuses.py).
 # ASCII classes only: the schema's regex dialect (ECMA) and Python's disagree on what \s is.
-API_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$"
+API_URL_PATTERN = (r"^https?://" + HOST_PATTERN + PORT_PATTERN + r"(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$")
 PROJECT_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$"
 
 

@@ -28,6 +28,7 @@ from eventsourcing.domain import Aggregate
 
 from domain.errors import InvalidSubscriptionError
 from domain.run import Run
+from domain.statuses import HOST_PATTERN, PORT_PATTERN
 
 RUN_EVENTS = ("run.queued", "run.started", "run.succeeded", "run.failed", "run.cancelled", "run.skipped")
 JOB_EVENTS = ("job.started", "job.succeeded", "job.failed", "job.cancelled")
@@ -38,7 +39,7 @@ PATTERNS = (*EVENT_NAMES, "run.*", "job.*", *dict.fromkeys(f"*.{name.split('.')[
 
 # The API's schema states the same (gateway/subscriptions.py). ASCII classes only: the schema's
 # regex dialect (ECMA) and Python's disagree on what \s is.
-URL_PATTERN = (r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?"
+URL_PATTERN = (r"^https?://" + HOST_PATTERN + PORT_PATTERN + r"(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?"
                r"(\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?$")
 BRANCH_PATTERN = r"^[^\x00-\x20\x7f~^:?*\[\\]{1,250}$"  # what git allows in a branch name, roughly
 

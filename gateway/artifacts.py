@@ -14,6 +14,7 @@ import msgspec
 from litestar import Controller, Request, get
 from litestar.response import Stream
 from nats.aio.client import Client as NATS
+from nats.js.errors import ObjectNotFoundError
 
 from domain.artifacts import BUCKET
 from domain.errors import ArtifactExpiredError, ArtifactNotFoundError
@@ -37,6 +38,15 @@ class ArtifactReader:
     def __init__(self, nc: NATS) -> None:
         self.nc = nc
         self._store: Any = None
+
+    async def stored(self, name: str) -> bool:
+        """Whether the object is there (the reaper may have removed it before recording so)."""
+        self._store = self._store or await self.nc.jetstream().object_store(BUCKET)
+        try:
+            await self._store.get_info(name)
+        except ObjectNotFoundError:
+            return False
+        return True
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
         """The object's bytes as they arrive; its SHA-256 is checked at the end."""
@@ -68,7 +78,8 @@ class ArtifactsController(Controller):
         found = await blocking(artifact_queries.find, run, name)
         if found is None:
             raise ArtifactNotFoundError(f"run {run} has no artifact {name[:200]!r}")
-        if found.row.removed_at is not None or found.row.expires_at <= rfc3339(clock()):
+        expired = found.row.removed_at is not None or found.row.expires_at <= rfc3339(clock())
+        if expired or not await artifact_reader.stored(found.object):
             raise ArtifactExpiredError(f"artifact {name[:200]!r} of run {run} expired at {found.row.expires_at}")
         filename = quote(found.row.path.rsplit("/", 1)[-1])
         return Stream(artifact_reader.chunks(found.object), media_type="application/octet-stream", headers={

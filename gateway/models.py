@@ -61,6 +61,9 @@ class TenantRequest(Body):
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
     pools: Pools | None = None
     max_priority: MaxPriority | None = None
+    max_artifact_bytes: Annotated[int, Meta(ge=1)] | None = None
+    max_cache_bytes: Annotated[int, Meta(ge=1)] | None = None
+    max_artifact_days: Annotated[int, Meta(ge=1, le=90)] | None = None
 
 
 class TenantUpdate(Body):
@@ -73,6 +76,9 @@ class TenantUpdate(Body):
     pushes_per_minute: Annotated[int, Meta(ge=1)] | None = None
     pools: Pools | None = None
     max_priority: MaxPriority | None = None
+    max_artifact_bytes: Annotated[int, Meta(ge=1)] | None = None
+    max_cache_bytes: Annotated[int, Meta(ge=1)] | None = None
+    max_artifact_days: Annotated[int, Meta(ge=1, le=90)] | None = None
 
 
 class TenantResponse(msgspec.Struct, kw_only=True):
@@ -84,6 +90,10 @@ class TenantResponse(msgspec.Struct, kw_only=True):
     pushes_per_minute: int
     pools: list[str]  # the runner pools its jobs may use; ["*"]: any
     max_priority: str  # the highest priority its workflow files may ask for
+    # Its artifacts' and caches' limits; null: the deployment's default.
+    max_artifact_bytes: int | None = None
+    max_cache_bytes: int | None = None
+    max_artifact_days: int | None = None
 
 
 class TokenResponse(msgspec.Struct, kw_only=True):

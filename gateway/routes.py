@@ -47,11 +47,17 @@ def principal_of(request: Request) -> Principal:
     return request.state.principal
 
 
+# A tenant's settings that its TenantCreated does not hold: recorded as a TenantUpdated at once.
+LATER_SETTINGS = ("pools", "max_priority", "max_artifact_bytes", "max_cache_bytes", "max_artifact_days")
+
+
 def tenant_response(tenant: Tenant) -> TenantResponse:
     return TenantResponse(
         id=tenant.tenant_id, name=tenant.name, weight=tenant.weight,
         max_concurrent_jobs=tenant.max_concurrent_jobs, max_queued_runs=tenant.max_queued_runs,
         pushes_per_minute=tenant.pushes_per_minute, pools=list(tenant.pools), max_priority=tenant.max_priority,
+        max_artifact_bytes=tenant.max_artifact_bytes, max_cache_bytes=tenant.max_cache_bytes,
+        max_artifact_days=tenant.max_artifact_days,
     )
 
 
@@ -107,8 +113,7 @@ class AdminController(Controller):
             actor=principal_of(request).name,
         )
         # Recorded as a change right after: the created event keeps its shape.
-        later = {name: value for name, value in (("pools", data.pools), ("max_priority", data.max_priority))
-                 if value is not None}
+        later = {name: getattr(data, name) for name in LATER_SETTINGS if getattr(data, name) is not None}
         if later:
             tenant = await blocking(ledger.registry.update_tenant, data.id, later, actor=principal_of(request).name)
         return tenant_response(tenant)

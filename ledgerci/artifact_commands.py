@@ -7,6 +7,7 @@ import argparse
 import hashlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ledgerci.client import ClientError, GatewayClient, add_client_options
 from ledgerci.printing import print_json, print_table
@@ -46,7 +47,7 @@ def _download(client: GatewayClient, run_id: str, artifact: dict, directory: Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     partial = target.with_name(target.name + ".part")
-    with client.http.stream("GET", f"/api/v1/runs/{run_id}/artifacts/{artifact['name']}") as answer:
+    with client.http.stream("GET", f"/api/v1/runs/{run_id}/artifacts/{quote(artifact['name'], safe='/')}") as answer:
         if answer.status_code != 200:
             answer.read()
             raise ClientError(f"{answer.status_code}: {artifact['name']}: {answer.text}")

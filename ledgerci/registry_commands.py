@@ -14,7 +14,7 @@ from ledgerci.secret_commands import read_value
 
 Handler = Callable[[argparse.Namespace], int]
 _TENANT_SETTINGS = ("name", "weight", "max_concurrent_jobs", "max_queued_runs", "pushes_per_minute",
-                    "max_priority")
+                    "max_priority", "max_artifact_bytes", "max_cache_bytes", "max_artifact_days")
 
 
 def add_registry_commands(commands: Any) -> None:
@@ -49,6 +49,11 @@ def _add_tenant_commands(tenant: Any) -> None:
         sub.add_argument("--max-priority", choices=("high", "normal", "low"),
                          help="the highest `priority` its workflow files get (a file asking more gets this; "
                               "default high)")
+        sub.add_argument("--max-artifact-bytes", type=int, help="its stored artifacts at most (default: the "
+                                                                "runners' LEDGERCI_ARTIFACT_TENANT_MAX_BYTES)")
+        sub.add_argument("--max-cache-bytes", type=int, help="its cache entries at most (default: the runners' "
+                                                             "LEDGERCI_CACHE_TENANT_MAX_BYTES)")
+        sub.add_argument("--max-artifact-days", type=int, help="the longest expire_in its artifacts get (1 to 90)")
     create.add_argument("--token-out", action="store_true", help="also issue a token and print it (shown once)")
     action("show", "a tenant's weight and quotas", _tenant_show)
     action("token", "issue a new token for the tenant (shown once)", _tenant_token)
@@ -100,7 +105,11 @@ def _print_tenant(tenant: dict, args: argparse.Namespace, what: str) -> None:
     print(f"tenant {tenant['id']} {what}: weight {tenant['weight']}, at most {tenant['max_concurrent_jobs']} jobs "
           f"running, {tenant['max_queued_runs']} runs queued, {tenant['pushes_per_minute']} pushes a minute, "
           f"runner pools: {'any' if '*' in pools else ', '.join(pools)}, "
-          f"priority at most {tenant.get('max_priority', 'high')}")
+          f"priority at most {tenant.get('max_priority', 'high')}" + "".join(
+              f", {label} {tenant[key]}" for key, label in (("max_artifact_bytes", "artifacts at most (bytes)"),
+                                                            ("max_cache_bytes", "caches at most (bytes)"),
+                                                            ("max_artifact_days", "artifacts kept at most (days)"))
+              if tenant.get(key)))
     if "token" in tenant:
         _print_token(tenant)
 

@@ -142,8 +142,8 @@ class Settings:
             public_url=_env("LEDGERCI_PUBLIC_URL", f"http://{_env('LEDGERCI_HOST', '127.0.0.1')}:"
                                                    f"{_env('LEDGERCI_PORT', '8080')}"),
             status_retry_seconds=float(_env("LEDGERCI_STATUS_RETRY_SECONDS", "5")),
-            artifact_tenant_max_bytes=int(_env("LEDGERCI_ARTIFACT_TENANT_MAX_BYTES", str(5 * 1024**3))),
-            cache_tenant_max_bytes=int(_env("LEDGERCI_CACHE_TENANT_MAX_BYTES", str(2 * 1024**3))),
+            artifact_tenant_max_bytes=int(_env("LEDGERCI_ARTIFACT_TENANT_MAX_BYTES", str(1024**3))),
+            cache_tenant_max_bytes=int(_env("LEDGERCI_CACHE_TENANT_MAX_BYTES", str(1024**3))),
             webhook_retry_seconds=float(_env("LEDGERCI_WEBHOOK_RETRY_SECONDS", "5")),
             outbound_allow_private=_env("LEDGERCI_OUTBOUND_ALLOW_PRIVATE", "false").lower() in ("true", "1", "yes"),
             schedule_clock_speed=float(_env("LEDGERCI_SCHEDULE_CLOCK_SPEED", "1")),

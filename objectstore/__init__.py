@@ -1,4 +1,6 @@
-"""Reading JetStream object-store objects quickly: a leaf library (it imports nothing of ours).
+"""The JetStream object store as ledgerci uses it: objects read quickly, written only when their
+name is free, removed altogether. A leaf library (it imports nothing of ours); it relies on
+nats-py's own names for a bucket's stream and subjects (`_name`, `_stream`, `_js`).
 
 nats-py's `ObjectStore.get` reads an object's chunks through an ordered push consumer, at about
 40 MB/s here for one large object; a pull consumer fetching the same chunks in batches reads it
@@ -8,12 +10,17 @@ names the chunks' subject (its nuid), and the SHA-256 of what was read must be i
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import BinaryIO
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, Header, ObjectInfo, ObjectMetaOptions
+from nats.js.errors import APIError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 BATCH = 32  # chunks a fetch asks for: 16 MiB of 512 KiB chunks
@@ -34,7 +41,7 @@ async def read_chunks(store: ObjectStore, name: str) -> AsyncIterator[bytes]:
     js: JetStreamContext = store._js
     subscription = await js.pull_subscribe(
         f"$O.{store._name}.C.{info.nuid}", stream=store._stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60.0, mem_storage=True))
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
     digest = hashlib.sha256()
     try:
         remaining = info.chunks
@@ -49,3 +56,59 @@ async def read_chunks(store: ObjectStore, name: str) -> AsyncIterator[bytes]:
     stored = base64.urlsafe_b64decode(info.digest.split("=", 1)[1])
     if digest.digest() != stored:
         raise DigestMismatch(f"object {name!r}: its bytes do not match the SHA-256 it was stored with")
+
+
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's error codes for a failed Expected-Last-Subject-Sequence
+
+
+async def put_new(store: ObjectStore, name: str, reader: BinaryIO, *, chunk_bytes: int,
+                  description: str | None = None) -> ObjectInfo | None:
+    """Store `reader`'s bytes as `name` only if no object of that name is there: the info, or
+    None when another writer's object was named first (ours is then removed).
+
+    nats-py's `put` replaces an object of the same name. Here the chunks go first and the name
+    (the object's meta message) last, published with Expected-Last-Subject-Sequence 0, so that
+    of two writers of one name exactly one wins, and a writer killed before the end leaves no
+    object (its chunks are unnamed; the stream's limits remove them)."""
+    js: JetStreamContext = store._js
+    nuid = js._nc._nuid.next().decode()
+    chunks_subject = f"$O.{store._name}.C.{nuid}"
+    digest, size, chunks = hashlib.sha256(), 0, 0
+    try:
+        while data := await asyncio.to_thread(reader.read, chunk_bytes):
+            digest.update(data)
+            size += len(data)
+            chunks += 1
+            await js.publish(chunks_subject, data)
+        info = ObjectInfo(name=name, bucket=store._name, nuid=nuid, size=size, chunks=chunks,
+                          digest=f"SHA-256={base64.urlsafe_b64encode(digest.digest()).decode()}",
+                          mtime=datetime.now(UTC).isoformat(), description=description,
+                          options=ObjectMetaOptions(max_chunk_size=chunk_bytes))
+        await js.publish(_meta_subject(store, name), json.dumps(info.as_dict()).encode(),
+                         headers={Header.ROLLUP: "sub", Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0"})
+    except APIError as failed:
+        await js.purge_stream(store._stream, subject=chunks_subject)
+        if failed.err_code in WRONG_LAST_SEQUENCE:
+            return None
+        raise
+    except BaseException:
+        await asyncio.shield(js.purge_stream(store._stream, subject=chunks_subject))
+        raise
+    return info
+
+
+async def purge(store: ObjectStore, name: str) -> None:
+    """Remove an object and its name altogether (nats-py's `delete` leaves a deleted marker
+    under the name, which `put_new` would take for an object)."""
+    js: JetStreamContext = store._js
+    try:
+        info = await store.get_info(name, show_deleted=True)
+    except ObjectNotFoundError:
+        return
+    if info.nuid:
+        await js.purge_stream(store._stream, subject=f"$O.{store._name}.C.{info.nuid}")
+    await js.purge_stream(store._stream, subject=_meta_subject(store, name))
+
+
+def _meta_subject(store: ObjectStore, name: str) -> str:
+    return f"$O.{store._name}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"

@@ -12,7 +12,7 @@ answered) is not derived from events: a rebuild leaves these tables alone.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
@@ -21,6 +21,8 @@ from domain.ids import delivery_id_for
 from domain.subscriptions import Filter, occurrences
 from projections.sql import Cursor, Database
 from projections.timestamps import rfc3339
+
+CLAIM_SECONDS = 20.0  # twice a request's whole time (commands.outbound.TIMEOUT_SECONDS)
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS lci_webhook_deliveries (
@@ -35,6 +37,7 @@ TABLES = [
         seq INTEGER NOT NULL,
         created_at TEXT NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
+        since_redelivery INTEGER NOT NULL DEFAULT 0,
         next_at TEXT,
         delivered_at TEXT,
         last_status INTEGER,
@@ -192,10 +195,24 @@ class WebhookOutbox:
         self.db = db
 
     def due(self, now: datetime, limit: int = 50) -> list[DueDelivery]:
-        rows = self.db.query("SELECT id, subscription_id, event, payload, attempts FROM lci_webhook_deliveries "
-                             "WHERE delivered_at IS NULL AND next_at <= ? ORDER BY position, seq LIMIT ?",
-                             (rfc3339(now), limit))
-        return [DueDelivery(id=r[0], subscription_id=r[1], event=r[2], payload=r[3], attempts=r[4]) for r in rows]
+        """Deliveries whose time has come, each claimed for CLAIM_SECONDS: a second projector
+        replica asking at the same moment gets others, or none (a sender that dies holding one
+        leaves it due again when the claim runs out)."""
+        # `attempts` counts every try (the log's numbers); a redelivery's retries count from it anew.
+        rows = self.db.query("SELECT id, subscription_id, event, payload, attempts - since_redelivery, next_at "
+                             "FROM lci_webhook_deliveries WHERE delivered_at IS NULL AND next_at <= ? "
+                             "ORDER BY position, seq LIMIT ?", (rfc3339(now), limit))
+        claimed = []
+        with self.db.transaction() as cursor:
+            for row in rows:
+                # RETURNING, not rowcount: PostgreSQL's pipeline mode knows a count only once fetched.
+                won = cursor.execute("UPDATE lci_webhook_deliveries SET next_at = ? WHERE id = ? AND next_at = ? "
+                                     "AND delivered_at IS NULL RETURNING id",
+                                     (rfc3339(now + timedelta(seconds=CLAIM_SECONDS)), row[0], row[5])).fetchone()
+                if won is not None:
+                    claimed.append(DueDelivery(id=row[0], subscription_id=row[1], event=row[2], payload=row[3],
+                                               attempts=row[4]))
+        return claimed
 
     def delivered(self, row_id: str, at: datetime, outcome: Outcome) -> None:
         self._attempted(row_id, at, outcome, "delivered_at = ?, next_at = NULL", (rfc3339(at),))
@@ -230,10 +247,11 @@ class WebhookOutbox:
                 [AttemptRow(attempt=a[0], at=a[1], status_code=a[2], result=a[3]) for a in attempts])
 
     def redeliver(self, subscription_id: str, delivery_id: str, now: datetime) -> bool:
-        """Send it again now, delivered or given up (same id: the receiver can tell a repeat)."""
+        """Send it again now, delivered or given up (same id: the receiver can tell a repeat),
+        with its retries anew; its earlier attempts stay in the log."""
         with self.db.transaction() as cursor:
-            # RETURNING, not rowcount: PostgreSQL's pipeline mode knows a count only once fetched.
-            changed = cursor.execute("UPDATE lci_webhook_deliveries SET next_at = ?, delivered_at = NULL "
+            changed = cursor.execute("UPDATE lci_webhook_deliveries SET next_at = ?, delivered_at = NULL, "
+                                     "since_redelivery = attempts "
                                      "WHERE id = ? AND subscription_id = ? RETURNING id",
                                      (rfc3339(now), delivery_id, subscription_id)).fetchone()
         return changed is not None

@@ -182,7 +182,10 @@ class RunnerAgent:
                 await asyncio.sleep(1.0)  # do not spin while NATS is away
                 continue
             for message in messages:
-                await self.handle(message)
+                try:
+                    await self.handle(message)
+                except Exception:  # one job's surprise must not stop this slot, or the runner
+                    log.exception("handling a dispatch failed; its message is redelivered")
         if subscription is not None:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
@@ -252,7 +255,12 @@ class RunnerAgent:
         try:
             await asyncio.wait({execution, stop_wait, grace_over}, return_when=asyncio.FIRST_COMPLETED)
             if execution.done():
-                return execution.result()
+                try:
+                    return execution.result()
+                except Exception as failed:  # ours, not the job's: the attempt fails saying so
+                    log.exception("attempt %s:%d failed in the runner", dispatch.job_id, dispatch.attempt)
+                    return Kept(Outcome(exit_code=None, error=f"the runner failed: {type(failed).__name__}: {failed}"),
+                                [], None)
             # Refused, cancelled, the lease ran out, or this runner is stopping: kill the job
             # now and report no outcome.
             execution.cancel()

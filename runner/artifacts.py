@@ -8,15 +8,18 @@ its own machine (the Docker executor's job sees only its workspace, the runner s
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 from nats.js.api import ObjectMeta, ObjectMetaOptions
 
-from domain.artifacts import MAX_FILES_PER_JOB, ArtifactSpec, UploadedArtifact, object_name
+from domain.artifacts import MAX_FILES_PER_JOB, ArtifactSpec, UploadedArtifact, object_name, path_problem
 from domain.messages import ArtifactInput, JobDispatch
 from objectstore import read_chunks
 
@@ -37,16 +40,23 @@ class ArtifactError(Exception):
 
 def matched_files(workdir: Path, spec: ArtifactSpec) -> list[str]:
     """The workspace's regular files the patterns name ("dir/": all under it), as "/"-separated
-    paths relative to it, sorted; at most MAX_FILES_PER_JOB (more is an ArtifactError)."""
+    paths relative to it, sorted; at most MAX_FILES_PER_JOB and each a path an artifact may have
+    (else an ArtifactError that says which)."""
     root = workdir.resolve()
     found: set[str] = set()
     for pattern in spec.paths:
-        matches = [workdir / pattern.rstrip("/")] if pattern.endswith("/") else workdir.glob(pattern)
-        for match in matches:
-            found.update(_regular_files(root, match))
-    if len(found) > MAX_FILES_PER_JOB:
-        raise ArtifactError(f"the artifact paths match {len(found)} files, over the {MAX_FILES_PER_JOB} a job "
-                            "may leave (archive them into one)")
+        try:
+            matches = [root / pattern.rstrip("/")] if pattern.endswith("/") else root.glob(pattern)
+            for match in matches:
+                found.update(_regular_files(root, match))
+                if len(found) > MAX_FILES_PER_JOB:
+                    raise ArtifactError(f"the artifact paths match more than the {MAX_FILES_PER_JOB} files a job "
+                                        "may leave (archive them into one)")
+        except (OSError, ValueError, IndexError) as failed:
+            raise ArtifactError(f"the artifact path {pattern!r} cannot be matched: {failed}") from None
+    for path in found:
+        if problem := path_problem(path):
+            raise ArtifactError(f"the file {path[:100]!r} cannot be an artifact: expected {problem}")
     return sorted(found)
 
 
@@ -67,6 +77,8 @@ def _regular_files(root: Path, start: Path) -> list[str]:
         files += [(here / name).relative_to(root).as_posix() for name in names
                   if stat.S_ISREG(os.lstat(here / name).st_mode)]
         subdirectories.sort()
+        if len(files) > MAX_FILES_PER_JOB:
+            break  # the caller says it is too many
     return files
 
 
@@ -81,8 +93,11 @@ async def store_outputs(store: ObjectStore, dispatch: JobDispatch, workdir: Path
     """Store the attempt's files under names only this attempt writes, if the tenant's stored
     files leave room for them (else an ArtifactError that says so, and nothing is stored)."""
     assert dispatch.artifacts is not None
-    paths = matched_files(workdir.resolve(), dispatch.artifacts)
-    size = sum(os.lstat(workdir / path).st_size for path in paths)
+    paths = await asyncio.to_thread(matched_files, workdir, dispatch.artifacts)
+    try:
+        size = sum(os.lstat(workdir / path).st_size for path in paths)
+    except OSError as failed:
+        raise ArtifactError(f"an artifact went away before it was stored: {failed}") from None
     if paths:
         stored = await _stored_bytes(store, f"{dispatch.tenant_id}/")
         if stored + size > tenant_quota_bytes:
@@ -122,16 +137,28 @@ async def _stored_bytes(store: ObjectStore, prefix: str) -> int:
 
 async def fetch_inputs(store: ObjectStore, inputs: list[ArtifactInput], workdir: Path) -> None:
     """Put what earlier jobs left at their paths in the workspace (each object's SHA-256 is
-    checked as it is read)."""
+    checked as it is read). Each is written to a new file beside its place and renamed into it:
+    a link the checkout or a job left there is replaced, never written through."""
+    root = workdir.resolve()
     for item in inputs:
-        target = workdir / item.path
-        if not _inside(workdir.resolve(), target):
-            raise ArtifactError(f"artifact {item.path} would land outside the workspace")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = root / item.path
         try:
-            with open(target, "wb") as file:
-                async for chunk in read_chunks(store, item.object):  # type: ignore[arg-type]
-                    file.write(chunk)
+            if not _inside(root, target):
+                raise ArtifactError(f"artifact {item.path} would land outside the workspace")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not _inside(root, target):  # a link among the directories made just now
+                raise ArtifactError(f"artifact {item.path} would land outside the workspace")
+            descriptor, partial = tempfile.mkstemp(dir=target.parent, prefix=".ledgerci-")
+            try:
+                with os.fdopen(descriptor, "wb") as file:
+                    async for chunk in read_chunks(store, item.object):  # type: ignore[arg-type]
+                        await asyncio.to_thread(file.write, chunk)
+                os.replace(partial, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(partial)
+        except ArtifactError:
+            raise
         except Exception as failed:
             raise ArtifactError(f"artifact {item.path} of an earlier job could not be fetched: "
                                 f"{type(failed).__name__} {failed}") from None

@@ -38,7 +38,11 @@ class AttemptFiles:
             return str(failed), None
         if dispatch.cache is None:
             return None, None
-        key = await self.caches.key(dispatch, workdir)
+        try:
+            key = await self.caches.key(dispatch, workdir)
+        except Exception as failed:  # a cache never fails the job: it runs without one
+            await say(f"ledgerci: cache key not worked out ({type(failed).__name__}: {failed}); no cache\n")
+            return None, None
         return None, await self.caches.restore(dispatch, key, workdir, say)
 
     async def after(self, dispatch: JobDispatch, workdir: Path, outcome: Outcome, cache: CacheReport | None,
@@ -51,9 +55,12 @@ class AttemptFiles:
         spec = dispatch.artifacts
         if spec is not None and not outcome.timed_out and spec.wanted(succeeded):
             try:
-                stored = await store_outputs(self.artifacts, dispatch, workdir, self.artifact_tenant_quota_bytes)
-            except ArtifactError as failed:
-                outcome = msgspec.structs.replace(outcome, error=str(failed))
+                quota = spec.quota_bytes or self.artifact_tenant_quota_bytes  # the tenant's own, else the default
+                stored = await store_outputs(self.artifacts, dispatch, workdir, quota)
+            except Exception as failed:
+                error = str(failed) if isinstance(failed, ArtifactError) else (
+                    f"artifacts not stored: {type(failed).__name__}: {failed}")
+                outcome = msgspec.structs.replace(outcome, error=error)
                 succeeded = False
         if cache is not None and succeeded:
             cache = await self.caches.save(dispatch, cache, workdir, say)

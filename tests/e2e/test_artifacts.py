@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -93,23 +94,33 @@ def test_an_expired_artifact_is_removed_recorded_and_answers_410(tmp_path: Path,
     assert_invariants(cluster)
 
 
-def test_an_artifact_over_the_tenants_quota_fails_the_job_with_the_reason(
-        tmp_path: Path, postgres_url: str, fresh_nats_server) -> None:
-    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={"LEDGERCI_ARTIFACT_TENANT_MAX_BYTES": "1000000"})
-    with cluster.running():
-        admin = Api(cluster.url, ADMIN_TOKEN)
-        workflow = ("jobs:\n  - name: build\n    run: head -c 2000000 /dev/zero > big.bin\n"
-                    "    artifacts:\n      paths: [big.bin]\n")
-        owner, repository_id, commit = tenant_repository(admin, tmp_path, workflow, "epsilon")
-        run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
-        job = run["jobs"][0]
-        assert (run["status"], job["status"]) == ("failed", "failed")
-        assert job["error"].startswith(f"artifact quota exceeded: tenant {run['tenant_id']} stores 0 bytes of its "
-                                       "1000000, and this job's 1 files are 2000000 bytes more"), job["error"]
-        assert "artifact quota exceeded" in owner.log(job["id"])
-        assert [e for e in owner.events(run["id"]) if e["type"] == "ArtifactUploaded"] == []
-        assert_invariants(cluster)
+def test_an_artifact_over_the_tenants_quota_fails_the_job_with_the_reason(tmp_path: Path, cluster: LedgerCluster,
+                                                                           admin: Api) -> None:
+    workflow = ("jobs:\n  - name: build\n    run: head -c 2000000 /dev/zero > big.bin\n"
+                "    artifacts:\n      paths: [big.bin]\n      expire_in: 30d\n")
+    tenant_id, token = admin.tenant("epsilon")
+    owner, repo = Api(admin.url, token), GitRepo(tmp_path / "epsilon")
+    repository_id, commit = admin.repository(tenant_id, repo.clone_url), repo.commit({".ledgerci.yml": workflow})
+    limited = admin.http.patch(f"/api/v1/tenants/{tenant_id}",
+                               json={"max_artifact_bytes": 1_000_000, "max_artifact_days": 2})
+    assert limited.status_code == 200 and limited.json()["max_artifact_bytes"] == 1_000_000, limited.text
+    run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
+    job = run["jobs"][0]
+    assert (run["status"], job["status"]) == ("failed", "failed")
+    assert job["error"].startswith(f"artifact quota exceeded: tenant {tenant_id} stores 0 bytes of its "
+                                   "1000000, and this job's 1 files are 2000000 bytes more"), job["error"]
+    assert "artifact quota exceeded" in owner.log(job["id"])
+    assert [e for e in owner.events(run["id"]) if e["type"] == "ArtifactUploaded"] == []
+
+    # Under the quota, the tenant's longest expire_in (2 days) is what its 30d file gets.
+    small = repo.commit({".ledgerci.yml": workflow.replace("2000000", "1000")})
+    kept = owner.wait_run(owner.push(repository_id, small).json()["run_id"])
+    assert kept["status"] == "succeeded", owner.explain(kept["id"])
+    (artifact,) = owner.http.get(f"/api/v1/runs/{kept['id']}/artifacts").json()["artifacts"]
+    created, expires = (datetime.fromisoformat(artifact[key].replace("Z", "+00:00"))
+                        for key in ("created_at", "expires_at"))
+    assert expires - created == timedelta(days=2)
+    assert_invariants(cluster)
 
 
 BIG_UPLOAD = """\

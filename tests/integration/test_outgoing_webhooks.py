@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import NamedTuple
@@ -25,7 +26,7 @@ from commands.webhook_sender import MAX_ATTEMPTS, WebhookSender
 from domain.messages import FinishJob, StartJob
 from projections.runs import RunsProjection
 from projections.sql import Database
-from projections.webhook_outbox import WebhookOutbox
+from projections.webhook_outbox import CLAIM_SECONDS, WebhookOutbox
 from sealing import Keyring
 from tests.support.invariants import all_events, delivery_breaches
 from tests.support.ledger import ADMIN, acme_ledger, read_model
@@ -231,3 +232,24 @@ def test_another_tenants_subscription_is_not_found(world: World) -> None:
         world.subscriptions.get("umbrella", UUID(subscription), umbrella)
     with pytest.raises(Exception, match="not found"):
         world.subscriptions.subscribe("umbrella", "https://x.example/", ["*"], "web", None, umbrella)
+
+
+def test_senders_asking_at_once_are_given_different_deliveries_until_their_claims_run_out(world: World) -> None:
+    subscribe(world, ["*"])
+    ran(world.ledger, "web", 0)
+    world.catch_up()
+    now = datetime.now(UTC) + timedelta(seconds=1)
+    with ThreadPoolExecutor(4) as pool:
+        claimed = list(pool.map(lambda _: world.outbox.due(now, limit=2), range(4)))
+    ids = [row.id for rows in claimed for row in rows]
+    assert len(ids) == 5 and len(set(ids)) == 5  # five deliveries, each to one sender
+    assert world.outbox.due(now) == []
+    assert len(world.outbox.due(now + timedelta(seconds=CLAIM_SECONDS + 1))) == 5  # a dead sender's come back
+
+
+async def test_an_address_no_resolver_or_client_takes_is_an_attempt_that_failed_not_a_crash() -> None:
+    outbound = Outbound(allow_private=False)
+    for url in ("http://a..example.com/", "http://example.com:99999/", "http://./"):
+        outcome = await outbound.post(url, {}, content=b"{}")
+        assert not outcome.ok and outcome.result.startswith("error: "), (url, outcome)
+    await outbound.close()
