@@ -263,7 +263,8 @@ def test_a_runner_restarted_after_a_kill_kills_what_its_job_left_running_and_its
 
     cluster.start(name)
     wait_for(lambda: not pid_alive(orphan), 30, "the restarted runner to kill what its job left running")
-    assert not (workspaces / first_workspace).exists()
+    # It removes the workspace right after the kill: wait for that too, not assume it is done.
+    wait_for(lambda: not (workspaces / first_workspace).exists(), 10, "the left-over workspace to be removed")
     log = cluster.log_path(name).read_text()
     assert f"killing process {orphan} (sleep 300)" in log and f"removing workspace {first_workspace}" in log
     assert admin.wait_run(run_id, timeout=30)["status"] == "succeeded", admin.explain(run_id)
