@@ -42,6 +42,7 @@ class Outbox(Protocol):
     def due(self, now: datetime, limit: int = 50) -> list[Any]: ...
     def delivered(self, row_id: str, at: datetime, outcome: Outcome) -> None: ...
     def failed(self, row_id: str, at: datetime, retry_at: datetime | None, outcome: Outcome) -> None: ...
+    def release(self, row_ids: list[str], at: datetime) -> None: ...
 
 
 class Outbound:
@@ -121,10 +122,10 @@ class OutboxSender:
         return sum(await asyncio.gather(*(self._one_after_another(queue) for queue in queues.values())))
 
     async def _one_after_another(self, queue: list[Any]) -> int:
-        """A receiver's rows in order, until one is not delivered: the rest wait for the next
-        pass, so a receiver that is down costs one attempt per pass, not one per row."""
+        """A receiver's rows in order, until one is not delivered: the rest are given back for
+        the next pass, so a receiver that is down costs one attempt per pass, not one per row."""
         delivered = 0
-        for row in queue:
+        for index, row in enumerate(queue):
             try:
                 outcome = await self.deliver(row)
             except Exception as failed:  # a bug of ours: recorded on the row, never a stalled loop
@@ -141,5 +142,7 @@ class OutboxSender:
             await asyncio.to_thread(self.outbox.failed, row.id, self.clock(), retry_at, outcome)
             log.info("%s not delivered (%s); %s", row.id, outcome.result,
                      f"given up after {attempts} attempts" if given_up else f"again in {wait:.1f}s")
+            if rest := [later.id for later in queue[index + 1:]]:
+                await asyncio.to_thread(self.outbox.release, rest, self.clock())
             break
         return delivered

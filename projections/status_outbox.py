@@ -106,6 +106,9 @@ class StatusOutbox:
             cursor.execute("UPDATE lci_status_outbox SET attempts = attempts + 1, next_at = ?, last_result = ? "
                            "WHERE id = ?", (rfc3339(retry_at), outcome.result, row_id))
 
+    def release(self, row_ids: list[str], at: datetime) -> None:
+        """Nothing to give back: statuses are not claimed (the host keeps the newest anyway)."""
+
     def of_run(self, run_id: str) -> list[OutboxRow]:
         return [_row(row) for row in self.db.query(
             f"SELECT {_COLUMNS} FROM lci_status_outbox WHERE run_id = ? ORDER BY rank, created_at", (run_id,))]

@@ -214,6 +214,13 @@ class WebhookOutbox:
                                                attempts=row[4]))
         return claimed
 
+    def release(self, row_ids: list[str], at: datetime) -> None:
+        """Claimed rows not tried (their receiver failed first): due again at once."""
+        with self.db.transaction() as cursor:
+            for row_id in row_ids:
+                cursor.execute("UPDATE lci_webhook_deliveries SET next_at = ? WHERE id = ? AND delivered_at IS NULL",
+                               (rfc3339(at), row_id))
+
     def delivered(self, row_id: str, at: datetime, outcome: Outcome) -> None:
         self._attempted(row_id, at, outcome, "delivered_at = ?, next_at = NULL", (rfc3339(at),))
 
