@@ -72,32 +72,13 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             # moments; the live copy only has to outlast an archiver that is down for a while.
             max_age=LIVE_LOG_RETENTION_SECONDS,
         ),
-        # The artifacts' object store (domain/artifacts.py), as nats-py's create_object_store
-        # makes it: made here so that it is made, and kept up to date, like every stream.
-        StreamConfig(
-            name=f"OBJ_{ARTIFACTS_BUCKET}",
-            subjects=[f"$O.{ARTIFACTS_BUCKET}.C.>", f"$O.{ARTIFACTS_BUCKET}.M.>"],
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_age=float(MAX_EXPIRE_SECONDS),  # what outlives every artifact's expiry goes
-            max_bytes=ARTIFACTS_MAX_BYTES,
-            discard=DiscardPolicy.NEW,  # full: a new upload fails (its job says so), nothing stored is lost
-            allow_rollup_hdrs=True,
-            allow_direct=True,
-        ),
-        # The caches' object store (domain/caches.py). No age limit on the stream: a restore
-        # rewrites an entry's name (its last use) but not its chunks, which an age limit would
-        # remove under a live name; entries go by use instead (runner/caches.py).
-        StreamConfig(
-            name=f"OBJ_{CACHES_BUCKET}",
-            subjects=[f"$O.{CACHES_BUCKET}.C.>", f"$O.{CACHES_BUCKET}.M.>"],
-            storage=StorageType.FILE,
-            num_replicas=replicas,
-            max_bytes=CACHES_MAX_BYTES,
-            discard=DiscardPolicy.NEW,
-            allow_rollup_hdrs=True,
-            allow_direct=True,
-        ),
+        # The artifacts' object store (domain/artifacts.py): what outlives every artifact's
+        # expiry goes. Full, a new upload fails (its job says so) and nothing stored is lost.
+        _object_store(ARTIFACTS_BUCKET, replicas, ARTIFACTS_MAX_BYTES, max_age=float(MAX_EXPIRE_SECONDS)),
+        # The caches' object store (domain/caches.py). No age limit: a restore rewrites an
+        # entry's name (its last use) but not its chunks, which an age limit would remove under
+        # a live name; entries go by use instead (runner/caches.py).
+        _object_store(CACHES_BUCKET, replicas, CACHES_MAX_BYTES),
         StreamConfig(
             name=DEAD_STREAM,
             subjects=[f"{DEAD_SUBJECT_PREFIX}.>"],
@@ -106,6 +87,16 @@ def stream_configs(replicas: int = 1) -> list[StreamConfig]:
             num_replicas=replicas,
         ),
     ]
+
+
+def _object_store(bucket: str, replicas: int, max_bytes: int, max_age: float | None = None) -> StreamConfig:
+    """A JetStream object store's stream as nats-py's create_object_store makes it: made here so
+    that it is made, and kept up to date, like every stream."""
+    return StreamConfig(
+        name=f"OBJ_{bucket}", subjects=[f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"], storage=StorageType.FILE,
+        num_replicas=replicas, max_age=max_age, max_bytes=max_bytes, discard=DiscardPolicy.NEW,
+        allow_rollup_hdrs=True, allow_direct=True,
+    )
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
