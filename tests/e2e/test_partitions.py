@@ -222,7 +222,9 @@ def test_a_nats_node_cut_off_from_the_other_two_loses_no_event_or_dispatch_and_r
             for stream in (EVENTS_STREAM, JOBS_STREAM):
                 asyncio.run(lead_from(nats_cluster.url, stream, n0.server_name))
             run_ids = [admin.push(repository_id, c).json()["run_id"] for c in commits[:8]]
-            wait_until(lambda: any(admin.run(r)["status"] == "succeeded" for r in run_ids), 60, "a first run to end")
+            # A run pushed a moment ago may not be in the read model yet (404): not ended, then.
+            wait_until(lambda: any(admin.http.get(f"/api/v1/runs/{r}").json().get("status") == "succeeded"
+                                   for r in run_ids), 60, "a first run to end")
 
             cut_off.cut()
             for i, commit in enumerate(commits[8:16]):
