@@ -7,6 +7,7 @@ history at the end of each test."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -144,13 +145,17 @@ def test_fifty_pushes_into_one_group_while_gateways_and_schedulers_are_killed(
         rng = random.Random(19)
         commits = [repo.commit(rng.choice(files)) for _ in range(50)]
         gateways = ["gateway", "gateway#2"]
-        victims = [*gateways, "scheduler", "scheduler#2"]
+        # Kinds alternate, so both gateways and schedulers die while the pushes go in whatever
+        # the draws; the killer has its own generator (one shared with this thread would make
+        # the draws depend on how the threads interleave).
+        victims = itertools.cycle([gateways, ["scheduler", "scheduler#2"]])
+        killer_rng = random.Random(23)
         stop = threading.Event()
         kills: list[str] = []
 
         def killer() -> None:
-            while not stop.wait(rng.uniform(0.3, 0.8)):
-                victim = rng.choice(victims)
+            while not stop.wait(killer_rng.uniform(0.3, 0.8)):
+                victim = killer_rng.choice(next(victims))
                 cluster.kill(victim)
                 kills.append(victim)
                 cluster.start(victim)
