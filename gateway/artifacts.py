@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -21,7 +20,7 @@ from domain.errors import ArtifactExpiredError, ArtifactNotFoundError
 from gateway.blocking import blocking
 from gateway.openapi import errors
 from gateway.routes import principal_of, uuid_or_not_found
-from objectstore import read_chunks
+from objectstore import bucket, read_chunks
 from projections.artifacts import ArtifactQueries, ArtifactRow
 from projections.queries import RunQueries
 from projections.timestamps import rfc3339
@@ -33,15 +32,13 @@ class ArtifactList(msgspec.Struct, kw_only=True):
 
 
 class ArtifactReader:
-    """Reads objects of the artifacts' bucket, binding to it on first use."""
+    """Reads objects of the artifacts' bucket."""
 
     def __init__(self, nc: NATS) -> None:
-        self.nc = nc
-        self._store: Any = None
+        self._store = bucket(nc.jetstream(), BUCKET)
 
     async def stored(self, name: str) -> bool:
         """Whether the object is there (the reaper may have removed it before recording so)."""
-        self._store = self._store or await self.nc.jetstream().object_store(BUCKET)
         try:
             await self._store.get_info(name)
         except ObjectNotFoundError:
@@ -50,7 +47,6 @@ class ArtifactReader:
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
         """The object's bytes as they arrive; its SHA-256 is checked at the end."""
-        self._store = self._store or await self.nc.jetstream().object_store(BUCKET)
         async for chunk in read_chunks(self._store, name):
             yield chunk
 

@@ -38,10 +38,10 @@ from domain.artifacts import BUCKET as ARTIFACTS_BUCKET
 from domain.caches import BUCKET as CACHES_BUCKET
 from domain.schedule import ScheduleClock
 from gateway.app import GatewayDeps, create_app
+from gateway.logs import read_live_log
 from gateway.routes import Defaults
 from gitcache import GitMirrors
 from ledgerci.health import Probes, nats_connected, serving
-from ledgerci.log_archiver import LogArchiver
 from ledgerci.resources import (
     nats_connection,
     secret_book,
@@ -50,9 +50,10 @@ from ledgerci.resources import (
 )
 from ledgerci.runner_process import run_runner_process
 from ledgerci.settings import Settings
+from objectstore import bucket
 from projections.admission import PushAdmission
 from projections.artifacts import ArtifactQueries
-from projections.log_archive import LogArchive
+from projections.log_archive import LogArchive, LogArchiver
 from projections.queries import AdmissionQueries, DeadlineQueries, RunQueries
 from projections.runs import RunsProjection
 from projections.schedules import ScheduleQueries
@@ -105,7 +106,9 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
         return applied
 
     # The log archiver shares the process, and with it the events read (commands.recent_events).
-    archiver = LogArchiver(ledger, nc.jetstream(), LogArchive(db))
+    js = nc.jetstream()
+    archiver = LogArchiver(LogArchive(db), ledger.store.events_after,
+                           lambda job_id, attempt: read_live_log(js, job_id, attempt))
     archive_wake = asyncio.Event()
     try:
         async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
@@ -120,7 +123,7 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
 async def reaper_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
                          nc: NATS) -> None:
     reaper = Reaper(ledger, DeadlineQueries(db).overdue)
-    expiry = ArtifactExpiry(ledger, ArtifactQueries(db).expiring, await nc.jetstream().object_store(ARTIFACTS_BUCKET))
+    expiry = ArtifactExpiry(ledger, ArtifactQueries(db).expiring, bucket(nc.jetstream(), ARTIFACTS_BUCKET))
     never = asyncio.Event()  # the reaper keeps time; nothing wakes it early
 
     async def sweep() -> int:
@@ -174,9 +177,9 @@ async def admission_service(settings: Settings, stop: asyncio.Event, ledger: Led
                             stream_replicas=settings.stream_replicas)
 
 
-async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> None:
+async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS, executor: Executor | None = None) -> None:
     agent = RunnerAgent(
-        nc, await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
+        nc, executor or await _executor(settings), runner_id=settings.runner_id, pool=settings.runner_pool,
         slots=settings.runner_slots, data_dir=settings.data_dir, max_deliver=settings.max_deliver,
         stop_grace=settings.stop_grace_seconds, max_log_bytes=settings.max_log_bytes,
         lease_seconds=settings.lease_seconds, files=await _attempt_files(settings, nc),
@@ -186,9 +189,9 @@ async def runner_service(settings: Settings, stop: asyncio.Event, nc: NATS) -> N
 
 async def _attempt_files(settings: Settings, nc: NATS) -> AttemptFiles:
     js = nc.jetstream()
-    caches = Caches(await js.object_store(CACHES_BUCKET), tenant_quota_bytes=settings.cache_tenant_max_bytes,
+    caches = Caches(bucket(js, CACHES_BUCKET), tenant_quota_bytes=settings.cache_tenant_max_bytes,
                     scratch=settings.data_dir / "cache-scratch")
-    return AttemptFiles(await js.object_store(ARTIFACTS_BUCKET), caches,
+    return AttemptFiles(bucket(js, ARTIFACTS_BUCKET), caches,
                         artifact_tenant_quota_bytes=settings.artifact_tenant_max_bytes)
 
 
@@ -292,9 +295,11 @@ async def run_service(name: str, settings: Settings, stop: asyncio.Event) -> Non
         await STORE_SERVICES[name](settings, stop, ledger, db, nc)
 
 
-async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None) -> None:
+async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[], None] | None = None, *,
+                  runner_executor: Executor | None = None) -> None:
     """Every service but the runner in one process (`ledgerci dev`), on one store and one NATS
-    connection; the runner in a child process."""
+    connection; the runner in a child process, or, given an executor, in this process (the
+    fast tests' scripted executor: tests/support/in_process.py)."""
     # The services share this process's worker threads. Python's default (cores + 4: six
     # here) let a burst of pushes waiting for the store hold every thread, and the runners'
     # commands then timed out behind them.
@@ -307,6 +312,9 @@ async def run_all(settings: Settings, stop: asyncio.Event, on_ready: Callable[[]
             for name, service in STORE_SERVICES.items():
                 if name != "gateway":  # it starts last, below, and says when it is ready
                     group.create_task(service(settings, stop, ledger, db, nc))
-            # The runner is a process of its own (ledgerci.runner_process): the second core.
-            group.create_task(run_runner_process(settings, stop))
+            if runner_executor is None:
+                # The runner is a process of its own (ledgerci.runner_process): the second core.
+                group.create_task(run_runner_process(settings, stop))
+            else:
+                group.create_task(runner_service(settings, stop, nc, runner_executor))
             group.create_task(gateway_service(settings, stop, ledger, db, nc, on_ready))

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, Header, ObjectInfo, ObjectMetaOptions
 from nats.js.errors import APIError, ObjectNotFoundError
-from nats.js.object_store import ObjectStore
+from nats.js.object_store import OBJ_STREAM_TEMPLATE, ObjectStore
 
 BATCH = 32  # chunks a fetch asks for: 16 MiB of 512 KiB chunks
 FETCH_TIMEOUT_SECONDS = 10.0
@@ -29,6 +29,14 @@ FETCH_TIMEOUT_SECONDS = 10.0
 
 class DigestMismatch(Exception):
     """What was read is not what was stored."""
+
+
+def bucket(js: JetStreamContext, name: str) -> ObjectStore:
+    """The bucket `name`, without asking the server: nats-py's `js.object_store` first asks for
+    its stream's info, and a runner starting while JetStream elects a leader timed out there and
+    died. The buckets are made by the scheduler (commands/streams.py); one missing, or JetStream
+    away, fails the operation that needs it, not the process."""
+    return ObjectStore(name=name, stream=OBJ_STREAM_TEMPLATE.format(bucket=name), js=js)
 
 
 async def read_chunks(store: ObjectStore, name: str) -> AsyncIterator[bytes]:
