@@ -44,9 +44,11 @@ from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
 from commands.work_queue import Offered, WorkQueue
+from domain.job_events import ATTEMPT_ENDING_EVENTS
 from domain.messages import JobDispatch, dispatch_msg_id
 from domain.registry import Tenant
-from domain.run import ATTEMPT_ENDING_EVENTS, RUN_ENDING_EVENTS, Run
+from domain.run import Run
+from domain.run_events import RUN_ENDING_EVENTS
 from domain.workflow import JobSpec, priority_rank
 
 log = logging.getLogger(__name__)

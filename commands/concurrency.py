@@ -20,7 +20,8 @@ from commands.ledger_store import LedgerStore
 from domain.concurrency import MAX_WAITING, Concurrency
 from domain.concurrency_group import ConcurrencyGroup
 from domain.ids import concurrency_group_id
-from domain.run import RUN_ENDING_EVENTS, Run
+from domain.run import Run
+from domain.run_events import RUN_ENDING_EVENTS
 
 
 class Joined(NamedTuple):

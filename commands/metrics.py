@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
-from domain.run import Job
+from domain.job import Job
 from domain.status import JobStatus
 
 # From a job queued to its attempt claimed by a runner: what users wait before anything runs.

@@ -26,6 +26,7 @@ from commands.app import LedgerApp
 from commands.metrics import observe_claimed, observe_finished
 from commands.runs import CommandResult
 from commands.secrets import SecretBook
+from domain.job import Job
 from domain.messages import (
     COMMAND_QUEUE_GROUP,
     FINISH_JOB_SUBJECT,
@@ -38,7 +39,6 @@ from domain.messages import (
     Heartbeat,
     StartJob,
 )
-from domain.run import Job
 
 log = logging.getLogger(__name__)
 

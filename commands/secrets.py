@@ -18,9 +18,10 @@ from commands.app import LedgerApp
 from commands.principal import Principal
 from commands.runs import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
+from domain.job import Job
 from domain.messages import StartJob
 from domain.registry import Repository, SecretHolder, StatusTarget, StoredSecret, Webhook
-from domain.run import Job, Run
+from domain.run import Run
 from domain.secrets import (
     Scope,
     check_name,

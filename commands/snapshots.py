@@ -26,7 +26,8 @@ from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscode
 
 from domain.artifacts import StoredArtifact
 from domain.concurrency_group import ConcurrencyGroup
-from domain.run import Job, Run
+from domain.job import Job
+from domain.run import Run
 from domain.status import JobStatus, RunStatus
 from domain.workflow import JobSpec
 

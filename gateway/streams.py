@@ -27,8 +27,9 @@ from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.envelope import to_event_message
+from domain.job import Job
 from domain.messages import EVENTS_SUBJECT_PREFIX
-from domain.run import Job, Run
+from domain.run import Run
 from gateway.logs import LogReader
 from gateway.views import run_view
 

@@ -8,7 +8,8 @@ from datetime import datetime
 import msgspec
 
 from domain.errors import DomainError
-from domain.run import Run, waiting_reason
+from domain.run import Run
+from domain.run_events import waiting_reason
 from projections.queries import JobRow, RunRow, RunRows
 from projections.timestamps import rfc3339
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
 
-from domain.run import Run, superseded_reason, waiting_reason
+from domain.run import Run
+from domain.run_events import superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
 from domain.statuses import RunState
 from projections.artifacts import artifact_uploaded, artifacts_expired

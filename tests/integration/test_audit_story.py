@@ -22,8 +22,8 @@ from commands.principal import Principal
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import RunNotFoundError
+from domain.job import RUNNER_LOST
 from domain.messages import FinishJob, Heartbeat, StartJob
-from domain.run import RUNNER_LOST
 from gateway.views import run_view
 from tests.reference.record import THREE_JOBS, Clock
 from tests.reference.state import aggregate_state
