@@ -3,17 +3,21 @@
 The archiver copies an attempt's log from the LOGS stream once an event says the attempt
 ended, so the stream can expire while the log stays readable. Copying is idempotent (the first
 copy of an attempt wins), so two archivers, or one that restarts halfway, never lose or change
-a log; the position only saves work.
+a log; the position only saves work. The archiver follows the event history like a projector
+(woken by published events, never polling on the hot path) and runs in the projector's process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.run import ATTEMPT_ENDING_EVENTS
+from domain.job_events import ATTEMPT_ENDING_EVENTS
 from projections.sql import Database
+
+PAGE = 200
 
 # The events after which nothing more is logged for an attempt.
 # By name: the projector reads events decoded from the store, the archiver's wake-ups by subject.
@@ -57,3 +61,26 @@ def ended_attempts(events: Iterable[tuple[int, Any]]) -> list[tuple[str, int]]:
         if type(event).__name__ in ATTEMPT_ENDING_EVENT_NAMES and getattr(event, "attempt", 0) >= 1:
             ended.append((str(event.job_id), int(event.attempt)))
     return ended
+
+
+class LogArchiver:
+    """Copies each ended attempt's log from the LOGS stream into the archive. Reading the live
+    stream and writing the archive are both repeatable, so a crash anywhere means some work is
+    done twice, never lost."""
+
+    def __init__(self, archive: LogArchive, events_after: Callable[[int, int], Iterable[tuple[int, Any]]],
+                 read_live_log: Callable[[str, int], Awaitable[bytes]]) -> None:
+        self.archive = archive
+        self.events_after = events_after  # (position, limit) -> the events after it, in the global order
+        self.read_live_log = read_live_log  # (job id, attempt) -> its log as the stream holds it
+
+    async def archive_pending(self) -> int:
+        """Archive the attempts ended in the next page of events; the number of events read."""
+        position = await asyncio.to_thread(self.archive.position)
+        events = await asyncio.to_thread(lambda: list(self.events_after(position, PAGE)))
+        for job_id, attempt in ended_attempts(events):
+            content = await self.read_live_log(job_id, attempt)
+            await asyncio.to_thread(self.archive.put, job_id, attempt, content)
+        if events:
+            await asyncio.to_thread(self.archive.advance, events[-1][0])
+        return len(events)
