@@ -102,7 +102,8 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from ledgerci.resources import nats_connection, store
+    from ledgerci.nats_connection import nats_connection
+    from ledgerci.resources import store
     from ledgerci.tools import grant_role
 
     settings = Settings.from_env()

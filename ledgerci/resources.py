@@ -10,9 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 import psycopg
-from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
 from commands.runs import Timing
@@ -20,7 +18,6 @@ from commands.schema import create_event_store
 from commands.secrets import SecretBook
 from commands.sqlite_store import writer_lock
 from commands.store import eventsourcing_env, is_postgres, sqlite_path
-from commands.streams import ensure_streams
 from ledgerci.settings import Settings
 from projections.schema import create_read_model_tables
 from projections.sql import Database, open_database
@@ -66,14 +63,6 @@ def migrate(settings: Settings, ledger: LedgerApp, db: Database) -> None:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
 
 
-async def connect_nats(settings: Settings, name: str) -> NATS:
-    servers = [url.strip() for url in settings.nats_url.split(",") if url.strip()]
-    return await nats.connect(
-        servers=servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-        connect_timeout=5, allow_reconnect=True,
-    )
-
-
 @asynccontextmanager
 async def store(settings: Settings, *, migrate_schema: bool | None = None) -> AsyncIterator[tuple[LedgerApp, Database]]:
     """The event store and the read-model database; tables made first if asked (or if
@@ -90,17 +79,6 @@ async def store(settings: Settings, *, migrate_schema: bool | None = None) -> As
     finally:
         db.close()
         ledger.close()
-
-
-@asynccontextmanager
-async def nats_connection(settings: Settings, name: str) -> AsyncIterator[NATS]:
-    nc = await connect_nats(settings, name)
-    try:
-        await ensure_streams(nc.jetstream(), settings.stream_replicas)
-        yield nc
-    finally:
-        with contextlib.suppress(Exception):
-            await nc.drain()
 
 
 # ----- wake-ups --------------------------------------------------------------------------------

@@ -73,7 +73,9 @@ def test_image_builds_offline_from_a_local_base_and_runs_as_non_root(image: str)
     assert uid == "10001"
     # Every module the services import is in the image (a package left out of pyproject's
     # list would only fail here), and the runners' tools are on the PATH.
-    run("docker", "run", "--rm", "--entrypoint", "python", image, "-c", "import ledgerci.services")
+    run("docker", "run", "--rm", "--entrypoint", "python", image, "-c",
+        "import ledgerci.services.relay, ledgerci.services.projector, ledgerci.services.scheduler, "
+        "ledgerci.services.reaper, ledgerci.services.gateway, ledgerci.services.runner, runner.docker")
     tools = run("docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
                 "git --version && setpriv --version && nats-server --version").stdout
     assert "git version" in tools and "util-linux" in tools and "nats-server" in tools

@@ -1,0 +1,58 @@
+"""The scheduler: the planner, the runners' command service, weighted fair admission (led by one
+replica) and the schedules' firing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.aio.client import Client as NATS
+
+from commands.admission import run_admission
+from commands.app import LedgerApp
+from commands.leadership import FileLeadership, Leadership, PostgresLeadership
+from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
+from commands.schedule_firing import ScheduleFiring, run_schedules
+from commands.scheduler import run_planner
+from commands.store import is_postgres, sqlite_path
+from domain.schedule import ScheduleClock
+from gitcache import GitMirrors
+from ledgerci.resources import (
+    secret_book,
+    waking_on_commits,
+)
+from ledgerci.settings import Settings
+from projections.queries import AdmissionQueries
+from projections.schedules import ScheduleQueries
+from projections.sql import Database
+
+
+async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                            nc: NATS) -> None:
+    mirrors = GitMirrors(settings.data_dir / "mirrors")
+    try:
+        async with asyncio.TaskGroup() as group:
+            # Replicas on PostgreSQL step aside while their store stalls; the embedded one never.
+            stalled_after = STALLED_AFTER_SECONDS if is_postgres(settings.database_url) else None
+            group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger), stalled_after))
+            group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
+            group.create_task(admission_service(settings, stop, ledger, db, nc))
+            group.create_task(run_schedules(ScheduleFiring(ledger.runs, ScheduleQueries(db).in_force,
+                                                           ScheduleClock(settings.schedule_clock_speed), ledger.clock),
+                                            stop))
+    finally:
+        mirrors.close()
+
+
+async def admission_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
+                            nc: NATS) -> None:
+    """Weighted fair admission, led by one scheduler replica (commands.admission)."""
+    wake = asyncio.Event()
+    leadership: Leadership
+    if is_postgres(settings.database_url):
+        leadership = PostgresLeadership(settings.database_url)
+    else:
+        leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
+    async with waking_on_commits(settings, ledger, stop, wake):
+        await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
+                            reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds,
+                            stream_replicas=settings.stream_replicas)
