@@ -1,5 +1,5 @@
 """The command line against a real gateway (every service its own process, PostgreSQL, a real
-nats-server): what a user types, what it prints, and its exit code. One system serves the
+nats-server): what a user types, what it prints, and its exit code. One shared cluster serves the
 module; each test makes a tenant of its own."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from tests.e2e.test_faults import wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
-from tests.support.processes import NatsServer, PostgresServer
 
 FAILS = """\
 jobs:
@@ -45,23 +43,6 @@ jobs:
 """
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer,
-           ledgerci_servers_dir: Path) -> Iterator[LedgerCluster]:
-    if not postgres_server.is_running():
-        postgres_server.start()
-    database = f"cli_{uuid.uuid4().hex[:8]}"
-    nats = NatsServer.create(ledgerci_servers_dir)
-    cluster = LedgerCluster(tmp_path_factory.mktemp("cli") / "cluster", postgres_server.create_database(database),
-                            nats.url)
-    try:
-        with cluster.running():
-            yield cluster
-    finally:
-        nats.destroy()
-        postgres_server.drop_database(database)
-
-
 class Cli:
     """`ledgerci …` as a user runs it: from an empty directory, told only LEDGERCI_URL and LEDGERCI_TOKEN."""
 
@@ -76,13 +57,13 @@ class Cli:
 
 
 @pytest.fixture
-def tenant(system: LedgerCluster, tmp_path: Path) -> tuple[Cli, Cli, str]:
+def tenant(shared_cluster: LedgerCluster, tmp_path: Path) -> tuple[Cli, Cli, str]:
     """(the tenant's CLI, the admin's CLI, the tenant's id), both run from a directory of their own."""
-    admin = Api(system.url, ADMIN_TOKEN)
+    admin = Api(shared_cluster.url, ADMIN_TOKEN)
     tenant_id, token = admin.tenant(f"t-{uuid.uuid4().hex[:8]}")
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    return Cli(system.url, token, cwd), Cli(system.url, ADMIN_TOKEN, cwd), tenant_id
+    return Cli(shared_cluster.url, token, cwd), Cli(shared_cluster.url, ADMIN_TOKEN, cwd), tenant_id
 
 
 def _repo(cli: Cli, tenant_id: str, tmp_path: Path, workflow: str, message: str = "Make it so") -> tuple[str, str]:
@@ -206,7 +187,7 @@ def test_filters_that_match_nothing_say_so_and_history_says_it_is_history(tenant
     assert "  history    as of version 2 (now " in then.stdout and "the run as it was then" in then.stdout
 
 
-def test_repositories_and_tenants_are_listed_shown_and_deleted(tenant, system: LedgerCluster,
+def test_repositories_and_tenants_are_listed_shown_and_deleted(tenant, shared_cluster: LedgerCluster,
                                                                tmp_path: Path) -> None:
     cli, admin, tenant_id = tenant
     repository_id, commit = _repo(cli, tenant_id, tmp_path, PASSES)
@@ -224,7 +205,7 @@ def test_repositories_and_tenants_are_listed_shown_and_deleted(tenant, system: L
     pooled = admin("tenant", "update", tenant_id, "--pools", "default, gpu")
     assert pooled.returncode == 0 and "runner pools: default, gpu" in pooled.stdout, pooled.stderr
     assert "runner pools: default, gpu" in admin("tenant", "show", tenant_id).stdout
-    other, _ = Api(system.url, ADMIN_TOKEN).tenant(f"o-{uuid.uuid4().hex[:8]}")
+    other, _ = Api(shared_cluster.url, ADMIN_TOKEN).tenant(f"o-{uuid.uuid4().hex[:8]}")
     assert "404" in admin("repo", "show", "nosuch").stderr
     deleted = cli("repo", "delete", repository_id)
     assert deleted.returncode == 0 and "its runs stay" in deleted.stdout
