@@ -35,17 +35,22 @@ from tests.support.git_repo import GitRepo
 from tests.support.processes import free_port
 
 WORKFLOW = "jobs:\n  - name: build\n    run: 'true'\n  - name: test\n    run: 'true'\n"
+# The same two no-op jobs for the scripted executor (`--executor scripted`): no process per job,
+# so what is left is ledgerci's own cost.
+SCRIPTED_WORKFLOW = "jobs:\n  - name: build\n    run: exit 0\n  - name: test\n    run: exit 0\n"
 TOKEN = "bench-admin-token"
 
 
-def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path | None = None) -> dict[str, object]:
+def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path | None = None,
+            executor: str = "local") -> dict[str, object]:
     base = Path(tempfile.mkdtemp(prefix="ledgerci-bench-embedded-"))
     port = free_port()
     log = open(base / "dev.log", "wb")  # noqa: SIM115
     env = {**os.environ, "LEDGERCI_ADMIN_TOKEN": TOKEN, "LEDGERCI_RUNNER_SLOTS": str(slots),
            "LEDGERCI_LOG_LEVEL": "WARNING", "PYTHONPATH": str(source)}
     dev = subprocess.Popen([sys.executable, "-m", "ledgerci.cli", "dev", "--data-dir", str(base / "data"),
-                            "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=source)
+                            "--port", str(port), "--executor", executor],
+                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=source)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(url, dev)
@@ -55,7 +60,8 @@ def measure(clients: int, pushes: int, slots: int, source: Path, profile: Path |
             "pushes_per_minute": 1_000_000, "max_queued_runs": 1_000_000, "max_concurrent_jobs": 1000,
         }).raise_for_status()
         repo = GitRepo(base / "repo")
-        commits = repo.many_commits({".ledgerci.yml": WORKFLOW}, clients * pushes)
+        workflow = SCRIPTED_WORKFLOW if executor == "scripted" else WORKFLOW
+        commits = repo.many_commits({".ledgerci.yml": workflow}, clients * pushes)
         http.post("/api/v1/repositories", json={"id": "bench", "tenant_id": "bench",
                                                  "clone_url": repo.clone_url}).raise_for_status()
         answers: collections.Counter[int] = collections.Counter()
@@ -173,9 +179,12 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=Path.cwd(),
                         help="the ledgerci checkout to run (to compare two commits side by side)")
     parser.add_argument("--profile", type=Path, help="sample the dev process and the runner with py-spy")
+    parser.add_argument("--executor", choices=["local", "scripted"], default="local",
+                        help="scripted: the jobs start no process (ledgerci's own cost alone)")
     args = parser.parse_args()
-    result = measure(args.clients, args.pushes, args.slots, args.source.absolute(), args.profile)
-    print(f"clients {args.clients} x pushes {args.pushes} (slots {args.slots}), source {args.source}")
+    result = measure(args.clients, args.pushes, args.slots, args.source.absolute(), args.profile, args.executor)
+    print(f"clients {args.clients} x pushes {args.pushes} (slots {args.slots}, executor {args.executor}), "
+          f"source {args.source}")
     print(f"  answers: {result['answers']}")
     for text, count in result["errors"].items():  # type: ignore[attr-defined]
         print(f"  {count} x {text}")

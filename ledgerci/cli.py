@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--data-dir", default=".ledgerci", help="where the store, NATS and workspaces live")
     dev.add_argument("--port", type=int, default=8080, help="the gateway's port")
     dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--executor", choices=["local", "docker"], default="local")
+    dev.add_argument("--executor", choices=["local", "docker", "scripted"], default="local",
+                     help="scripted: each job's run: played as steps, no process (runner/scripted.py)")
     dev.add_argument("--demo", action="store_true", help="add a demo tenant and repository, and push")
     dev.set_defaults(handler=_dev)
 

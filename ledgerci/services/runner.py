@@ -18,6 +18,7 @@ from runner.attempt_files import AttemptFiles
 from runner.caches import Caches
 from runner.executor import Executor
 from runner.local import LocalExecutor
+from runner.scripted import ScriptedExecutor
 
 log = logging.getLogger("ledgerci")
 
@@ -43,8 +44,10 @@ async def _attempt_files(settings: Settings, nc: NATS) -> AttemptFiles:
 async def _executor(settings: Settings) -> Executor:
     if settings.executor == "local":
         return LocalExecutor()
+    if settings.executor == "scripted":  # tests and benchmarks: no process per job (runner/scripted.py)
+        return ScriptedExecutor()
     if settings.executor != "docker":
-        raise SystemExit(f"LEDGERCI_EXECUTOR is {settings.executor!r}: use local or docker")
+        raise SystemExit(f"LEDGERCI_EXECUTOR is {settings.executor!r}: use local, docker or scripted")
     # Only a Docker runner loads the engine's client.
     from docker.errors import DockerException
 
