@@ -31,7 +31,7 @@ from domain.messages import (
 from gitcache import GitMirrors
 from runner.attempt import AttemptRunner
 from runner.attempt_files import AttemptFiles, Kept
-from runner.commands import COMMAND_TIMEOUT_SECONDS, UNANSWERED, CommandClient, CommandFailed, Refused
+from runner.commands import COMMAND_TIMEOUT_SECONDS, RETRYABLE, CommandClient, Refused
 from runner.executor import Executor, Outcome
 from runner.leftovers import kill_left_over_jobs, remove_left_over_workspaces
 from runner.logs import MAX_LOG_BYTES
@@ -156,7 +156,7 @@ class RunnerAgent:
             log.info("attempt %s:%d is not ours: %s", dispatch.job_id, dispatch.attempt, refused)
             await message.ack_sync()  # nobody should run this attempt any more
             return
-        except (*UNANSWERED, CommandFailed):
+        except RETRYABLE:
             await message.nak(delay=1.0)  # the command service is away: try again soon
             return
         workdir = self.workspaces / f"{dispatch.job_id}-{dispatch.attempt}"

@@ -39,8 +39,6 @@ COMMAND_TIMEOUT_SECONDS = 10.0
 # command is idempotent), while a redelivery to another runner would be refused and acked, and
 # the attempt would sit claimed by nobody until its lease ran out.
 CLAIM_TRIES = 3
-# Not answered, and worth asking again: the command service is away or slow.
-UNANSWERED = (TimeoutError, NoRespondersError)
 
 
 class Refused(Exception):
@@ -49,6 +47,11 @@ class Refused(Exception):
 
 class CommandFailed(Exception):
     """The command service could not record the command (not a refusal): retry it."""
+
+
+# Not answered, or not recorded: the command service is away, slow or without its store; the
+# command is worth asking again (each is idempotent). A refusal is not among them.
+RETRYABLE = (TimeoutError, NoRespondersError, CommandFailed)
 
 
 class CommandClient:
@@ -95,7 +98,7 @@ class CommandClient:
             except Refused as refused:
                 log.warning("outcome of %s:%d refused: %s", dispatch.job_id, dispatch.attempt, refused)
                 return
-            except (*UNANSWERED, CommandFailed) as failed:
+            except RETRYABLE as failed:
                 log.warning("reporting %s:%d failed (%s); retrying", dispatch.job_id, dispatch.attempt, failed)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -129,7 +132,7 @@ class CommandClient:
                 reason.append(f"heartbeat refused: {refused}")
                 stopped.set()
                 return
-            except (*UNANSWERED, CommandFailed):
+            except RETRYABLE:
                 # Not refused, just not heard: keep the job while the lease we hold lasts.
                 if lease_expires_at is not None and datetime.now(UTC) >= lease_expires_at:
                     reason.append("lease expired before a heartbeat got through")
