@@ -9,7 +9,10 @@ seconds rather than through a cluster of processes.
 One step per line of the script:
 
     say TEXT        print TEXT and a newline to the job's log
-    write PATH TEXT write TEXT to PATH in the workspace (for artifacts)
+    write PATH TEXT write TEXT to PATH in the workspace (for artifacts and caches)
+    show PATH       print PATH's text in the workspace to the log (what an earlier job or a
+                    restored cache entry left there), or "PATH: absent" (also for a path
+                    that leads out of the workspace)
     sleep SECONDS   wait that long
     wait GATE       wait until `open(GATE)` is called (from any thread)
     exit CODE       end with that exit code (without one, a script ends with 0)
@@ -86,6 +89,11 @@ class ScriptedExecutor:
             target = workdir / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+        elif verb == "show":
+            shown = (workdir / argument).resolve()
+            inside = shown.is_relative_to(workdir.resolve()) and shown.is_file()
+            text = shown.read_text() if inside else f"{argument}: absent"
+            await output(f"{text}\n".encode())
         elif verb == "sleep":
             await asyncio.sleep(float(argument))
         elif verb == "wait":
@@ -111,8 +119,8 @@ class ScriptedExecutor:
 
 def parse_step(line: str) -> tuple[str, str]:
     verb, _, argument = line.strip().partition(" ")
-    if verb not in ("say", "write", "sleep", "wait", "exit"):
-        raise ScriptError(f"unknown step {verb!r} (say, write, sleep, wait, exit)")
+    if verb not in ("say", "write", "show", "sleep", "wait", "exit"):
+        raise ScriptError(f"unknown step {verb!r} (say, write, show, sleep, wait, exit)")
     if verb == "exit" and not argument.strip().isdigit():
         raise ScriptError(f"exit needs a number, not {argument!r}")
     if verb == "sleep":
@@ -120,6 +128,6 @@ def parse_step(line: str) -> tuple[str, str]:
             float(argument)
         except ValueError:
             raise ScriptError(f"sleep needs seconds, not {argument!r}") from None
-    if verb in ("wait", "write") and not argument.strip():
+    if verb in ("wait", "write", "show") and not argument.strip():
         raise ScriptError(f"{verb} needs an argument")
     return verb, argument.strip() if verb != "say" else argument

@@ -106,4 +106,4 @@ def test_a_job_the_script_cannot_play_fails_saying_why(tmp_path: Path, ledger: I
     [run_id] = push(ledger.api, tmp_path, workflow(job("odd", "dance now")))
     run = ledger.api.wait_run(run_id, timeout=30)
     assert run["status"] == "failed"
-    assert run["jobs"][0]["error"] == "scripted executor: unknown step 'dance' (say, write, sleep, wait, exit)"
+    assert run["jobs"][0]["error"] == "scripted executor: unknown step 'dance' (say, write, show, sleep, wait, exit)"

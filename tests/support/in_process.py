@@ -33,6 +33,7 @@ class InProcess:
     api: Api  # as the admin
     executor: ScriptedExecutor
     database_url: str
+    nats_url: str  # the embedded nats-server's: its object stores hold the artifacts and caches
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def in_process_ledger(data_dir: Path, **settings: object) -> Iterator[InProcess]
     try:
         if not ready.wait(START_TIMEOUT_SECONDS) or failed:
             raise RuntimeError("ledgerci did not start in this process") from (failed[0] if failed else None)
-        yield InProcess(Api(f"http://127.0.0.1:{port}", admin_token), executor, configured.database_url)
+        yield InProcess(Api(f"http://127.0.0.1:{port}", admin_token), executor, configured.database_url, nats.url)
     finally:
         if not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
