@@ -29,7 +29,7 @@ from domain.errors import (
     RunNotFoundError,
     StaleAttemptError,
 )
-from domain.ids import run_id_for, scheduled_run_id, tenant_aggregate_id
+from domain.ids import run_id_for, scheduled_run_id, tag_of, tenant_aggregate_id
 from domain.job import Job
 from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
 from domain.registry import Tenant
@@ -101,7 +101,7 @@ class RunCommands:
         if admit is not None:
             admit(self.registry.get_tenant(repository.tenant_id))
         run = Run.request(
-            run_id=run_id_for(repository_id, commit), repository_id=repository_id,
+            run_id=run_id_for(repository_id, commit, tag=tag_of(ref)), repository_id=repository_id,
             tenant_id=repository.tenant_id, commit=commit.lower(), ref=ref, clone_url=repository.clone_url,
             rerun=0, request_id=uuid4().hex, actor=principal.name, at=self.clock(),
         )
@@ -154,11 +154,11 @@ class RunCommands:
             raise RepositoryDeletedError(f"repository {source.repository_id!r} was deleted: its runs stay readable, "
                                          "but none is re-run")
         for _ in range(MAX_DECISION_ATTEMPTS):
-            first = self.store.load(run_id_for(source.repository_id, source.commit), Run)
+            first = self.store.load(self._first_run_id(source), Run)
             assert first is not None
             number = first.request_rerun(self.clock(), principal.name)
             new_run = Run.request(
-                run_id=run_id_for(source.repository_id, source.commit, number),
+                run_id=run_id_for(source.repository_id, source.commit, number, tag_of(source.ref)),
                 repository_id=source.repository_id, tenant_id=source.tenant_id, commit=source.commit,
                 ref=source.ref, clone_url=source.clone_url, rerun=number, request_id=uuid4().hex,
                 actor=principal.name, at=self.clock(),
@@ -166,6 +166,15 @@ class RunCommands:
             if self._create_run(first, new_run):
                 return new_run.id
         raise ConcurrencyError(f"run {run_id}: too many concurrent re-runs")
+
+    def _first_run_id(self, source: Run) -> UUID:
+        """The run whose counter numbers the re-runs of `source`: the push's own. A tag's run
+        recorded before tags had runs of their own shares its commit's (the legacy id)."""
+        tag = tag_of(source.ref)
+        first = run_id_for(source.repository_id, source.commit, tag=tag)
+        if tag is not None and self.store.load(first, Run) is None:
+            return run_id_for(source.repository_id, source.commit)
+        return first
 
     def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None, bool]:
         """Cancel the run; returns it, the job that was running (to be stopped now), and whether

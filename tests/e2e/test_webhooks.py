@@ -3,7 +3,8 @@
 gateways of their own processes on PostgreSQL and a real nats-server. A correctly signed push
 starts a run; a wrong signature, one made with a rotated-away secret, an unknown repository, a
 malformed body and a delivery for another repository each get their 4xx and start nothing; the
-same delivery twice, and 20 concurrent deliveries of one push to two gateways, make one run."""
+same delivery twice, and 20 concurrent deliveries of one push to two gateways, make one run; a
+tag of a commit a branch built is a run of its own; a deleted tag and a ping start nothing."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ pytestmark = pytest.mark.e2e
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "webhooks"
 SECRET = "the-webhook-secret-of-web"
 WORKFLOW = "jobs:\n  - name: build\n    run: echo built\n"
+TAGGED_WORKFLOW = "on:\n  branches: [main, 'refs/tags/v*']\n" + WORKFLOW
 
 
-def fixture(host: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{host}_push.json").read_text())
+def fixture(host: str, event: str = "push") -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{host}_{event}.json").read_text())
 
 
 def host_name(host: str, body: dict[str, Any]) -> str:
@@ -40,10 +42,15 @@ def host_name(host: str, body: dict[str, Any]) -> str:
 
 
 def delivery(host: str, commit: str, *, secret: str = SECRET, delivery_id: str = "delivery-1",
-             ref: str = "refs/heads/main", after: str | None = None) -> tuple[dict[str, str], bytes]:
-    """The host's documented push, made to point at `commit`, signed as the host signs it."""
-    recorded = fixture(host)
-    body = dict(recorded["body"], ref=ref, after=after or commit)
+             ref: str | None = "refs/heads/main", after: str | None = None,
+             event: str = "push") -> tuple[dict[str, str], bytes]:
+    """The host's documented `event` (a fixture), signed as the host signs it; a push is made to
+    point at `commit` and `ref` (`ref=None`: the fixture's body as it was recorded)."""
+    recorded = fixture(host, event)
+    body = recorded["body"]
+    if ref is not None:  # of the repository the push fixture names, as `Hooked` set it up
+        named_by = "project" if host == "gitlab" else "repository"
+        body = dict(body, ref=ref, after=after or commit, **{named_by: fixture(host)["body"][named_by]})
     raw = json.dumps(body).encode()
     headers = {k: v for k, v in recorded["headers"].items()
                if k.lower() not in ("x-hub-signature-256", "x-hub-signature", "x-gitea-signature", "x-gitlab-token",
@@ -59,10 +66,10 @@ def delivery(host: str, commit: str, *, secret: str = SECRET, delivery_id: str =
 class Hooked:
     """A repository of a new tenant with a webhook secret, and a commit to push."""
 
-    def __init__(self, admin: Api, tmp_path: Path, host: str) -> None:
+    def __init__(self, admin: Api, tmp_path: Path, host: str, workflow: str = WORKFLOW) -> None:
         self.admin, self.host = admin, host
         repo = GitRepo(tmp_path / f"repo-{host}")
-        self.commit = repo.commit({".ledgerci.yml": WORKFLOW})
+        self.commit = repo.commit({".ledgerci.yml": workflow})
         tenant_id, token = admin.tenant()
         self.owner = Api(admin.url, token)
         self.repository_id = admin.repository(tenant_id, repo.clone_url)
@@ -98,6 +105,41 @@ def test_a_signed_push_starts_a_run_and_the_same_delivery_again_gives_the_same_r
     deleted = hooked.deliver(ref="refs/heads/gone", after="0" * 40, delivery_id="delivery-2")
     assert deleted.status_code == 200 and deleted.json()["ignored"] == "refs/heads/gone was deleted: nothing to run"
     assert [r["id"] for r in hooked.runs()] == [run_id]
+
+
+@pytest.mark.parametrize("host", ["github", "gitlab"])
+def test_a_tag_of_a_built_commit_is_a_run_of_its_own_and_a_deleted_tag_or_a_ping_starts_nothing(
+        tmp_path: Path, admin: Api, host: str) -> None:
+    """Tagging a commit a branch already built is how a release starts: the tag's push is its own
+    run (the branch's run cannot stand for it), and `on.branches` decides whether it runs."""
+    hooked = Hooked(admin, tmp_path, host, TAGGED_WORKFLOW)
+    branch_run = hooked.deliver().json()["run_id"]
+    assert admin.wait_run(branch_run)["status"] == "succeeded"
+
+    event = "tag_push" if host == "gitlab" else "push"  # GitHub sends a tag's push as a push
+    tagged = hooked.deliver(event=event, ref="refs/tags/v1.0.0", delivery_id="tag-1")
+    assert tagged.status_code == 202, tagged.text
+    tag_run = tagged.json()["run_id"]
+    assert tag_run != branch_run
+    run = admin.wait_run(tag_run)
+    assert (run["status"], run["ref"], run["commit"]) == ("succeeded", "refs/tags/v1.0.0", hooked.commit)
+    again = hooked.deliver(event=event, ref="refs/tags/v1.0.0", delivery_id="tag-1")
+    assert (again.status_code, again.json()["run_id"]) == (200, tag_run)
+    rerun = admin.http.post(f"/api/v1/runs/{tag_run}/rerun")
+    assert rerun.status_code == 202, rerun.text
+    assert admin.wait_run(rerun.json()["run_id"])["ref"] == "refs/tags/v1.0.0"
+
+    other_tag = hooked.deliver(event=event, ref="refs/tags/nightly", delivery_id="tag-2").json()["run_id"]
+    assert admin.wait_run(other_tag)["status"] == "skipped"  # not in on.branches
+
+    if host == "github":  # the documented deletion of a tag and ping, as recorded
+        headers, raw = delivery(host, hooked.commit, ref=None, event="push_tag_delete", delivery_id="del-1")
+        deleted = httpx.post(f"{admin.url}{hooked.path}", content=raw, headers=headers)
+        assert deleted.status_code == 200 and "was deleted" in deleted.json()["ignored"], deleted.text
+        headers, raw = delivery(host, hooked.commit, ref=None, event="ping", delivery_id="ping-1")
+        ping = httpx.post(f"{admin.url}{hooked.path}", content=raw, headers=headers)
+        assert ping.status_code == 200 and ping.json()["ignored"] == "ping event: only pushes start runs"
+    assert len(hooked.runs()) == 4
 
 
 def test_bad_deliveries_get_their_4xx_and_start_nothing(tmp_path: Path, cluster: LedgerCluster, admin: Api) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
 from domain.artifacts import object_name
-from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id
+from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id, tag_of
 from domain.job import RUNNER_LOST
 from domain.run import Run
 from domain.subscriptions import WebhookSubscription, occurrences
@@ -67,7 +67,7 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
         if key in keys:
             problems.append(f"two runs for {key}: {keys[key]} and {run_id}")
         keys[key] = run_id
-        if run_id != derived:
+        if run_id not in derived:
             problems.append(f"run {run_id} is not the derived id of {key}")
     return problems
 
@@ -100,18 +100,21 @@ def artifact_breaches(stream: list[Any]) -> list[str]:
     return problems
 
 
-def _run_key(stream: list[Any]) -> tuple[tuple | None, Any]:
-    """What makes the run unique, and the id derived from it: (repository, commit, re-run) for
-    a push, (repository, branch, cron, nominal time) for a schedule's firing."""
+def _run_key(stream: list[Any]) -> tuple[tuple | None, set[Any]]:
+    """What makes the run unique, and the ids it may have, derived from it: (repository, commit,
+    re-run, tag) for a push (tag None for a branch's), (repository, branch, cron, nominal time) for
+    a schedule's firing. A tag's run recorded before tags had runs of their own carries the id
+    derived without the tag, which is accepted too."""
     first = stream[0]
     if type(first).__name__ != "RunRequested":
-        return None, None
+        return None, set()
     if len(stream) > 1 and type(stream[1]).__name__ == "RunScheduled":
         fired = stream[1]
         key = ("scheduled", first.repository_id, fired.branch, fired.cron, fired.nominal_at)
-        return key, scheduled_run_id(*key[1:])
-    key = (first.repository_id, first.commit, first.rerun)
-    return key, run_id_for(*key)
+        return key, {scheduled_run_id(*key[1:])}
+    key = (first.repository_id, first.commit, first.rerun, tag_of(first.ref))
+    legacy = {run_id_for(*key[:3])} if key[3] is not None else set()
+    return key, {run_id_for(*key)} | legacy
 
 
 def running_over_time(events: list[tuple[int, Any]]) -> Iterator[tuple[Any, str, int, int | None]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -23,9 +23,9 @@ def history(run: Run) -> list:
     return [(i + 1, e) for i, e in enumerate(run.collect_events())]
 
 
-def new_run(run_id=None) -> Run:
+def new_run(run_id=None, ref=None) -> Run:
     return Run.request(run_id=run_id or run_id_for("r", "a" * 40), repository_id="r", tenant_id="t",
-                       commit="a" * 40, ref=None, clone_url="x", rerun=0, request_id="q", actor="t", at=T0)
+                       commit="a" * 40, ref=ref, clone_url="x", rerun=0, request_id="q", actor="t", at=T0)
 
 
 def finished_run() -> Run:
@@ -141,3 +141,17 @@ def test_a_report_of_files_the_job_does_not_list_fails_it_and_records_none():
     kinds = [type(e).__name__ for e in run.collect_events()]
     assert "ArtifactUploaded" not in kinds and "JobFailed" in kinds
     assert run.jobs[0].error == "artifacts not recorded: the job lists no artifacts"
+
+
+def test_a_tags_run_has_an_id_of_its_own_and_one_recorded_before_that_rule_still_passes():
+    tag = "refs/tags/v1"
+    assert run_id_for("r", "a" * 40, tag=tag) != run_id_for("r", "a" * 40)
+    # A branch's run keeps the id every stored run was given.
+    assert run_id_for("r", "a" * 40) == UUID("22e763c1-06a4-5550-ba70-303651fed813")
+    for run_id in (run_id_for("r", "a" * 40, tag=tag), run_id_for("r", "a" * 40)):
+        run = new_run(run_id, ref=tag)
+        run.skip("no workflow", T0, "p")
+        assert check_history(history(run)) == []
+    stray = new_run(run_id_for("r", "a" * 40, tag="refs/tags/v2"), ref=tag)
+    stray.skip("no workflow", T0, "p")
+    assert any("derived id" in p for p in check_history(history(stray)))
