@@ -1,19 +1,25 @@
 """Artifacts (issue 20), end to end on PostgreSQL, a real nats-server (its object store) and
 runner processes: a file made by one job is in the next job's workspace and downloads with the
 right SHA-256; a link in the workspace is never stored; another tenant gets 404 on every
-artifact route; an expired artifact answers 410; a runner SIGKILLed while it uploads leaves no
-artifact recorded for that attempt, and the retry stores and records each file once."""
+artifact route; an expired artifact leaves the object store and answers 410; a runner
+SIGKILLed while it uploads leaves no artifact recorded for that attempt, and the retry stores
+and records each file once."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
+from nats.js.errors import ObjectNotFoundError
 
+from domain.artifacts import BUCKET as ARTIFACTS
 from tests.e2e.test_faults import LEASE_SECONDS, assert_invariants, start_cluster, wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
@@ -74,19 +80,45 @@ def test_a_file_of_one_job_is_in_the_next_ones_workspace_and_downloads_with_its_
     assert_invariants(cluster)
 
 
+def artifact_store(nats_url: str, name: str) -> tuple[bool, dict[str, int]]:
+    """(whether the object store answers for the object `name`, the messages of each subject of
+    the artifacts' stream: its objects' chunks and names)."""
+    async def look() -> tuple[bool, dict[str, int]]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            try:
+                await (await js.object_store(ARTIFACTS)).get_info(name)
+                found = True
+            except ObjectNotFoundError:
+                found = False
+            info = await js.stream_info(f"OBJ_{ARTIFACTS}", subjects_filter=f"$O.{ARTIFACTS}.>")
+            return found, dict(info.state.subjects or {})
+        finally:
+            await nc.close()
+
+    return asyncio.run(look())
+
+
 def test_an_expired_artifact_is_removed_recorded_and_answers_410(tmp_path: Path, cluster: LedgerCluster,
-                                                                   admin: Api) -> None:
+                                                                   admin: Api, fresh_nats_server) -> None:
     workflow = ("jobs:\n  - name: build\n    run: echo hi > out.txt\n"
                 "    artifacts:\n      paths: [out.txt]\n      expire_in: 2s\n")
     owner, repository_id, commit = tenant_repository(admin, tmp_path, workflow, "gamma")
     run = owner.wait_run(owner.push(repository_id, commit).json()["run_id"])
     assert run["status"] == "succeeded", owner.explain(run["id"])
     path = f"/api/v1/runs/{run['id']}/artifacts/build/out.txt"
-    assert owner.http.get(path).content == b"hi\n"
+    assert owner.http.get(path).content == b"hi\n"  # read from the object store
+    [uploaded] = [e["data"] for e in owner.events(run["id"]) if e["type"] == "ArtifactUploaded"]
     # The reaper removes it from the object store and records that in the run's history.
     expired = wait_for(lambda: [e for e in owner.events(run["id"]) if e["type"] == "ArtifactsExpired"], 20,
                        "the expiry to be recorded")
     assert [e["data"]["paths"] for e in expired] == [["out.txt"]]
+    # Removed before it was recorded: the store knows no such object and holds none of its
+    # bytes (this cluster's only artifact; a name's deleted marker, nats-py's, is all that may be left).
+    found, subjects = artifact_store(fresh_nats_server.url, uploaded["object"])
+    assert not found and [s for s in subjects if s.startswith(f"$O.{ARTIFACTS}.C.")] == [], subjects
+    assert set(subjects) <= {f"$O.{ARTIFACTS}.M.{base64.urlsafe_b64encode(uploaded['object'].encode()).decode()}"}
     gone = wait_for(lambda: (answer := owner.http.get(path)).status_code == 410 and answer, 10, "410")
     assert "expired at" in gone.json()["detail"]
     (listed,) = owner.http.get(f"/api/v1/runs/{run['id']}/artifacts").json()["artifacts"]
