@@ -374,6 +374,54 @@ def test_three_jobs_run_in_their_own_containers_of_their_images_beside_another_t
     assert check_invariants(cluster.env["LEDGERCI_DATABASE_URL"]) == []
 
 
+CACHED_IN_A_CONTAINER = f"""\
+image: {BUSYBOX_IMAGE}
+jobs:
+  - name: deps
+    run: |
+      if [ -f .venv/marker ]; then
+        echo "restored: $(cat .venv/marker) / owned by $(stat -c %u .venv/marker) / $(.venv/bin/tool)"
+        echo "written by $(id -u)" >> .venv/marker && echo "may write it"
+        touch .venv/lib/new && echo "may add to it"
+      else
+        echo "cold start as $(id -u)"
+        mkdir -p .venv/bin .venv/lib && echo "made in a container" > .venv/marker
+        printf '#!/bin/sh\\necho tool runs\\n' > .venv/bin/tool && chmod 755 .venv/bin/tool
+      fi
+    cache:
+      key: deps-${{{{ hashFiles('requirements.txt') }}}}
+      paths: [.venv/]
+"""
+
+
+def test_a_cache_saved_from_one_container_is_restored_into_a_later_runs_for_its_non_root_user(
+        tmp_path: Path, cluster: LedgerCluster):
+    admin = Api(cluster.url, ADMIN_TOKEN)
+    repo = GitRepo(tmp_path / "cached")
+    tenant_id, token = admin.tenant()
+    tenant, repository_id = Api(admin.url, token), admin.repository(tenant_id, repo.clone_url)
+
+    def run(n: int) -> tuple[dict, str, list[tuple]]:
+        commit = repo.commit({".ledgerci.yml": CACHED_IN_A_CONTAINER, "requirements.txt": "x\n", "n": str(n)})
+        done = tenant.wait_run(tenant.push(repository_id, commit).json()["run_id"], timeout=120)
+        assert done["status"] == "succeeded", tenant.explain(done["id"])
+        events = [(e["type"], e["data"].get("result")) for e in tenant.events(done["id"])
+                  if e["type"] in ("CacheRestored", "CacheSaved")]
+        return done, tenant.log(done["jobs"][0]["id"]), events
+
+    _, first_log, first_events = run(1)
+    assert "cold start as 65534" in first_log, first_log
+    assert first_events == [("CacheRestored", "miss"), ("CacheSaved", None)]
+
+    # Restored by the runner (root) before the container starts: the job's uid owns what it
+    # finds, reads it, runs it, and writes beside it.
+    _, second_log, second_events = run(2)
+    assert "restored: made in a container / owned by 65534 / tool runs" in second_log, second_log
+    assert "may write it" in second_log and "may add to it" in second_log, second_log
+    assert second_events == [("CacheRestored", "hit")]
+    assert check_invariants(cluster.env["LEDGERCI_DATABASE_URL"]) == []
+
+
 RETRIED_AFTER_A_LOST_RUNNER = f"""\
 image: {BUSYBOX_IMAGE}
 jobs:
