@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.support.api import Api
-from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+from tests.support.cluster import ADMIN_TOKEN, OUTBOUND_TO_LOOPBACK, LedgerCluster
 from tests.support.processes import NatsServer, PostgresServer
 
 
@@ -26,10 +26,7 @@ def cluster(tmp_path: Path, postgres_url: str, fresh_nats_server, request) -> It
 def allowing(tmp_path: Path, postgres_url: str, fresh_nats_server) -> Iterator[LedgerCluster]:
     """A cluster allowed to send commit statuses and outgoing webhooks to loopback (a test's
     receiver), retrying them quickly."""
-    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={"LEDGERCI_OUTBOUND_ALLOW_PRIVATE": "true",
-                                       "LEDGERCI_STATUS_RETRY_SECONDS": "0.2", "LEDGERCI_WEBHOOK_RETRY_SECONDS": "0.2",
-                                       "LEDGERCI_IDLE_CHECK_SECONDS": "0.3"})
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url, extra_env=OUTBOUND_TO_LOOPBACK)
     with cluster.running():
         yield cluster
 

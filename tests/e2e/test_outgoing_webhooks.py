@@ -43,16 +43,17 @@ class Tenant:
         self.repository_id = admin.repository(self.id, self.repo.clone_url)
         self.pushed = 0
 
-    def subscribe(self, url: str, events: list[str]) -> tuple[str, str]:
-        made = self.api.http.post(f"/api/v1/tenants/{self.id}/webhooks", json={"url": url, "events": events})
+    def subscribe(self, url: str, events: list[str], **narrowed: str) -> tuple[str, str]:
+        made = self.api.http.post(f"/api/v1/tenants/{self.id}/webhooks",
+                                  json={"url": url, "events": events, **narrowed})
         assert made.status_code == 201, made.text
         assert made.json()["secret"] not in self.api.http.get(f"/api/v1/tenants/{self.id}/webhooks").text
         return made.json()["subscription"]["id"], made.json()["secret"]
 
-    def run(self, workflow: str) -> str:
+    def run(self, workflow: str, repository_id: str | None = None, branch: str = "main") -> str:
         self.pushed += 1
         commit = self.repo.commit({".ledgerci.yml": workflow, "n": str(self.pushed)})
-        return self.api.push(self.repository_id, commit).json()["run_id"]
+        return self.api.push(repository_id or self.repository_id, commit, f"refs/heads/{branch}").json()["run_id"]
 
     def log(self, subscription_id: str) -> list[dict]:
         answer = self.api.http.get(f"/api/v1/tenants/{self.id}/webhooks/{subscription_id}/deliveries",
@@ -76,6 +77,9 @@ def test_signed_deliveries_and_a_failure_only_subscription_that_hears_of_failure
     tenant = Tenant(admin, tmp_path)
     everything, everything_secret = tenant.subscribe(f"{receiver.url}/all", ["run.*", "job.*"])
     _, failures_secret = tenant.subscribe(f"{receiver.url}/failures", ["*.failed"])
+    other_repository = admin.repository(tenant.id, tenant.repo.clone_url)  # the same git, another repository
+    of_other, _ = tenant.subscribe(f"{receiver.url}/other", ["run.succeeded"], repository_id=other_repository)
+    of_release, _ = tenant.subscribe(f"{receiver.url}/release", ["run.succeeded"], branch="release")
 
     good = tenant.run(GOOD)
     assert admin.wait_run(good)["status"] == "succeeded"
@@ -98,6 +102,19 @@ def test_signed_deliveries_and_a_failure_only_subscription_that_hears_of_failure
     log = tenant.log(everything)
     assert {row["id"] for row in log} == {k for k, r in got.items() if r.path == "/all"}
     assert all(row["last_status"] == 201 and row["delivered_at"] for row in log)
+
+    # Narrowed to another repository, or to one branch: nothing queued for the runs above (a
+    # delivery is queued in the transaction that projects its event, so the log is complete).
+    assert tenant.log(of_other) == [] and tenant.log(of_release) == []
+    released = tenant.run(GOOD, other_repository, "release")
+    assert admin.wait_run(released)["status"] == "succeeded"
+    wait_for(lambda: {r.path for r in receiver.received} >= {"/other", "/release"}, 30, "the narrowed deliveries")
+    for path in ("/other", "/release"):
+        assert {r.body["run"]["id"] for r in receiver.received if r.path == path} == {released}
+    elsewhere = tenant.run(GOOD, other_repository, "feature")
+    assert admin.wait_run(elsewhere)["status"] == "succeeded"
+    wait_for(lambda: len(tenant.log(of_other)) == 2, 30, "the other repository's second run")
+    assert [row["event"] for row in tenant.log(of_release)] == ["run.succeeded"]  # not the feature branch's
     assert_invariants(allowing)
 
 

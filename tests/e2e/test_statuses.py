@@ -2,8 +2,10 @@
 test plays GitHub's and GitLab's status APIs. It sees pending then success for a good run and
 failure for a failed one; the final state arrives after the status sender (in the projector
 process) was SIGKILLed and started again, and after the host answered 500 three times; the
-attempts show in the API. By default a target on a private address is refused. Every service a
-process of its own on PostgreSQL and a real nats-server."""
+attempts show in the API. GitLab hears its own words, `running` included, and the end of a run
+that was cancelled or whose runner was SIGKILLed (`canceled`, `failed`). By default a target on
+a private address is refused. Every service a process of its own on PostgreSQL and a real
+nats-server."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_faults import assert_invariants, wait_for
+from tests.e2e.test_faults import FAULT_ENV, assert_invariants, wait_for
 from tests.support.api import Api
-from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
+from tests.support.cluster import ADMIN_TOKEN, OUTBOUND_TO_LOOPBACK, LedgerCluster
 from tests.support.git_repo import GitRepo
 from tests.support.receiver import Receiver
 
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.e2e
 
 GOOD = "name: build\njobs:\n  - name: compile\n    run: echo compiled\n"
 BAD = "name: build\njobs:\n  - name: compile\n    run: exit 3\n"
+HELD = "name: build\njobs:\n  - name: compile\n    run: sleep 120\n"  # running until cancelled or lost
 TOKEN = "host-api-token-1234"
 
 
@@ -107,6 +110,39 @@ def test_the_final_state_arrives_after_500s_and_after_the_sender_is_killed(
     allowing.start("projector")
     wait_for(lambda: status_host.states(second_commit)[-1:] == ["failure"], 60, "failure after the restart")
     assert_invariants(allowing)
+
+
+def test_gitlab_hears_running_and_the_end_of_a_cancelled_run_and_of_one_whose_runner_was_killed(
+        tmp_path: Path, postgres_url: str, fresh_nats_server, status_host: StatusHost) -> None:
+    # Leases of 2 s (test_faults), so the reaper finds the killed runner's attempt lost quickly.
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
+                            extra_env={**OUTBOUND_TO_LOOPBACK, **FAULT_ENV})
+    with cluster.running():
+        admin = Api(cluster.url, ADMIN_TOKEN)
+        owner, repository_id, repo = repository_with_target(admin, tmp_path, "gitlab", status_host.url)
+
+        cancelled, cancelled_commit = pushed(owner, repository_id, repo, HELD, 1)
+        wait_for(lambda: "running" in status_host.states(cancelled_commit), 30, "running on GitLab")
+        answer = owner.http.post(f"/api/v1/runs/{cancelled}/cancel")
+        assert answer.status_code == 200 and answer.json()["cancelled"], answer.text
+        wait_for(lambda: status_host.states(cancelled_commit)[-1:] == ["canceled"], 30, "canceled on GitLab")
+        assert status_host.states(cancelled_commit) == ["pending", "running", "canceled"]
+
+        _, bad_commit = pushed(owner, repository_id, repo, BAD, 2)
+        wait_for(lambda: status_host.states(bad_commit)[-1:] == ["failed"], 30, "failed on GitLab")
+        assert status_host.states(bad_commit)[0] == "pending"
+        assert set(status_host.states(bad_commit)[1:-1]) <= {"running"}, status_host.states(bad_commit)
+
+        lost, lost_commit = pushed(owner, repository_id, repo, HELD, 3)
+        wait_for(lambda: "running" in status_host.states(lost_commit), 30, "the third run running")
+        cluster.kill("runner")  # its attempt is found lost once its lease passes: the run fails
+        run = admin.wait_run(lost)
+        assert run["status"] == "failed" and run["jobs"][0]["error"] == "runner lost", run
+        wait_for(lambda: status_host.states(lost_commit)[-1:] == ["failed"], 30, "failed after the lost runner")
+        listed = owner.http.get(f"/api/v1/runs/{lost}/statuses").json()["statuses"]
+        assert listed[-1]["state"] == "failure" and listed[-1]["delivered_at"], listed
+        cluster.start("runner")
+        assert_invariants(cluster)
 
 
 def test_a_status_target_on_a_private_address_is_refused_by_default(

@@ -211,6 +211,20 @@ async def test_a_private_address_is_refused_unless_allowed(world: World, receive
     await webhooks.outbound.close()
 
 
+async def test_a_redirect_is_never_followed_and_counts_as_not_delivered(world: World, receiver: Receiver) -> None:
+    with receiving() as inside:  # where a redirect would lead: a server the tenant must not reach
+        subscription, _ = subscribe(world, ["run.succeeded"], receiver.url)
+        receiver.redirect_to = f"{inside.url}/internal"
+        ran(world.ledger, "web", 0)
+        world.catch_up()
+        webhooks = sender(world, Clock())
+        await webhooks.send_due()
+        (row,) = world.outbox.of_subscription(subscription, 10)
+        assert (row.last_result, row.delivered_at, row.attempts) == ("HTTP 307", None, 1)
+        assert inside.received == [] and receiver.received == []
+        await webhooks.outbound.close()
+
+
 async def test_a_deleted_subscription_is_sent_nothing_more(world: World, receiver: Receiver) -> None:
     subscription, _ = subscribe(world, ["run.succeeded"], receiver.url)
     ran(world.ledger, "web", 0)

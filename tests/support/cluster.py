@@ -19,6 +19,10 @@ SERVICES = ("relay", "projector", "scheduler", "reaper", "runner", "gateway")
 ADMIN_TOKEN = "test-admin-token"
 # 32 fixed bytes: the gateway encrypts secrets with it and the scheduler decrypts them.
 SECRET_KEY = "bGVkZ2VyY2ktdGVzdC1zZWNyZXQta2V5LTMyLWJ5dGU="
+# A cluster allowed to send commit statuses and outgoing webhooks to loopback (a test's
+# receiver), retrying them quickly.
+OUTBOUND_TO_LOOPBACK = {"LEDGERCI_OUTBOUND_ALLOW_PRIVATE": "true", "LEDGERCI_STATUS_RETRY_SECONDS": "0.2",
+                        "LEDGERCI_WEBHOOK_RETRY_SECONDS": "0.2", "LEDGERCI_IDLE_CHECK_SECONDS": "0.3"}
 
 
 class LedgerCluster:

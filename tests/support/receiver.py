@@ -1,5 +1,6 @@
 """A small real HTTP server that records what it is POSTed: plays a git host's status API or
-the receiver of outgoing webhooks. It can answer 500 a number of times first."""
+the receiver of outgoing webhooks. It can answer 500 a number of times first, or redirect
+every request elsewhere (`redirect_to`)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,19 @@ class Receiver:
     def __init__(self) -> None:
         self._received: list[Received] = []
         self.failures_left = 0
+        self.redirect_to: str | None = None  # a URL: every POST answered 307 to it, unrecorded
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # the name http.server calls
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.redirect_to is not None:
+                    self.send_response(307)
+                    self.send_header("Location", receiver.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 with receiver.lock:
                     failing = receiver.failures_left > 0
                     receiver.failures_left -= failing
