@@ -29,13 +29,14 @@ from domain.errors import (
     RunNotFoundError,
     StaleAttemptError,
 )
-from domain.ids import run_id_for, scheduled_run_id, tag_of, tenant_aggregate_id
+from domain.ids import run_id_for, scheduled_run_id, tenant_aggregate_id
 from domain.job import Job
 from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
+from domain.refs import ref_matches, tag_of
 from domain.registry import Tenant
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Run
 from domain.status import JobStatus
-from domain.workflow import JobSpec, Workflow, parse_workflow, ref_matches
+from domain.workflow import JobSpec, Workflow, parse_workflow
 
 
 class Timing(NamedTuple):

@@ -13,16 +13,11 @@ LEDGERCI_NAMESPACE = UUID("8f6a2f0e-6a43-4c4e-9d3c-3c1f0f1b7a51")
 def run_id_for(repository_id: str, commit: str, rerun: int = 0, tag: str | None = None) -> UUID:
     """One push of (repository, commit) is one run; a re-run gets the next counter.
 
-    A tag's push is a run of its own (`tag`: its ref, from `tag_of`): tagging a commit that a
+    A tag's push is a run of its own (`tag`: its ref, from `domain.refs.tag_of`): tagging a commit that a
     branch already built is how a release starts, and the branch's run cannot stand for it.
     Branch pushes keep the derivation every stored run has."""
     key = f"run\n{repository_id}\n{commit.lower()}\n{rerun}"
     return uuid5(LEDGERCI_NAMESPACE, key if tag is None else f"{key}\n{tag}")
-
-
-def tag_of(ref: str | None) -> str | None:
-    """The ref if it names a tag (`refs/tags/...`), the part of a push that keys its run."""
-    return ref if ref is not None and ref.startswith("refs/tags/") else None
 
 
 def job_id_for(run_id: UUID, job_name: str) -> UUID:

@@ -66,3 +66,12 @@ def end_job(job: Job, status: JobStatus, exit_code: int | None, error: str | Non
     job.error = error
     job.finished_at = at
     job.lease_expires_at = None  # an ended attempt holds no lease
+
+
+def runs_after(when: str, earlier_failure: bool) -> bool:
+    """Whether a pending job with this `when` runs, given whether an earlier job of its run failed."""
+    if when == "always":
+        return True
+    if when == "on_failure":
+        return earlier_failure
+    return not earlier_failure

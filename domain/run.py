@@ -23,10 +23,11 @@ from domain.artifacts import UploadedArtifact, uploads_problem
 from domain.caches import CacheReport, report_problem
 from domain.errors import InvalidTransitionError
 from domain.ids import job_id_for
-from domain.job import Job
+from domain.job import Job, runs_after
 from domain.run_attempts import AttemptCommands
 from domain.run_files import FileRecords
 from domain.run_groups import GroupCommands
+from domain.run_schedules import ScheduleRecords
 from domain.status import Abandonment, JobStatus, RunStatus
 from domain.workflow import JobSpec
 
@@ -34,10 +35,10 @@ DEFAULT_LEASE_SECONDS = 30.0
 DEFAULT_QUEUE_TIMEOUT_SECONDS = 3600.0
 
 
-class Run(AttemptCommands, GroupCommands, FileRecords, Aggregate):
+class Run(AttemptCommands, GroupCommands, FileRecords, ScheduleRecords, Aggregate):
     """The run's queries and its lifecycle's commands are here; its attempts' commands, its
-    concurrency group's and its files' records are mixed in from domain/run_attempts.py,
-    domain/run_groups.py and domain/run_files.py."""
+    concurrency group's, its files' and its schedules' records are mixed in from
+    domain/run_attempts.py, domain/run_groups.py, domain/run_files.py and domain/run_schedules.py."""
 
     # Set by CommitRead; class attributes (not annotations, which eventsourcing would take for
     # fields of RunRequested) so a run replayed or snapshotted before they existed reads None.
@@ -217,18 +218,6 @@ class Run(AttemptCommands, GroupCommands, FileRecords, Aggregate):
             self._advance(at, actor)
         return True
 
-    def mark_scheduled(self, branch: str, cron: str, nominal_at: datetime, at: datetime, actor: str) -> None:
-        """Started by a schedule, not a push: recorded in the save that creates the run."""
-        self.trigger_event(self.RunScheduled, timestamp=at, branch=branch, cron=cron, nominal_at=nominal_at,
-                           actor=actor)
-
-    def declare_schedules(self, branch: str, crons: list[str], at: datetime, actor: str) -> bool:
-        """The file at this push declares these schedules for its branch (planned with it)."""
-        if self.planned or self.status.is_final:
-            return False
-        self.trigger_event(self.SchedulesDeclared, timestamp=at, branch=branch, crons=crons, actor=actor)
-        return True
-
     def describe_commit(self, subject: str, author: str, at: datetime, actor: str) -> bool:
         """What the planner read of the commit (its subject and author), for the runs list.
         Recorded once, in the same decision as the plan (or the skip, or the failure)."""
@@ -330,7 +319,7 @@ class Run(AttemptCommands, GroupCommands, FileRecords, Aggregate):
         for job in self.jobs:
             if job.status is not JobStatus.PENDING:
                 continue
-            if _should_run(job.spec.when, self.has_failed):
+            if runs_after(job.spec.when, self.has_failed):
                 if job.spec.concurrency is not None and self.group_job != str(job.id):
                     self.trigger_event(self.JobNeedsGroup, timestamp=at, job_id=str(job.id),
                                        group=job.spec.concurrency, actor=actor)
@@ -346,15 +335,6 @@ class Run(AttemptCommands, GroupCommands, FileRecords, Aggregate):
             self.trigger_event(self.RunFailed, timestamp=at, error=None, actor=actor)
         else:
             self.trigger_event(self.RunSucceeded, timestamp=at, actor=actor)
-
-
-
-def _should_run(when: str, earlier_failure: bool) -> bool:
-    if when == "always":
-        return True
-    if when == "on_failure":
-        return earlier_failure
-    return not earlier_failure
 
 
 

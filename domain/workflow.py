@@ -146,27 +146,6 @@ def parse_workflow(text: str | bytes) -> Workflow:
     return _compiled(raw, located)
 
 
-def ref_matches(branches: list[str] | None, ref: str | None) -> bool:
-    """Whether a push to `ref` passes an `on.branches` filter.
-
-    Branches match by name (`refs/heads/` stripped) or by full ref; any other ref, such as a
-    tag, only by full ref, so `release/*` never starts a run for the tag `refs/tags/release/1`.
-    """
-    if branches is None or not ref:
-        return True
-    names = [ref]
-    if ref.startswith("refs/heads/"):
-        names.append(ref.removeprefix("refs/heads/"))
-    return any(re.fullmatch(_glob(p), name) for p in branches for name in names)
-
-
-def _glob(pattern: str) -> str:
-    # fnmatch lets `*` cross `/`; for branch names `release/*` must not match `release/a/b`.
-    wildcards = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
-    parts = re.split(r"(\*\*|\*|\?)", pattern)
-    return "".join(wildcards.get(part, re.escape(part)) for part in parts)
-
-
 def _compiled(raw: RawWorkflow, at: Located) -> Workflow:
     image = _image(raw.image, ("image",), at)
     env = _env(raw.env, ("env",), at)

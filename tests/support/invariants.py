@@ -33,8 +33,9 @@ from typing import Any
 from commands.app import LedgerApp
 from commands.store import eventsourcing_env
 from domain.artifacts import object_name
-from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id, tag_of
+from domain.ids import concurrency_group_id, delivery_id_for, run_id_for, scheduled_run_id
 from domain.job import RUNNER_LOST
+from domain.refs import tag_of
 from domain.run import Run
 from domain.subscriptions import WebhookSubscription, occurrences
 from projections.rebuild import verify

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.errors import InvalidWorkflowError
+from domain.refs import ref_matches
 from domain.workflow import (
     MAX_WORKFLOW_BYTES,
     JobSpec,
@@ -17,7 +18,6 @@ from domain.workflow import (
     Workflow,
     capped_priority,
     parse_workflow,
-    ref_matches,
 )
 
 pytestmark = pytest.mark.unit
