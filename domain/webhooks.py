@@ -75,16 +75,28 @@ class _Project(msgspec.Struct):
     path_with_namespace: str
 
 
+class _HubCommit(msgspec.Struct):
+    id: str
+
+
 class _HubPush(msgspec.Struct):  # GitHub, Gitea, Forgejo
     ref: str
     after: str
     repository: _Repository
+    head_commit: _HubCommit | None = None  # the commit, also when `after` is an annotated tag's object
+
+    def commit(self) -> str:
+        return self.head_commit.id if self.ref.startswith("refs/tags/") and self.head_commit else self.after
 
 
 class _LabPush(msgspec.Struct):
     ref: str
     after: str
     project: _Project
+    checkout_sha: str | None = None  # the commit, also when `after` is an annotated tag's object
+
+    def commit(self) -> str:
+        return self.checkout_sha if self.ref.startswith("refs/tags/") and self.checkout_sha else self.after
 
 
 _EVENT_HEADER = {Host.GITHUB: "x-github-event", Host.GITEA: "x-gitea-event", Host.GITLAB: "x-gitlab-event"}
@@ -103,10 +115,10 @@ def read(host: Host, headers: Mapping[str, str], body: bytes) -> Delivery:
     try:
         if host is Host.GITLAB:
             lab = msgspec.json.decode(body, type=_LabPush)
-            push = Push(lab.ref, lab.after, lab.project.path_with_namespace)
+            push = Push(lab.ref, lab.commit(), lab.project.path_with_namespace)
         else:
             hub = msgspec.json.decode(body, type=_HubPush)
-            push = Push(hub.ref, hub.after, hub.repository.full_name)
+            push = Push(hub.ref, hub.commit(), hub.repository.full_name)
     except msgspec.DecodeError as malformed:
         raise InvalidWebhookError(f"not a {host.value} push event: {malformed}") from None
     if _DELETED.fullmatch(push.commit):

@@ -54,6 +54,19 @@ def test_pings_deletions_and_other_events_ask_for_nothing() -> None:
     assert read(Host.GITLAB, {"x-gitlab-event": "Tag Push Hook"}, tag).push == Push("refs/tags/v1", COMMIT, "org/app")
 
 
+def test_an_annotated_tag_runs_the_commit_it_tags_not_the_tag_object() -> None:
+    tag_object = "c" * 40  # what `after` holds for an annotated tag: the tag's own object
+    hub = json.dumps({"ref": "refs/tags/v1", "after": tag_object, "head_commit": {"id": COMMIT},
+                      "repository": {"full_name": "org/app"}}).encode()
+    assert read(Host.GITHUB, {"x-github-event": "push"}, hub).push == Push("refs/tags/v1", COMMIT, "org/app")
+    lab = json.dumps({"ref": "refs/tags/v1", "after": tag_object, "checkout_sha": COMMIT,
+                      "project": {"path_with_namespace": "org/app"}}).encode()
+    assert read(Host.GITLAB, {"x-gitlab-event": "Tag Push Hook"}, lab).push == Push("refs/tags/v1", COMMIT, "org/app")
+    deleted = json.dumps({"ref": "refs/tags/v1", "after": "0" * 40, "head_commit": None,
+                          "repository": {"full_name": "org/app"}}).encode()
+    assert read(Host.GITHUB, {"x-github-event": "push"}, deleted).ignored == "refs/tags/v1 was deleted: nothing to run"
+
+
 @pytest.mark.parametrize("body", [b"not json", b"{}", json.dumps({"ref": "refs/heads/main", "after": "xyz",
                                                                   "repository": {"full_name": "o/a"}}).encode(),
                                   json.dumps({"ref": "main\u0000", "after": COMMIT,
