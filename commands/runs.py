@@ -101,8 +101,11 @@ class RunCommands:
         repository = self.registry.get_repository(repository_id, principal)
         if admit is not None:
             admit(self.registry.get_tenant(repository.tenant_id))
+        tag = tag_of(ref)
+        if tag is not None and (recorded := self._tag_run_under_commit_id(repository_id, commit, tag)) is not None:
+            return PushResult(recorded, duplicate=True)
         run = Run.request(
-            run_id=run_id_for(repository_id, commit, tag=tag_of(ref)), repository_id=repository_id,
+            run_id=run_id_for(repository_id, commit, tag=tag), repository_id=repository_id,
             tenant_id=repository.tenant_id, commit=commit.lower(), ref=ref, clone_url=repository.clone_url,
             rerun=0, request_id=uuid4().hex, actor=principal.name, at=self.clock(),
         )
@@ -169,13 +172,18 @@ class RunCommands:
         raise ConcurrencyError(f"run {run_id}: too many concurrent re-runs")
 
     def _first_run_id(self, source: Run) -> UUID:
-        """The run whose counter numbers the re-runs of `source`: the push's own. A tag's run
-        recorded before tags had runs of their own shares its commit's (the legacy id)."""
+        """The run whose counter numbers the re-runs of `source`: the push's own."""
         tag = tag_of(source.ref)
-        first = run_id_for(source.repository_id, source.commit, tag=tag)
-        if tag is not None and self.store.load(first, Run) is None:
-            return run_id_for(source.repository_id, source.commit)
-        return first
+        if tag is not None and (recorded := self._tag_run_under_commit_id(source.repository_id, source.commit,
+                                                                           tag)) is not None:
+            return recorded
+        return run_id_for(source.repository_id, source.commit, tag=tag)
+
+    def _tag_run_under_commit_id(self, repository_id: str, commit: str, tag: str) -> UUID | None:
+        """A tag's run recorded before tags had runs of their own: it has its commit's id (the
+        commit was first pushed as that tag). It stays the tag's run: pushed again, the same."""
+        recorded = self.store.load(run_id_for(repository_id, commit), Run)
+        return recorded.id if recorded is not None and recorded.ref == tag else None
 
     def cancel_run(self, run_id: UUID | str, principal: Principal) -> tuple[Run, Job | None, bool]:
         """Cancel the run; returns it, the job that was running (to be stopped now), and whether

@@ -80,7 +80,8 @@ class PushController(Controller):
     async def push(
         self, request: Request, data: PushRequest, ledger: LedgerApp, admission: PushAdmission
     ) -> Response[PushResponse]:
-        """Record a push: 202 with a new run, or 200 with the existing run of the same commit.
+        """Record a push: 202 with a new run, or 200 with the existing run of the same commit
+        (of the same commit and tag, for a tag's push: a run of its own).
 
         429 with Retry-After when the tenant is over its push rate or its queued-runs quota."""
         result = await blocking(

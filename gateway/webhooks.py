@@ -89,8 +89,8 @@ class DeliveriesController(Controller):
         """A git host's delivery, authenticated by its signature (`X-Hub-Signature-256`,
         `X-Gitea-Signature`) or token (`X-Gitlab-Token`) with the repository's webhook secret:
         401 if it does not match. A push answers 202 with its run (200 and `duplicate` when
-        the commit already has one); anything else (a ping, a deleted branch) answers 200 with
-        `ignored` saying why."""
+        the commit, or for a tag the commit and tag, already has one); anything else (a ping,
+        a deleted branch) answers 200 with `ignored` saying why."""
         body = await request.body()
         headers = {name.lower(): value for name, value in request.headers.items()}
         secret, webhook, tenant_id = await blocking(secret_book.webhook, repository_id)

@@ -36,7 +36,8 @@ def add_run_commands(commands: Any) -> None:
         sub.set_defaults(handler=handler)
         return sub
 
-    push = client("push", "report a push: a run of the commit (the same commit again: the same run)", _push)
+    push = client("push", "report a push: a run of the commit (the same commit again: the same run; "
+                          "a tag's push is a run of its own)", _push)
     push.add_argument("--repo", required=True, help="the repository's id, as registered with `repo add`")
     push.add_argument("--commit", required=True, help="the full 40-hex commit SHA, e.g. $(git rev-parse HEAD)")
     push.add_argument("--ref", help="the pushed ref, e.g. refs/heads/main (what on.branches matches)")
@@ -89,7 +90,7 @@ def _push(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"{result['run_id']}{'  (duplicate: the run of this commit)' if result['duplicate'] else ''}")
+        print(f"{result['run_id']}{'  (duplicate: the run of this push)' if result['duplicate'] else ''}")
     return 0
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
 
+from domain.refs import tag_of
 from domain.run import Run
 from domain.run_events import superseded_reason, waiting_reason
 from domain.status import JobStatus, RunStatus
@@ -18,7 +19,7 @@ from domain.statuses import RunState
 from projections.artifacts import artifact_uploaded, artifacts_expired
 from projections.registry import REGISTRY_TABLES, apply_registry_event
 from projections.sql import Cursor, Database
-from projections.status_outbox import record_state
+from projections.status_outbox import record_state, status_context
 from projections.timestamps import rfc3339
 from projections.webhook_outbox import queue_deliveries
 
@@ -150,7 +151,9 @@ class RunsProjection:
             "AND r.ref = 'refs/heads/' || lci_schedules.branch)",
             (run_id, run_id),
         )
-        record_state(cursor, run_id, RunState.PENDING, event.timestamp, f"ledgerci/{event.workflow_name or 'ci'}")
+        ref = cursor.execute("SELECT ref FROM lci_runs WHERE id = ?", (run_id,)).fetchone()
+        record_state(cursor, run_id, RunState.PENDING, event.timestamp,
+                     status_context(event.workflow_name, tag_of(ref[0] if ref else None)))
 
     @handle.register
     def _(self, event: Run.SchedulesDeclared, cursor: Cursor, position: int) -> None:

@@ -46,6 +46,14 @@ TABLES = [
 ]
 
 
+def status_context(workflow_name: str | None, tag: str | None) -> str:
+    """The context a run's states are sent under: `ledgerci/<workflow>`, and for a tag's run
+    (a run of its own, domain/ids.py) the tag too, so a release's states never overwrite those
+    of the branch's run of the same commit on the host."""
+    context = f"ledgerci/{workflow_name or 'ci'}"
+    return context if tag is None else f"{context} ({tag.removeprefix('refs/tags/')})"
+
+
 def record_state(cursor: Cursor, run_id: str, state: RunState, at: datetime, context: str | None = None) -> None:
     """Queue `state` of the run for its host, if its repository has a status target (else no
     row: runs without one pay one indexed lookup). `context`: the run's, once known (RunPlanned)."""

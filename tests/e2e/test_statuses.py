@@ -67,15 +67,26 @@ def test_github_sees_pending_then_success_or_failure_and_gitlab_its_own_states(
     _, bad_commit = pushed(owner, repository_id, repo, BAD, 2)
     wait_for(lambda: status_host.states(good_commit)[-1:] == ["success"], 30, "success on the good commit")
     wait_for(lambda: status_host.states(bad_commit)[-1:] == ["failure"], 30, "failure on the bad commit")
-    for commit in (good_commit, bad_commit):
+    for commit in (good_commit, bad_commit):  # a state overtaken before it was sent is passed over
         states = status_host.states(commit)
-        assert states[0] == "pending" and set(states[:-1]) == {"pending"}, states
+        assert set(states[:-1]) <= {"pending"}, states
     sent = next(r for r in status_host.received if r.path.endswith(good_commit))
     assert sent.path == f"/repos/org/app/statuses/{good_commit}"
     assert sent.headers["Authorization"] == f"token {TOKEN}"
     assert sent.body["context"] == "ledgerci/build" and sent.body["target_url"].endswith(f"/#/runs/{good}")
+    wait_for(lambda: owner.http.get(f"/api/v1/runs/{good}/statuses").json()["statuses"][-1]["delivered_at"],
+             30, "the success to be marked delivered")
     listed = owner.http.get(f"/api/v1/runs/{good}/statuses").json()["statuses"]
     assert listed[-1]["state"] == "success" and listed[-1]["last_result"] == "HTTP 201"
+
+    # The same commit tagged: a run of its own, whose states go under a context of their own.
+    tag_run = owner.push(repository_id, good_commit, "refs/tags/v1.0").json()["run_id"]
+    assert tag_run != good and admin.wait_run(tag_run)["status"] == "succeeded"
+    wait_for(lambda: [r.body["state"] for r in status_host.received
+                      if r.body.get("context") == "ledgerci/build (v1.0)"][-1:] == ["success"], 30, "the tag's success")
+    branch_states = [r.body["state"] for r in status_host.received if r.body.get("context") == "ledgerci/build"
+                     and r.path.endswith(good_commit)]
+    assert branch_states[-1] == "success"
 
     gl_owner, gl_repository, gl_repo = repository_with_target(admin, tmp_path, "gitlab", status_host.url)
     _, gl_commit = pushed(gl_owner, gl_repository, gl_repo, GOOD, 9)  # not the GitHub commit's sha
@@ -114,9 +125,10 @@ def test_the_final_state_arrives_after_500s_and_after_the_sender_is_killed(
 
 def test_gitlab_hears_running_and_the_end_of_a_cancelled_run_and_of_one_whose_runner_was_killed(
         tmp_path: Path, postgres_url: str, fresh_nats_server, status_host: StatusHost) -> None:
-    # Leases of 2 s (test_faults), so the reaper finds the killed runner's attempt lost quickly.
+    # Short leases (test_faults'), so the reaper finds the killed runner's attempt lost soon; 5 s
+    # rather than 2, so a heartbeat late on a busy machine does not end the held job first.
     cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={**OUTBOUND_TO_LOOPBACK, **FAULT_ENV})
+                            extra_env={**OUTBOUND_TO_LOOPBACK, **FAULT_ENV, "LEDGERCI_LEASE_SECONDS": "5"})
     with cluster.running():
         admin = Api(cluster.url, ADMIN_TOKEN)
         owner, repository_id, repo = repository_with_target(admin, tmp_path, "gitlab", status_host.url)
@@ -126,12 +138,12 @@ def test_gitlab_hears_running_and_the_end_of_a_cancelled_run_and_of_one_whose_ru
         answer = owner.http.post(f"/api/v1/runs/{cancelled}/cancel")
         assert answer.status_code == 200 and answer.json()["cancelled"], answer.text
         wait_for(lambda: status_host.states(cancelled_commit)[-1:] == ["canceled"], 30, "canceled on GitLab")
-        assert status_host.states(cancelled_commit) == ["pending", "running", "canceled"]
+        # (pending may be passed over: overtaken by running before it was sent)
+        assert status_host.states(cancelled_commit) in (["pending", "running", "canceled"], ["running", "canceled"])
 
         _, bad_commit = pushed(owner, repository_id, repo, BAD, 2)
         wait_for(lambda: status_host.states(bad_commit)[-1:] == ["failed"], 30, "failed on GitLab")
-        assert status_host.states(bad_commit)[0] == "pending"
-        assert set(status_host.states(bad_commit)[1:-1]) <= {"running"}, status_host.states(bad_commit)
+        assert set(status_host.states(bad_commit)[:-1]) <= {"pending", "running"}, status_host.states(bad_commit)
 
         lost, lost_commit = pushed(owner, repository_id, repo, HELD, 3)
         wait_for(lambda: "running" in status_host.states(lost_commit), 30, "the third run running")
@@ -139,8 +151,9 @@ def test_gitlab_hears_running_and_the_end_of_a_cancelled_run_and_of_one_whose_ru
         run = admin.wait_run(lost)
         assert run["status"] == "failed" and run["jobs"][0]["error"] == "runner lost", run
         wait_for(lambda: status_host.states(lost_commit)[-1:] == ["failed"], 30, "failed after the lost runner")
-        listed = owner.http.get(f"/api/v1/runs/{lost}/statuses").json()["statuses"]
-        assert listed[-1]["state"] == "failure" and listed[-1]["delivered_at"], listed
+        wait_for(lambda: owner.http.get(f"/api/v1/runs/{lost}/statuses").json()["statuses"][-1]["delivered_at"],
+                 30, "the failure to be marked delivered")
+        assert owner.http.get(f"/api/v1/runs/{lost}/statuses").json()["statuses"][-1]["state"] == "failure"
         cluster.start("runner")
         assert_invariants(cluster)
 

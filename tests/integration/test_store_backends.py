@@ -15,9 +15,11 @@ from eventsourcing.persistence import OperationalError
 
 from commands.app import LedgerApp
 from commands.principal import Principal
+from commands.runs import PushResult
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.errors import AlreadyExistsError, RepositoryNotFoundError
+from domain.ids import run_id_for
 from domain.messages import FinishJob, Heartbeat, StartJob
 from domain.run import Run
 from projections.queries import RunQueries
@@ -65,6 +67,24 @@ class StoreContract:
         assert (first.duplicate, again.duplicate) == (False, True)
         assert first.run_id == again.run_id
         assert len(ledger.audit.history(first.run_id)) == 1
+
+    def test_a_tag_is_a_run_of_its_own_and_one_recorded_under_its_commits_id_stays_the_tags(
+            self, ledger: LedgerApp, repository: str):
+        branch = ledger.runs.push(repository, COMMIT, "refs/heads/main", ADMIN)
+        tagged = ledger.runs.push(repository, COMMIT, "refs/tags/v1", ADMIN)
+        assert not tagged.duplicate and tagged.run_id not in (branch.run_id, run_id_for(repository, COMMIT))
+        assert ledger.runs.push(repository, COMMIT, "refs/tags/v1", ADMIN) == PushResult(tagged.run_id, True)
+        assert ledger.runs.rerun(tagged.run_id, ADMIN) == run_id_for(repository, COMMIT, 1, "refs/tags/v1")
+        # Recorded before tags had runs of their own: the tag's first push took its commit's id.
+        older = "b" * 40
+        ledger.store.save_new(Run.request(
+            run_id=run_id_for(repository, older), repository_id=repository, tenant_id="acme", commit=older,
+            ref="refs/tags/v0", clone_url="file:///x", rerun=0, request_id="q", actor="admin", at=ledger.clock()))
+        assert ledger.runs.push(repository, older, "refs/tags/v0", ADMIN) == PushResult(run_id_for(repository, older),
+                                                                                        True)
+        assert ledger.runs.rerun(run_id_for(repository, older), ADMIN) == run_id_for(repository, older, 1,
+                                                                                     "refs/tags/v0")
+        assert ledger.runs.push(repository, older, "refs/tags/v0.1", ADMIN).duplicate is False
 
     def test_push_to_another_tenants_repository_is_not_found(self, ledger: LedgerApp, repository: str):
         with pytest.raises(RepositoryNotFoundError):

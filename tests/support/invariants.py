@@ -50,7 +50,10 @@ def all_events(app: LedgerApp) -> list[tuple[int, Any]]:
     return [item for page in app.store.history_pages() for item in page]
 
 
-def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) -> list[str]:
+def check_history(events: list[tuple[int, Any]], *, require_final: bool = True,
+                  tag_runs_under_commit_ids: bool = False) -> list[str]:
+    """Every invariant over a history. `tag_runs_under_commit_ids`: the history may hold tag runs
+    recorded before a tag's push was a run of its own (with their commit's id); none made now has."""
     problems: list[str] = []
     runs: dict[Any, list[Any]] = defaultdict(list)
     for _, event in events:
@@ -62,7 +65,7 @@ def check_history(events: list[tuple[int, Any]], *, require_final: bool = True) 
     for run_id, stream in runs.items():
         problems += [f"run {run_id}: {p}" for p in _check_run(stream, require_final)]
         problems += [f"run {run_id}: {p}" for p in artifact_breaches(stream)]
-        key, derived = _run_key(stream)
+        key, derived = _run_key(stream, tag_runs_under_commit_ids)
         if key is None:
             continue
         if key in keys:
@@ -101,11 +104,11 @@ def artifact_breaches(stream: list[Any]) -> list[str]:
     return problems
 
 
-def _run_key(stream: list[Any]) -> tuple[tuple | None, set[Any]]:
+def _run_key(stream: list[Any], tag_runs_under_commit_ids: bool) -> tuple[tuple | None, set[Any]]:
     """What makes the run unique, and the ids it may have, derived from it: (repository, commit,
     re-run, tag) for a push (tag None for a branch's), (repository, branch, cron, nominal time) for
     a schedule's firing. A tag's run recorded before tags had runs of their own carries the id
-    derived without the tag, which is accepted too."""
+    derived without the tag: accepted only if the caller says the history may hold one."""
     first = stream[0]
     if type(first).__name__ != "RunRequested":
         return None, set()
@@ -114,7 +117,7 @@ def _run_key(stream: list[Any]) -> tuple[tuple | None, set[Any]]:
         key = ("scheduled", first.repository_id, fired.branch, fired.cron, fired.nominal_at)
         return key, {scheduled_run_id(*key[1:])}
     key = (first.repository_id, first.commit, first.rerun, tag_of(first.ref))
-    legacy = {run_id_for(*key[:3])} if key[3] is not None else set()
+    legacy = {run_id_for(*key[:3])} if key[3] is not None and tag_runs_under_commit_ids else set()
     return key, {run_id_for(*key)} | legacy
 
 

@@ -148,10 +148,13 @@ def test_a_tags_run_has_an_id_of_its_own_and_one_recorded_before_that_rule_still
     assert run_id_for("r", "a" * 40, tag=tag) != run_id_for("r", "a" * 40)
     # A branch's run keeps the id every stored run was given.
     assert run_id_for("r", "a" * 40) == UUID("22e763c1-06a4-5550-ba70-303651fed813")
-    for run_id in (run_id_for("r", "a" * 40, tag=tag), run_id_for("r", "a" * 40)):
-        run = new_run(run_id, ref=tag)
-        run.skip("no workflow", T0, "p")
-        assert check_history(history(run)) == []
+    tagged = new_run(run_id_for("r", "a" * 40, tag=tag), ref=tag)
+    tagged.skip("no workflow", T0, "p")
+    assert check_history(history(tagged)) == []
+    recorded_before = new_run(run_id_for("r", "a" * 40), ref=tag)  # before tags had runs of their own
+    recorded_before.skip("no workflow", T0, "p")
+    assert any("derived id" in p for p in check_history(history(recorded_before)))
+    assert check_history(history(recorded_before), tag_runs_under_commit_ids=True) == []
     stray = new_run(run_id_for("r", "a" * 40, tag="refs/tags/v2"), ref=tag)
     stray.skip("no workflow", T0, "p")
     assert any("derived id" in p for p in check_history(history(stray)))

@@ -6,6 +6,7 @@ import pytest
 
 from domain.errors import InvalidStatusTargetError
 from domain.statuses import RunState, StatusKind, check_target, is_private, status_request
+from projections.status_outbox import status_context
 
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
 
@@ -42,3 +43,8 @@ def test_a_target_that_cannot_be_used_is_refused(api_url: str, project: str) -> 
                                                   ("::1", True), ("192.168.0.1", True), ("140.82.112.3", False)])
 def test_private_addresses(address: str, private: bool) -> None:
     assert is_private(address) is private
+
+
+def test_a_tags_run_has_a_context_of_its_own() -> None:
+    assert status_context("build", None) == "ledgerci/build" and status_context(None, None) == "ledgerci/ci"
+    assert status_context("build", "refs/tags/v1.0") == "ledgerci/build (v1.0)"
