@@ -86,7 +86,9 @@ class _HubPush(msgspec.Struct):  # GitHub, Gitea, Forgejo
     head_commit: _HubCommit | None = None  # the commit, also when `after` is an annotated tag's object
 
     def commit(self) -> str:
-        return self.head_commit.id if self.ref.startswith("refs/tags/") and self.head_commit else self.after
+        peeled = self.head_commit.id if self.head_commit else None
+        return peeled if self.ref.startswith("refs/tags/") and peeled and not _DELETED.fullmatch(self.after) \
+            else self.after
 
 
 class _LabPush(msgspec.Struct):
@@ -96,7 +98,9 @@ class _LabPush(msgspec.Struct):
     checkout_sha: str | None = None  # the commit, also when `after` is an annotated tag's object
 
     def commit(self) -> str:
-        return self.checkout_sha if self.ref.startswith("refs/tags/") and self.checkout_sha else self.after
+        peeled = self.checkout_sha
+        return peeled if self.ref.startswith("refs/tags/") and peeled and not _DELETED.fullmatch(self.after) \
+            else self.after
 
 
 _EVENT_HEADER = {Host.GITHUB: "x-github-event", Host.GITEA: "x-gitea-event", Host.GITLAB: "x-gitlab-event"}

@@ -51,6 +51,10 @@ def delivery(host: str, commit: str, *, secret: str = SECRET, delivery_id: str =
     if ref is not None:  # of the repository the push fixture names, as `Hooked` set it up
         named_by = "project" if host == "gitlab" else "repository"
         body = dict(body, ref=ref, after=after or commit, **{named_by: fixture(host)["body"][named_by]})
+        if body.get("head_commit"):  # the commit a tag's push names (domain/webhooks.py)
+            body["head_commit"] = dict(body["head_commit"], id=after or commit)
+        if body.get("checkout_sha"):
+            body["checkout_sha"] = after or commit
     raw = json.dumps(body).encode()
     headers = {k: v for k, v in recorded["headers"].items()
                if k.lower() not in ("x-hub-signature-256", "x-hub-signature", "x-gitea-signature", "x-gitlab-token",

@@ -62,7 +62,7 @@ def test_an_annotated_tag_runs_the_commit_it_tags_not_the_tag_object() -> None:
     lab = json.dumps({"ref": "refs/tags/v1", "after": tag_object, "checkout_sha": COMMIT,
                       "project": {"path_with_namespace": "org/app"}}).encode()
     assert read(Host.GITLAB, {"x-gitlab-event": "Tag Push Hook"}, lab).push == Push("refs/tags/v1", COMMIT, "org/app")
-    deleted = json.dumps({"ref": "refs/tags/v1", "after": "0" * 40, "head_commit": None,
+    deleted = json.dumps({"ref": "refs/tags/v1", "after": "0" * 40, "head_commit": {"id": COMMIT},
                           "repository": {"full_name": "org/app"}}).encode()
     assert read(Host.GITHUB, {"x-github-event": "push"}, deleted).ignored == "refs/tags/v1 was deleted: nothing to run"
 
