@@ -20,6 +20,7 @@ from typing import NamedTuple
 import msgspec
 
 from domain.errors import InvalidWebhookError, WebhookSignatureError
+from domain.refs import tag_of
 
 MIN_SECRET_CHARS = 16  # a webhook secret is only as good as its entropy
 MAX_SECRET_CHARS = 256
@@ -85,11 +86,6 @@ class _HubPush(msgspec.Struct):  # GitHub, Gitea, Forgejo
     repository: _Repository
     head_commit: _HubCommit | None = None  # the commit, also when `after` is an annotated tag's object
 
-    def commit(self) -> str:
-        peeled = self.head_commit.id if self.head_commit else None
-        return peeled if self.ref.startswith("refs/tags/") and peeled and not _DELETED.fullmatch(self.after) \
-            else self.after
-
 
 class _LabPush(msgspec.Struct):
     ref: str
@@ -97,10 +93,12 @@ class _LabPush(msgspec.Struct):
     project: _Project
     checkout_sha: str | None = None  # the commit, also when `after` is an annotated tag's object
 
-    def commit(self) -> str:
-        peeled = self.checkout_sha
-        return peeled if self.ref.startswith("refs/tags/") and peeled and not _DELETED.fullmatch(self.after) \
-            else self.after
+
+def _commit_of(ref: str, after: str, tagged: str | None) -> str:
+    """The commit a push runs: `after`, except for a tag's push, where `after` may be an
+    annotated tag's own object and `tagged` (what the host says it tags) is the commit. A
+    deletion (`after` all zeros) stays a deletion."""
+    return tagged if tag_of(ref) and tagged and not _DELETED.fullmatch(after) else after
 
 
 _EVENT_HEADER = {Host.GITHUB: "x-github-event", Host.GITEA: "x-gitea-event", Host.GITLAB: "x-gitlab-event"}
@@ -119,10 +117,11 @@ def read(host: Host, headers: Mapping[str, str], body: bytes) -> Delivery:
     try:
         if host is Host.GITLAB:
             lab = msgspec.json.decode(body, type=_LabPush)
-            push = Push(lab.ref, lab.commit(), lab.project.path_with_namespace)
+            push = Push(lab.ref, _commit_of(lab.ref, lab.after, lab.checkout_sha), lab.project.path_with_namespace)
         else:
             hub = msgspec.json.decode(body, type=_HubPush)
-            push = Push(hub.ref, hub.commit(), hub.repository.full_name)
+            tagged = hub.head_commit.id if hub.head_commit else None
+            push = Push(hub.ref, _commit_of(hub.ref, hub.after, tagged), hub.repository.full_name)
     except msgspec.DecodeError as malformed:
         raise InvalidWebhookError(f"not a {host.value} push event: {malformed}") from None
     if _DELETED.fullmatch(push.commit):
