@@ -188,7 +188,7 @@ def test_a_runner_killed_mid_upload_records_nothing_and_the_retry_stores_each_fi
     wait_for(lambda: stored_chunks(fault_cluster.nats_monitor) > 0, 60, "the upload to begin")  # type: ignore[attr-defined]
     holder = owner.run(run_id)["jobs"][0]
     assert holder["status"] == "running" and holder["attempt"] == 1, holder
-    fault_cluster.kill("runner" if holder["runner_id"] == "runner" else holder["runner_id"].replace("-", "#"))
+    fault_cluster.kill(fault_cluster.runner_service(holder["runner_id"]))
 
     run = owner.wait_run(run_id, timeout=120)
     assert run["status"] == "succeeded", owner.explain(run_id)

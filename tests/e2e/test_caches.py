@@ -101,7 +101,7 @@ def test_a_runner_killed_while_it_saves_records_nothing_and_the_retry_saves_once
     wait_for(lambda: stored_chunks(monitor, "OBJ_LEDGERCI_CACHES") > 0, 60, "the save to begin")
     holder = delta.api.run(run_id)["jobs"][0]
     assert holder["status"] == "running" and holder["attempt"] == 1, holder
-    fault_cluster.kill("runner" if holder["runner_id"] == "runner" else holder["runner_id"].replace("-", "#"))
+    fault_cluster.kill(fault_cluster.runner_service(holder["runner_id"]))
 
     run = delta.api.wait_run(run_id, timeout=120)
     assert run["status"] == "succeeded" and run["jobs"][0]["attempt"] == 2, delta.api.explain(run_id)

@@ -118,7 +118,7 @@ def test_stale_runner_is_fenced_and_its_process_killed(tmp_path: Path, cluster: 
     run_id = admin.push(repository_id, commit).json()["run_id"]
     pid = pid_in(pid_file)
     holder = admin.run(run_id)["jobs"][0]["runner_id"]
-    process_name = "runner" if holder == "runner" else holder.replace("-", "#")
+    process_name = cluster.runner_service(holder)
 
     cluster.pause(process_name)  # SIGSTOP: alive, but silent past its lease
     run = admin.wait_run(run_id, timeout=30)
@@ -155,11 +155,11 @@ def test_stopped_runner_hands_its_job_back_after_the_grace_period(tmp_path: Path
     assert not pid_alive(pid)
     run = admin.wait_run(run_id, timeout=30)
     job = run["jobs"][0]
-    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 2, "runner-2")
+    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 2, cluster.runner_id("runner#2"))
     history = admin.events(run_id)
     abandoned = [(e["data"]["attempt"], e["data"]["reason"], e["actor"]) for e in history
                  if e["type"] == "JobAttemptAbandoned"]
-    assert abandoned == [(1, "runner stopped", "runner:runner-3")]
+    assert abandoned == [(1, "runner stopped", f"runner:{cluster.runner_id('runner#3')}")]
     assert_invariants(cluster)
 
 
@@ -174,7 +174,7 @@ def test_stopped_runner_finishes_a_job_that_ends_within_the_grace_period(tmp_pat
     took = cluster.stop("runner")
     run = admin.wait_run(run_id, timeout=10)
     job = run["jobs"][0]
-    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 1, "runner")
+    assert (run["status"], job["attempt"], job["runner_id"]) == ("succeeded", 1, cluster.runner_id())
     assert "finished" in admin.log(job["id"])
     assert 1.0 < took < 20, took  # it waited for the job, and no longer
     assert_invariants(cluster)
@@ -224,7 +224,7 @@ def test_killed_runner_job_is_retried_or_fails_runner_lost(tmp_path: Path, clust
     pid = pid_in(pid_file)
     holder = admin.run(run_id)["jobs"][0]["runner_id"]
     killed_at = time.monotonic()
-    cluster.kill("runner" if holder == "runner" else holder.replace("-", "#"))
+    cluster.kill(cluster.runner_service(holder))
     wait_for(lambda: not pid_alive(pid), 5, "the killed runner's job process to die with it")
 
     run = admin.wait_run(run_id, timeout=30)
@@ -253,7 +253,7 @@ def test_a_runner_restarted_after_a_kill_kills_what_its_job_left_running_and_its
     run_id = admin.push(repository_id, commit).json()["run_id"]
     shell, orphan = pid_in(pid_file), pid_in(orphan_file)
     holder = admin.run(run_id)["jobs"][0]["runner_id"]
-    name = "runner" if holder == "runner" else holder.replace("-", "#")
+    name = cluster.runner_service(holder)
     workspaces = cluster.base_dir / name / "workspaces"
     first_workspace = f"{admin.run(run_id)['jobs'][0]['id']}-1"
     assert [p.name for p in workspaces.iterdir()] == [first_workspace]

@@ -70,7 +70,7 @@ def the_job_moves_to_another_runner(cluster: LedgerCluster, admin: Api, run_id: 
     cluster.start("runner#2")
     run = admin.wait_run(run_id, timeout=60)
     assert run["status"] == "succeeded", admin.explain(run_id)
-    assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, "runner-2")
+    assert (run["jobs"][0]["attempt"], run["jobs"][0]["runner_id"]) == (2, cluster.runner_id("runner#2"))
 
 
 def assert_the_first_runner_said_nothing_once_healed(cluster: LedgerCluster, admin: Api, run_id: str) -> None:
@@ -79,7 +79,7 @@ def assert_the_first_runner_said_nothing_once_healed(cluster: LedgerCluster, adm
     abandoned = [e for e in history if e["type"] == "JobAttemptAbandoned"]
     assert [(e["data"]["attempt"], e["data"]["kind"], e["actor"]) for e in abandoned] == [(1, "runner_lost", "reaper")]
     after = history[history.index(abandoned[0]):]
-    late = [(e["type"], e["actor"]) for e in after if e["actor"] == "runner:runner"]
+    late = [(e["type"], e["actor"]) for e in after if e["actor"] == f"runner:{cluster.runner_id()}"]
     assert late == [], f"the runner changed the run after its attempt was given up: {late}"
     assert [e["type"] for e in history].count("JobSucceeded") == 1
     assert_invariants(cluster)
@@ -90,7 +90,7 @@ def test_a_runner_cut_off_mid_job_kills_it_and_reports_nothing_once_healed(
     admin = Api(cluster.url, ADMIN_TOKEN)
     cluster.start("runner", wrap=partition.wrap)  # the only runner: the first attempt is its
     run_id, pid = push_slow_job(admin, tmp_path)
-    assert admin.run(run_id)["jobs"][0]["runner_id"] == "runner"
+    assert admin.run(run_id)["jobs"][0]["runner_id"] == cluster.runner_id()
 
     partition.cut()
     the_job_moves_to_another_runner(cluster, admin, run_id, pid)
@@ -160,7 +160,9 @@ def test_an_admission_leader_cut_off_from_postgresql_stops_releasing_and_the_quo
     its lock, so it releases nothing more; PostgreSQL ends its silent lock session
     (idle_session_timeout) and the other scheduler takes over. No quota is exceeded at any
     point of the history, every run succeeds, and once healed the old leader stays a standby."""
-    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url)
+    # PostgreSQL ends the silent leader's session after 6 s instead of 30: the same takeover, sooner.
+    cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
+                            extra_env={"LEDGERCI_LEADER_SESSION_SECONDS": "6"})
     pg_port = urlsplit(postgres_url).port
     assert pg_port
     with Partition.around(port=pg_port) as first, Partition.around(port=pg_port) as second, \
@@ -251,7 +253,8 @@ def test_a_nats_node_cut_off_from_the_other_two_loses_no_event_or_dispatch_and_r
             events = [e for run_id in run_ids for e in admin.events(run_id)]
             assert sum(e["type"] == "JobSucceeded" for e in events) == 2 * len(commits)
             starters = {e["data"]["runner_id"] for e in events if e["type"] == "JobStarted"}
-            assert starters == {"runner", "runner-2"}, f"a side's runner ran nothing: {starters}"
+            both_sides = {cluster.runner_id(), cluster.runner_id("runner#2")}
+            assert starters == both_sides, f"a side's runner ran nothing: {starters}"
             assert_invariants(cluster)
 
 

@@ -40,14 +40,14 @@ def test_a_job_waits_for_a_runner_of_its_pool_and_says_so(tmp_path: Path, cluste
 
     waiting = api.wait_run(run_id, until=lambda run: run["jobs"] and run["jobs"][1]["status"] == "queued")
     build, train = waiting["jobs"]
-    assert build["status"] == "succeeded" and build["runner_id"] == "runner" and build["waiting"] is None
+    assert build["status"] == "succeeded" and build["runner_id"] == cluster.runner_id() and build["waiting"] is None
     assert train["pool"] == "gpu"
     assert train["waiting"] == 'no runner of pool "gpu" is alive'
 
     cluster.start("runner#gpu", env={"LEDGERCI_RUNNER_POOL": "gpu"})
     done = api.wait_run(run_id)
     assert done["status"] == "succeeded", done
-    assert done["jobs"][1]["runner_id"] == "runner-gpu" and done["jobs"][1]["waiting"] is None
+    assert done["jobs"][1]["runner_id"] == cluster.runner_id("runner#gpu") and done["jobs"][1]["waiting"] is None
 
     # A runner that stops says goodbye: the pool is empty again at once, not after a timeout.
     cluster.stop("runner#gpu")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -45,6 +46,19 @@ class LedgerCluster:
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
+        # A starting runner kills every job process on the machine that carries its id
+        # (runner/leftovers.py): with tests running side by side, each cluster's runner ids
+        # must be its own, or one test's runner would kill another's jobs.
+        self.runner_suffix = secrets.token_hex(3)
+
+    def runner_id(self, name: str = "runner") -> str:
+        """The id runner service `name` (`runner`, `runner#2`) runs under: `runner-2.<this cluster>`."""
+        return f"{name.replace('#', '-')}.{self.runner_suffix}"
+
+    def runner_service(self, runner_id: str) -> str:
+        """The service name of the runner that runs under `runner_id` (runner_id's inverse)."""
+        name = runner_id.removesuffix(f".{self.runner_suffix}")
+        return name if name == "runner" else name.replace("runner-", "runner#", 1)
 
     def log_path(self, name: str) -> Path:
         return self.base_dir / f"{name}.log"
@@ -63,7 +77,7 @@ class LedgerCluster:
             # The runner holds no database credentials: prove it by not giving it any.
             service_env.pop("LEDGERCI_DATABASE_URL", None)
             service_env.pop("LEDGERCI_SECRET_KEY", None)  # nor the key: secrets reach it sealed to its claim
-            service_env.setdefault("LEDGERCI_RUNNER_ID", name.replace("#", "-"))
+            service_env.setdefault("LEDGERCI_RUNNER_ID", self.runner_id(name))
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
         argv = [sys.executable, "-m", "ledgerci.cli", name.split("#")[0]]
         self.processes[name] = subprocess.Popen(
