@@ -245,7 +245,11 @@ def test_the_cli_follows_a_log_and_a_run_live(tmp_path: Path, admin: Api) -> Non
     first_line = logs.stdout.readline()
     # Printed while the run goes on (the read model may still say queued for a moment under load).
     assert first_line == "tick 1\n" and api.run(run_id)["status"] in ("queued", "running")
-    rest, _ = logs.communicate(timeout=60)
+    # Read on through the same buffered pipe: `communicate` reads the file descriptor and would
+    # miss lines that readline() above already pulled into the buffer with the first (a slow
+    # start gets several at once).
+    rest = logs.stdout.read()
+    assert logs.wait(timeout=60) == 0
     assert first_line + rest == "".join(f"tick {i}\n" for i in range(1, 7))
     watched, _ = watch.communicate(timeout=60)
     assert watch.returncode == 0
