@@ -39,7 +39,7 @@ from nats.js import JetStreamContext
 from commands.app import LedgerApp
 from commands.dispatch import RunOrigin, job_dispatch
 from commands.fair_share import Attempt, FairShare
-from commands.leadership import PING_EVERY_SECONDS, STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
+from commands.leadership import STANDBY_RETRY_SECONDS, Leadership, LeadershipLostError
 from commands.metrics import ADMISSION_DECISION, ADMISSION_RELEASED
 from commands.presence import RunnerRoster, follow_presence
 from commands.wake import RETRY_PAUSE_SECONDS, run_woken
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 500
 # Consecutive failed steps (each retried after a pause) before the leader gives the lead up.
 MAX_FAILED_STEPS = 5
+# How often a long takeover asks its lock connection whether it needs a ping.
+TAKEOVER_PING_CHECK_SECONDS = 1.0
 
 
 class UnfinishedJob(Protocol):
@@ -150,11 +152,12 @@ class AdmissionLeader:
 
     @contextlib.asynccontextmanager
     async def _keeping_the_lead(self) -> AsyncIterator[None]:
-        """Ping the lock connection while a long takeover keeps it otherwise idle."""
+        """Ping the lock connection while a long takeover keeps it otherwise idle (keep_alive
+        pings only when its session needs it: asking every second costs nothing)."""
         async def ping() -> None:
             with contextlib.suppress(LeadershipLostError):  # the next confirm says so
                 while True:
-                    await asyncio.sleep(PING_EVERY_SECONDS / 2)
+                    await asyncio.sleep(TAKEOVER_PING_CHECK_SECONDS)
                     await asyncio.to_thread(self.leadership.keep_alive)
 
         pinger = asyncio.create_task(ping())

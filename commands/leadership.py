@@ -3,8 +3,9 @@
 The lock lives as long as the leader's own connection: a leader that dies (SIGKILL, a lost
 host) drops the connection and with it the lock, and a standby, retrying every
 STANDBY_RETRY_SECONDS (a cold path), takes over. A leader that is paused (SIGSTOP) keeps its
-socket open, so its session also ends once idle for IDLE_SESSION_SECONDS; a leader pings
-well within that while it lives. Before every release the leader confirms its connection:
+socket open, so its session also ends once idle for `session_seconds` (IDLE_SESSION_SECONDS
+unless LEDGERCI_LEADER_SESSION_SECONDS says otherwise); a leader pings every third of that
+while it lives. Before every release the leader confirms its connection:
 one that broke means the lock may be someone else's, and the leader stops deciding.
 
 On SQLite (the embedded default, one host) the lock is an exclusive `flock` on a file beside
@@ -28,8 +29,7 @@ from domain.errors import DomainError
 # Any fixed number, distinct from the migration lock's.
 ADMISSION_LOCK_ID = 7_334_002
 STANDBY_RETRY_SECONDS = 1.0
-IDLE_SESSION_SECONDS = 30
-PING_EVERY_SECONDS = 10.0
+IDLE_SESSION_SECONDS = 30.0
 
 
 class LeadershipLostError(DomainError):
@@ -90,9 +90,12 @@ class FileLeadership(SoleLeadership):
 
 
 class PostgresLeadership:
-    def __init__(self, database_url: str, lock_id: int = ADMISSION_LOCK_ID) -> None:
+    def __init__(self, database_url: str, lock_id: int = ADMISSION_LOCK_ID,
+                 session_seconds: float = IDLE_SESSION_SECONDS) -> None:
         self.database_url = database_url
         self.lock_id = lock_id
+        self.session_seconds = session_seconds
+        self.ping_every = session_seconds / 3
         self._conn: psycopg.Connection | None = None
         self._confirmed_at = 0.0
         # The leader's steps and its takeover's pinger use the connection from worker threads.
@@ -112,7 +115,7 @@ class PostgresLeadership:
             if self._conn is None or self._conn.closed:
                 self._conn = psycopg.connect(
                     self.database_url, autocommit=True, connect_timeout=5,
-                    options=f"-c idle_session_timeout={IDLE_SESSION_SECONDS * 1000}",
+                    options=f"-c idle_session_timeout={round(self.session_seconds * 1000)}",
                     keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
                 )
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)).fetchone()
@@ -133,7 +136,7 @@ class PostgresLeadership:
             self._confirmed_at = time.monotonic()
 
     def keep_alive(self) -> None:
-        if time.monotonic() - self._confirmed_at > PING_EVERY_SECONDS:
+        if time.monotonic() - self._confirmed_at > self.ping_every:
             self.confirm()
 
     def release(self) -> None:

@@ -88,6 +88,10 @@ class Settings:
     """LEDGERCI_STREAM_REPLICAS: JetStream replicas per stream (3 on a 3-node cluster)."""
     idle_check_seconds: float
     """LEDGERCI_IDLE_CHECK_SECONDS: backstop re-check of the store when no wake-up came."""
+    leader_session_seconds: float
+    """LEDGERCI_LEADER_SESSION_SECONDS: how long PostgreSQL keeps a silent admission leader's lock
+    session (30): a leader cut off from the store is replaced this much later. At least three
+    times LEDGERCI_IDLE_CHECK_SECONDS, since a leader pings every third of it between steps."""
     db_pool_size: int
     """LEDGERCI_DB_POOL_SIZE: database connections per process."""
     default_max_concurrent_jobs: int
@@ -150,6 +154,7 @@ class Settings:
             max_deliver=int(_env("LEDGERCI_MAX_DELIVER", "20")),
             stream_replicas=int(_env("LEDGERCI_STREAM_REPLICAS", "1")),
             idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),
+            leader_session_seconds=float(_env("LEDGERCI_LEADER_SESSION_SECONDS", "30")),
             db_pool_size=int(_env("LEDGERCI_DB_POOL_SIZE", "4")),
             default_max_concurrent_jobs=int(_env("LEDGERCI_DEFAULT_MAX_CONCURRENT_JOBS", "10")),
             default_max_queued_runs=int(_env("LEDGERCI_DEFAULT_MAX_QUEUED_RUNS", "100")),

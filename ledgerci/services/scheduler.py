@@ -49,7 +49,10 @@ async def admission_service(settings: Settings, stop: asyncio.Event, ledger: Led
     wake = asyncio.Event()
     leadership: Leadership
     if is_postgres(settings.database_url):
-        leadership = PostgresLeadership(settings.database_url)
+        if settings.leader_session_seconds < 3 * settings.idle_check_seconds:
+            raise SystemExit(f"LEDGERCI_LEADER_SESSION_SECONDS is {settings.leader_session_seconds:g}: make it at "
+                             f"least three times LEDGERCI_IDLE_CHECK_SECONDS ({settings.idle_check_seconds:g})")
+        leadership = PostgresLeadership(settings.database_url, session_seconds=settings.leader_session_seconds)
     else:
         leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
     async with waking_on_commits(settings, ledger, stop, wake):
