@@ -20,8 +20,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Three test processes side by side, a test file each at a time (--dist loadfile: a file's
+# tests share its module fixtures, such as a cluster or the deploy test's image). Three on
+# two cores because the suite waits more than it computes (processes starting, leases
+# running out, restarts): one process leaves the CPU about half idle. Every test makes its
+# own servers, ports, directories and runner ids, so none sees another's.
+TEST_PROCESSES ?= 3
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile
 
 # The fast loop: the domain, the workflow parser, the CLI's printing and the pure parts of the
 # services, no processes started (a few seconds).
