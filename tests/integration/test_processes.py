@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -194,19 +194,14 @@ def occupied_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def _first_port_taken(monkeypatch: pytest.MonkeyPatch, taken: int) -> None:
-    real = processes.free_port
+def _first_port_taken(taken: int) -> Callable[[], int]:
+    """A port picker whose first choice is `taken`, then free ports."""
     ports = iter([taken])
-    monkeypatch.setattr(processes, "free_port", lambda: next(ports, None) or real())
+    return lambda: next(ports, None) or processes.free_port()
 
 
-def test_create_moves_to_another_port_if_its_port_is_taken(
-    monkeypatch: pytest.MonkeyPatch,
-    occupied_port: int,
-    ledgerci_servers_dir: Path,
-) -> None:
-    _first_port_taken(monkeypatch, occupied_port)
-    pg = PostgresServer.create(ledgerci_servers_dir)
+def test_create_moves_to_another_port_if_its_port_is_taken(occupied_port: int, ledgerci_servers_dir: Path) -> None:
+    pg = PostgresServer.create(ledgerci_servers_dir, pick_port=_first_port_taken(occupied_port))
     try:
         assert pg.port != occupied_port
         assert "address already in use" in pg.log_tail(20_000).lower()
@@ -215,8 +210,7 @@ def test_create_moves_to_another_port_if_its_port_is_taken(
     finally:
         pg.destroy()
 
-    _first_port_taken(monkeypatch, occupied_port)
-    ns = NatsServer.create(ledgerci_servers_dir)
+    ns = NatsServer.create(ledgerci_servers_dir, pick_port=_first_port_taken(occupied_port))
     try:
         assert ns.port != occupied_port
         assert f"127.0.0.1:{ns.port}" in ns.config_path.read_text()

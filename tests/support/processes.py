@@ -558,6 +558,7 @@ class PostgresServer(_Process):
         *,
         fsync: bool = False,
         settings: Mapping[str, str] | None = None,
+        pick_port: Callable[[], int] = free_port,
     ) -> PostgresServer:
         """Make a new cluster in a fresh directory under ``base_dir``, start it, and create
         the database ``ledgerci``. ``settings`` are extra ``-c name=value`` server options.
@@ -565,16 +566,17 @@ class PostgresServer(_Process):
         The cluster is a copy of a template initdb'ed once per interpreter (trust auth,
         UTF8, locale C, ``--no-sync``): the first create takes about 2-3 s (initdb
         1-2 s), later ones about 1 s (copy 0.2-0.5 s, start 0.1 s, CREATE DATABASE up to
-        0.4 s just after start-up).
+        0.4 s just after start-up). ``pick_port`` chooses its port (and another if that one
+        turns out taken).
         """
         directory = Path(tempfile.mkdtemp(prefix="pg-", dir=base_dir))
-        server = cls(directory, free_port(), fsync=fsync, settings=settings)
+        server = cls(directory, pick_port(), fsync=fsync, settings=settings)
         try:
             server._prepare_directory()
             server._init_data_dir()
 
             def repick() -> None:
-                server.port = free_port()
+                server.port = pick_port()
                 server.url = server.url_for(cls.DATABASE)
 
             server._start_on_free_ports(repick)
@@ -841,14 +843,15 @@ class NatsServer(_Process):
         return f"http://127.0.0.1:{self.monitor_port}"
 
     @classmethod
-    def create(cls, base_dir: Path, *, sync_always: bool = True) -> NatsServer:
+    def create(cls, base_dir: Path, *, sync_always: bool = True,
+               pick_port: Callable[[], int] = free_port) -> NatsServer:
         """Make a fresh directory under ``base_dir``, write the config, start the server
         (on other ports if one was taken meanwhile by someone else)."""
         directory = Path(tempfile.mkdtemp(prefix="nats-", dir=base_dir))
-        server = cls(directory, free_port(), free_port(), sync_always=sync_always)
+        server = cls(directory, pick_port(), pick_port(), sync_always=sync_always)
         try:
             def repick() -> None:
-                server.port, server.monitor_port = free_port(), free_port()
+                server.port, server.monitor_port = pick_port(), pick_port()
                 server.url = f"nats://127.0.0.1:{server.port}"
 
             server._start_on_free_ports(repick, before_each=server.write_config)
