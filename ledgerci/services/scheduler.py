@@ -28,6 +28,7 @@ from projections.sql import Database
 
 async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
                             nc: NATS) -> None:
+    leadership = admission_leadership(settings)  # a setting it refuses stops the start here
     mirrors = GitMirrors(settings.data_dir / "mirrors")
     try:
         async with asyncio.TaskGroup() as group:
@@ -35,7 +36,7 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
             stalled_after = STALLED_AFTER_SECONDS if is_postgres(settings.database_url) else None
             group.create_task(serve_runner_commands(ledger, nc, stop, secret_book(settings, ledger), stalled_after))
             group.create_task(run_planner(ledger, nc.jetstream(), mirrors, stop, settings.stream_replicas))
-            group.create_task(admission_service(settings, stop, ledger, db, nc))
+            group.create_task(admission_service(settings, stop, ledger, db, nc, leadership))
             group.create_task(run_schedules(ScheduleFiring(ledger.runs, ScheduleQueries(db).in_force,
                                                            ScheduleClock(settings.schedule_clock_speed), ledger.clock),
                                             stop))
@@ -43,18 +44,21 @@ async def scheduler_service(settings: Settings, stop: asyncio.Event, ledger: Led
         mirrors.close()
 
 
+def admission_leadership(settings: Settings) -> Leadership:
+    """How this replica learns whether it leads admission: PostgreSQL's advisory lock, or a file
+    lock beside the embedded SQLite store."""
+    if not is_postgres(settings.database_url):
+        return FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
+    if settings.leader_session_seconds < 3 * settings.idle_check_seconds:
+        raise SystemExit(f"LEDGERCI_LEADER_SESSION_SECONDS is {settings.leader_session_seconds:g}: make it at "
+                         f"least three times LEDGERCI_IDLE_CHECK_SECONDS ({settings.idle_check_seconds:g})")
+    return PostgresLeadership(settings.database_url, session_seconds=settings.leader_session_seconds)
+
+
 async def admission_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
-                            nc: NATS) -> None:
+                            nc: NATS, leadership: Leadership) -> None:
     """Weighted fair admission, led by one scheduler replica (commands.admission)."""
     wake = asyncio.Event()
-    leadership: Leadership
-    if is_postgres(settings.database_url):
-        if settings.leader_session_seconds < 3 * settings.idle_check_seconds:
-            raise SystemExit(f"LEDGERCI_LEADER_SESSION_SECONDS is {settings.leader_session_seconds:g}: make it at "
-                             f"least three times LEDGERCI_IDLE_CHECK_SECONDS ({settings.idle_check_seconds:g})")
-        leadership = PostgresLeadership(settings.database_url, session_seconds=settings.leader_session_seconds)
-    else:
-        leadership = FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
     async with waking_on_commits(settings, ledger, stop, wake):
         await run_admission(ledger, nc, AdmissionQueries(db).unfinished_jobs, leadership, wake, stop,
                             reoffer_after=settings.reoffer_after_seconds, idle_seconds=settings.idle_check_seconds,
