@@ -21,13 +21,15 @@ lint: install
 	$(BIN)/lint-imports
 
 # Three test processes side by side, a test file each at a time (--dist loadfile: a file's
-# tests share its module fixtures, such as a cluster or the deploy test's image). Three on
+# tests share its module fixtures, such as a cluster or the deploy test's image), in the order
+# tests/conftest.py gives them, longest first (--no-loadscope-reorder: xdist would otherwise
+# order the files by how many tests they hold). Three on
 # two cores because the suite waits more than it computes (processes starting, leases
 # running out, restarts): one process leaves the CPU about half idle. Every test makes its
 # own servers, ports, directories and runner ids, so none sees another's.
 TEST_PROCESSES ?= 3
 test: lint
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_PROCESSES) --dist loadfile --no-loadscope-reorder
 
 # The fast loop: the domain, the workflow parser, the CLI's printing and the pure parts of the
 # services, no processes started (a few seconds).
