@@ -50,7 +50,7 @@ def main() -> None:
             run_id = api.push(repository_id, commit).json()["run_id"]
             run = api.wait_run(run_id, until=lambda r: r["jobs"] and r["jobs"][0]["status"] == "running")
             holder = run["jobs"][0]["runner_id"]
-            process = "runner" if holder == "runner" else holder.replace("-", "#")
+            process = cluster.runner_service(holder)
             killed_at = datetime.now(UTC)
             if args.fault == "kill":
                 cluster.kill(process)

@@ -32,7 +32,10 @@ class LedgerCluster:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ,
+            # Nothing of ledgerci's own from the test's environment (a test run inside a
+            # ledgerci job has LEDGERCI_RUNNER_ID and LEDGERCI_JOB_ID): every service's settings are
+            # the cluster's.
+            **{name: value for name, value in os.environ.items() if not name.startswith("LEDGERCI_")},
             "LEDGERCI_DATABASE_URL": database_url,
             "LEDGERCI_NATS_URL": nats_url,
             "LEDGERCI_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -50,15 +53,16 @@ class LedgerCluster:
         # (runner/leftovers.py): with tests running side by side, each cluster's runner ids
         # must be its own, or one test's runner would kill another's jobs.
         self.runner_suffix = secrets.token_hex(3)
+        self.runner_ids: dict[str, str] = {}  # service name -> the id it was started under
 
     def runner_id(self, name: str = "runner") -> str:
-        """The id runner service `name` (`runner`, `runner#2`) runs under: `runner-2.<this cluster>`."""
-        return f"{name.replace('#', '-')}.{self.runner_suffix}"
+        """The id runner service `name` (`runner`, `runner#2`) runs under: the one it was given
+        (env or extra_env), else `runner-2.<this cluster>`."""
+        return self.runner_ids.get(name) or f"{name.replace('#', '-')}.{self.runner_suffix}"
 
     def runner_service(self, runner_id: str) -> str:
         """The service name of the runner that runs under `runner_id` (runner_id's inverse)."""
-        name = runner_id.removesuffix(f".{self.runner_suffix}")
-        return name if name == "runner" else name.replace("runner-", "runner#", 1)
+        return next(name for name, given in self.runner_ids.items() if given == runner_id)
 
     def log_path(self, name: str) -> Path:
         return self.base_dir / f"{name}.log"
@@ -78,6 +82,7 @@ class LedgerCluster:
             service_env.pop("LEDGERCI_DATABASE_URL", None)
             service_env.pop("LEDGERCI_SECRET_KEY", None)  # nor the key: secrets reach it sealed to its claim
             service_env.setdefault("LEDGERCI_RUNNER_ID", self.runner_id(name))
+            self.runner_ids[name] = service_env["LEDGERCI_RUNNER_ID"]
         log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed with the process
         argv = [sys.executable, "-m", "ledgerci.cli", name.split("#")[0]]
         self.processes[name] = subprocess.Popen(

@@ -1079,6 +1079,8 @@ class NatsCluster:
     running); :meth:`destroy` stops them and removes :attr:`directory`.
     """
 
+    # Suffixed per cluster (see create): two test processes' clusters on one machine must never
+    # route to each other, even if one's port is reused by the other after a node stops.
     CLUSTER_NAME = "ledgerci-test"
 
     directory: Path
@@ -1140,7 +1142,7 @@ class NatsCluster:
                         monitor_port=0,
                         cluster_port=0,
                         server_name=f"n{i}",
-                        cluster_name=cls.CLUSTER_NAME,
+                        cluster_name=f"{cls.CLUSTER_NAME}-{directory.name.rsplit('-', 1)[-1]}",
                         sync_always=sync_always,
                     )
                 )
