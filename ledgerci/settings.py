@@ -90,8 +90,8 @@ class Settings:
     """LEDGERCI_IDLE_CHECK_SECONDS: backstop re-check of the store when no wake-up came."""
     leader_session_seconds: float
     """LEDGERCI_LEADER_SESSION_SECONDS: how long PostgreSQL keeps a silent admission leader's lock
-    session (30): a leader cut off from the store is replaced this much later. At least three
-    times LEDGERCI_IDLE_CHECK_SECONDS, since a leader pings every third of it between steps."""
+    session (30): a leader cut off from the store is replaced this much later. At least six
+    times LEDGERCI_IDLE_CHECK_SECONDS and 6 s, since a leader pings every third of it between steps."""
     db_pool_size: int
     """LEDGERCI_DB_POOL_SIZE: database connections per process."""
     default_max_concurrent_jobs: int

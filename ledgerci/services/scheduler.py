@@ -7,7 +7,7 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
-from commands.admission import run_admission
+from commands.admission import TAKEOVER_PING_CHECK_SECONDS, run_admission
 from commands.app import LedgerApp
 from commands.leadership import FileLeadership, Leadership, PostgresLeadership
 from commands.runner_service import STALLED_AFTER_SECONDS, serve_runner_commands
@@ -49,9 +49,13 @@ def admission_leadership(settings: Settings) -> Leadership:
     lock beside the embedded SQLite store."""
     if not is_postgres(settings.database_url):
         return FileLeadership(sqlite_path(settings.database_url).with_suffix(".admission.lock"))
-    if settings.leader_session_seconds < 3 * settings.idle_check_seconds:
-        raise SystemExit(f"LEDGERCI_LEADER_SESSION_SECONDS is {settings.leader_session_seconds:g}: make it at "
-                         f"least three times LEDGERCI_IDLE_CHECK_SECONDS ({settings.idle_check_seconds:g})")
+    # A leader pings every third of its session, but only between steps (at least every idle
+    # check) or, in a takeover, every TAKEOVER_PING_CHECK_SECONDS: six of the longer leaves half
+    # the session for a slow step before PostgreSQL would end a leader that is alive.
+    least = 6 * max(settings.idle_check_seconds, TAKEOVER_PING_CHECK_SECONDS)
+    if settings.leader_session_seconds < least:
+        raise SystemExit(f"LEDGERCI_LEADER_SESSION_SECONDS is {settings.leader_session_seconds:g}: make it at least "
+                         f"{least:g} (six times LEDGERCI_IDLE_CHECK_SECONDS, and no less than 6)")
     return PostgresLeadership(settings.database_url, session_seconds=settings.leader_session_seconds)
 
 

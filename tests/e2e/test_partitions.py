@@ -160,9 +160,9 @@ def test_an_admission_leader_cut_off_from_postgresql_stops_releasing_and_the_quo
     its lock, so it releases nothing more; PostgreSQL ends its silent lock session
     (idle_session_timeout) and the other scheduler takes over. No quota is exceeded at any
     point of the history, every run succeeds, and once healed the old leader stays a standby."""
-    # PostgreSQL ends the silent leader's session after 6 s instead of 30: the same takeover, sooner.
+    # PostgreSQL ends the silent leader's session after 12 s instead of 30: the same takeover, sooner.
     cluster = LedgerCluster(tmp_path / "cluster", postgres_url, fresh_nats_server.url,
-                            extra_env={"LEDGERCI_LEADER_SESSION_SECONDS": "6"})
+                            extra_env={"LEDGERCI_LEADER_SESSION_SECONDS": "12"})
     pg_port = urlsplit(postgres_url).port
     assert pg_port
     with Partition.around(port=pg_port) as first, Partition.around(port=pg_port) as second, \
