@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 from litestar.response import Stream
 from nats.aio.client import Client as NATS
 from nats.js.errors import ObjectNotFoundError
@@ -56,17 +57,18 @@ class ArtifactsController(Controller):
     tags = ["artifacts"]
 
     @get(operation_id="listRunArtifacts", responses=errors(404))
-    async def list_artifacts(self, request: Request, run_id: str, queries: RunQueries,
-                             artifact_queries: ArtifactQueries) -> ArtifactList:
+    async def list_artifacts(self, request: Request, run_id: str, queries: NamedDependency[RunQueries],
+                             artifact_queries: NamedDependency[ArtifactQueries]) -> ArtifactList:
         """The files the run's jobs left (each job's latest attempt that stored any)."""
         run = await _visible_run(request, run_id, queries)
         return ArtifactList(run_id=run, artifacts=await blocking(artifact_queries.of_run, run))
 
     @get("/{name:path}", operation_id="downloadRunArtifact", responses=errors(404, 410),
          media_type="application/octet-stream")
-    async def download(self, request: Request, run_id: str, name: str, queries: RunQueries,
-                       artifact_queries: ArtifactQueries, artifact_reader: ArtifactReader,
-                       clock: Callable[[], datetime]) -> Stream:
+    async def download(self, request: Request, run_id: str, name: str, queries: NamedDependency[RunQueries],
+                       artifact_queries: NamedDependency[ArtifactQueries],
+                       artifact_reader: NamedDependency[ArtifactReader],
+                       clock: NamedDependency[Callable[[], datetime]]) -> Stream:
         """One artifact, by its name (`<job>/<path>`), as stored: `Content-Length`, and its SHA-256
         in `Digest` (base64) and `X-Ledgerci-Sha256` (hex)."""
         run = await _visible_run(request, run_id, queries)

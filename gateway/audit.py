@@ -8,6 +8,7 @@ import time
 from uuid import UUID
 
 from litestar import Controller, Request, get
+from litestar.di import NamedDependency
 
 from commands.app import LedgerApp
 from commands.chain import Broken
@@ -37,12 +38,12 @@ class AuditController(Controller):
     tags = ["audit"]
 
     @get("/runs/{run_id:str}/audit", operation_id="verifyRunChain", responses=errors(404))
-    async def verify_run(self, request: Request, run_id: str, ledger: LedgerApp) -> AuditReport:
+    async def verify_run(self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp]) -> AuditReport:
         """Recompute the run's chain of events; `broken` names the first event that breaks it."""
         run = await blocking(ledger.runs.get_run, uuid_or_not_found(run_id), principal_of(request))
         return await _verify(ledger, run.id)
 
     @get("/audit", operation_id="verifyEveryChain", guards=[require_admin], responses=errors(403))
-    async def verify_all(self, ledger: LedgerApp) -> AuditReport:
+    async def verify_all(self, ledger: NamedDependency[LedgerApp]) -> AuditReport:
         """Recompute every stream's chain in the store (admin only): one broken link per broken stream."""
         return await _verify(ledger, None)

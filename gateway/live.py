@@ -14,6 +14,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, WebSocket, get, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, WebSocketDisconnect
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
@@ -71,7 +72,8 @@ class LiveController(Controller):
 
     @get("/runs/{run_id:str}/stream", operation_id="streamRun", media_type="text/event-stream",
          responses=errors(404))
-    async def stream_run(self, request: Request, run_id: str, ledger: LedgerApp, streams: Streams) -> ServerSentEvent:
+    async def stream_run(self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp],
+                         streams: NamedDependency[Streams]) -> ServerSentEvent:
         """SSE: the run's state, then the run after each change, as it commits; `end` when it is
         over. Message ids are run versions: reconnect with `Last-Event-ID` to get only what you missed."""
         run = await authorized_run(ledger, request.state.principal, run_id)
@@ -79,7 +81,8 @@ class LiveController(Controller):
 
     @get("/jobs/{job_id:str}/log/stream", operation_id="streamJobLog", media_type="text/event-stream",
          responses=errors(404))
-    async def stream_log(self, request: Request, job_id: str, queries: RunQueries, streams: Streams,
+    async def stream_log(self, request: Request, job_id: str, queries: NamedDependency[RunQueries],
+                         streams: NamedDependency[Streams],
                          attempt: int | None = None) -> ServerSentEvent:
         """SSE: the job's log from the start, then live (`log` events), a new `attempt` when a
         retry starts, and `end` with how the job finished. Ids are `<attempt>-<byte offset>`:
@@ -122,7 +125,8 @@ class Frame(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def live_socket(authenticator: Authenticator):
     @websocket("/api/v1/ws", opt={"public": True})  # it authenticates itself, see Subscribe
-    async def socket(socket: WebSocket, ledger: LedgerApp, queries: RunQueries, streams: Streams) -> None:
+    async def socket(socket: WebSocket, ledger: NamedDependency[LedgerApp], queries: NamedDependency[RunQueries],
+                     streams: NamedDependency[Streams]) -> None:
         """One connection, several runs and logs: send `{"subscribe": "run"|"log", "id": ...}`."""
         await socket.accept()
         send_lock = asyncio.Lock()

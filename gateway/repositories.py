@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_201_CREATED
 
 from commands.app import LedgerApp
@@ -40,7 +41,8 @@ class RepositoriesController(Controller):
     tags = ["repositories"]
 
     @post(operation_id="registerRepository", status_code=HTTP_201_CREATED, responses=errors(404, 409, 413))
-    async def register(self, request: Request, data: RepositoryRequest, ledger: LedgerApp) -> RepositoryResponse:
+    async def register(self, request: Request, data: RepositoryRequest,
+                       ledger: NamedDependency[LedgerApp]) -> RepositoryResponse:
         """Register a repository of a tenant (the admin, or that tenant). The clone URL must be
         absolute (`https://`, `ssh://`, `user@host:path`, `git://`, or `file:///path` that exists)."""
         if not principal_of(request).can_see(data.tenant_id):  # before the path check: it tells nothing
@@ -51,7 +53,7 @@ class RepositoriesController(Controller):
         return _response(repository)
 
     @get(operation_id="listRepositories", responses=errors())
-    async def list_repositories(self, request: Request, registry: RegistryQueries) -> RepositoryList:
+    async def list_repositories(self, request: Request, registry: NamedDependency[RegistryQueries]) -> RepositoryList:
         """The caller's repositories (the admin's: every tenant's), by id."""
         rows = await blocking(registry.repositories, principal_of(request).tenant_id)
         return RepositoryList(repositories=[
@@ -59,20 +61,21 @@ class RepositoriesController(Controller):
             for row in rows])
 
     @get("/{repository_id:str}", operation_id="getRepository", responses=errors(404))
-    async def get_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> RepositoryResponse:
+    async def get_repository(self, request: Request, repository_id: str,
+                             ledger: NamedDependency[LedgerApp]) -> RepositoryResponse:
         """One repository, read from its own history (current the moment it is registered)."""
         return _response(await blocking(ledger.registry.get_repository, repository_id, principal_of(request)))
 
     @get("/{repository_id:str}/schedules", operation_id="listSchedules", responses=errors(404))
-    async def list_schedules(self, request: Request, repository_id: str, ledger: LedgerApp,
-                             schedules: ScheduleView) -> ScheduleList:
+    async def list_schedules(self, request: Request, repository_id: str, ledger: NamedDependency[LedgerApp],
+                             schedules: NamedDependency[ScheduleView]) -> ScheduleList:
         """The repository's schedules in force (declared by the newest planned push of each
         branch), each with its next time and its last firings."""
         await blocking(ledger.registry.get_repository, repository_id, principal_of(request))
         return await blocking(schedules.of_repository, repository_id)
 
     @delete("/{repository_id:str}", operation_id="deleteRepository", responses=errors(404))
-    async def delete_repository(self, request: Request, repository_id: str, ledger: LedgerApp) -> None:
+    async def delete_repository(self, request: Request, repository_id: str, ledger: NamedDependency[LedgerApp]) -> None:
         """Stop taking pushes for the repository and drop its secrets; its runs stay readable.
         Its id is not registered again (run ids derive from it)."""
         await blocking(ledger.registry.delete_repository, repository_id, principal_of(request))

@@ -7,6 +7,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
@@ -78,7 +79,8 @@ class PushController(Controller):
           responses={200: ResponseSpec(PushResponse, description="the same push again: its run"),
                      **errors(404, 413, 429)})
     async def push(
-        self, request: Request, data: PushRequest, ledger: LedgerApp, admission: PushAdmission
+        self, request: Request, data: PushRequest, ledger: NamedDependency[LedgerApp],
+        admission: NamedDependency[PushAdmission]
     ) -> Response[PushResponse]:
         """Record a push: 202 with a new run, or 200 with the existing run of the same commit
         (of the same commit and tag, for a tag's push: a run of its own).
@@ -100,7 +102,8 @@ class AdminController(Controller):
     @post("/tenants", operation_id="createTenant", guards=[require_admin], status_code=HTTP_201_CREATED,
           responses=errors(403, 409, 413))
     async def create_tenant(
-        self, request: Request, data: TenantRequest, ledger: LedgerApp, defaults: Defaults
+        self, request: Request, data: TenantRequest, ledger: NamedDependency[LedgerApp],
+        defaults: NamedDependency[Defaults]
     ) -> TenantResponse:
         """Create a tenant with its weight and quotas (admin only)."""
         tenant = await blocking(
@@ -120,20 +123,20 @@ class AdminController(Controller):
         return tenant_response(tenant)
 
     @get("/tenants", operation_id="listTenants", guards=[require_admin], responses=errors(403))
-    async def list_tenants(self, registry: RegistryQueries) -> TenantList:
+    async def list_tenants(self, registry: NamedDependency[RegistryQueries]) -> TenantList:
         """Every tenant, by id (admin only); `GET /tenants/{id}` has its weight and quotas."""
         rows = await blocking(registry.tenants)
         return TenantList(tenants=[TenantSummary(id=r.id, name=r.name, created_at=r.created_at) for r in rows])
 
     @get("/tenants/{tenant_id:str}", operation_id="getTenant", guards=[require_admin], responses=errors(403, 404))
-    async def get_tenant(self, tenant_id: str, ledger: LedgerApp) -> TenantResponse:
+    async def get_tenant(self, tenant_id: str, ledger: NamedDependency[LedgerApp]) -> TenantResponse:
         """A tenant's weight and quotas (admin only)."""
         return tenant_response(await blocking(ledger.registry.get_tenant, tenant_id))
 
     @patch("/tenants/{tenant_id:str}", operation_id="updateTenant", guards=[require_admin],
            responses=errors(403, 404, 413))
     async def update_tenant(
-        self, request: Request, tenant_id: str, data: TenantUpdate, ledger: LedgerApp
+        self, request: Request, tenant_id: str, data: TenantUpdate, ledger: NamedDependency[LedgerApp]
     ) -> TenantResponse:
         """Change a tenant's name, weight or quotas (admin only); recorded as an event."""
         changes = {name: value for name, value in msgspec.structs.asdict(data).items() if value is not None}
@@ -142,7 +145,8 @@ class AdminController(Controller):
 
     @delete("/tenants/{tenant_id:str}/tokens/{token_id:str}", operation_id="revokeTenantToken",
             guards=[require_admin], responses=errors(403, 404))
-    async def revoke_token(self, request: Request, tenant_id: str, token_id: str, ledger: LedgerApp) -> None:
+    async def revoke_token(self, request: Request, tenant_id: str, token_id: str,
+                           ledger: NamedDependency[LedgerApp]) -> None:
         """Revoke a tenant's token (by the `token_id` given when it was issued); it stops working at once."""
         try:
             token_uuid = UUID(token_id)
@@ -153,7 +157,7 @@ class AdminController(Controller):
 
     @post("/tenants/{tenant_id:str}/tokens", operation_id="createTenantToken", guards=[require_admin],
           status_code=HTTP_201_CREATED, responses=errors(403, 404))
-    async def create_token(self, request: Request, tenant_id: str, ledger: LedgerApp) -> TokenResponse:
+    async def create_token(self, request: Request, tenant_id: str, ledger: NamedDependency[LedgerApp]) -> TokenResponse:
         """Issue a tenant token. It is shown once; only its digest is stored."""
         token = await blocking(ledger.registry.issue_token, tenant_id, actor=principal_of(request).name)
         return TokenResponse(tenant_id=tenant_id, token=token, token_id=str(token_aggregate_id(token)))
@@ -167,8 +171,8 @@ class RunsController(Controller):
     async def list_runs(
         self,
         request: Request,
-        queries: RunQueries,
-        ledger: LedgerApp,
+        queries: NamedDependency[RunQueries],
+        ledger: NamedDependency[LedgerApp],
         repository_id: Annotated[str | None, Parameter(pattern=IDENTIFIER_PATTERN)] = None,
         status: RunStatus | None = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
@@ -185,7 +189,8 @@ class RunsController(Controller):
 
     @get("/runs/{run_id:str}", operation_id="getRun", responses=errors(404))
     async def get_run(
-        self, request: Request, run_id: str, queries: RunQueries, ledger: LedgerApp, presence: RunnerPresenceView,
+        self, request: Request, run_id: str, queries: NamedDependency[RunQueries], ledger: NamedDependency[LedgerApp],
+        presence: NamedDependency[RunnerPresenceView],
         as_of: Annotated[str | None, Parameter(schema_extra=AS_OF_SCHEMA)] = None,
     ) -> RunBody | RunAsOf:
         """A run and its jobs, in workflow order. `as_of` (a version number or an RFC 3339
@@ -204,7 +209,8 @@ class RunsController(Controller):
         return view
 
     @post("/runs/{run_id:str}/cancel", operation_id="cancelRun", status_code=HTTP_200_OK, responses=errors(404))
-    async def cancel_run(self, request: Request, run_id: str, ledger: LedgerApp, control: Control) -> CancelResponse:
+    async def cancel_run(self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp],
+                         control: NamedDependency[Control]) -> CancelResponse:
         """Cancel queued jobs and stop the running one (its runner is told at once). `cancelled`
         is false when the run had ended already (`status` says how): nothing was changed."""
         run, running, cancelled = await blocking(ledger.runs.cancel_run, uuid_or_not_found(run_id),
@@ -215,7 +221,7 @@ class RunsController(Controller):
 
     @post("/runs/{run_id:str}/rerun", operation_id="rerunRun", status_code=HTTP_202_ACCEPTED,
           responses=errors(404, 409))
-    async def rerun(self, request: Request, run_id: str, ledger: LedgerApp) -> RerunResponse:
+    async def rerun(self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp]) -> RerunResponse:
         """A new run of the same commit."""
         new_run_id = await blocking(ledger.runs.rerun, uuid_or_not_found(run_id), principal_of(request))
         new_run = await blocking(ledger.runs.get_run, new_run_id, principal_of(request))
@@ -223,7 +229,7 @@ class RunsController(Controller):
 
     @get("/runs/{run_id:str}/events", operation_id="getRunEvents", responses=errors(404))
     async def run_events(
-        self, request: Request, run_id: str, ledger: LedgerApp, job_id: str | None = None,
+        self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp], job_id: str | None = None,
         type: Annotated[str | None, Parameter(schema_extra={"enum": sorted(RUN_EVENT_TYPES)})] = None,
     ) -> EventList:
         """The run's full event history, in order, read from the event store (the audit trail).
@@ -249,8 +255,8 @@ class RunsController(Controller):
         self,
         request: Request,
         job_id: str,
-        queries: RunQueries,
-        logs: LogReader,
+        queries: NamedDependency[RunQueries],
+        logs: NamedDependency[LogReader],
         offset: Annotated[int, Parameter(ge=0)] = 0,
         attempt: int | None = None,
     ) -> Response[bytes]:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, delete, get, put
+from litestar.di import NamedDependency
 from msgspec import Meta
 
 from commands.app import LedgerApp
@@ -49,7 +50,7 @@ class StatusTargetController(Controller):
 
     @put(operation_id="setStatusTarget", responses=errors(404, 503))
     async def set_target(self, request: Request, repository_id: str, data: StatusTargetRequest,
-                         secret_book: SecretBook) -> StatusTargetResponse:
+                         secret_book: NamedDependency[SecretBook]) -> StatusTargetResponse:
         """Send the repository's runs to its git host as commit statuses (context
         `ledgerci/<workflow name>`); the token is encrypted, never shown again."""
         target = await blocking(secret_book.set_status_target, repository_id, data.kind, data.api_url, data.project,
@@ -58,7 +59,8 @@ class StatusTargetController(Controller):
                                     project=target.project, set_at=rfc3339(target.set_at), set_by=target.set_by)
 
     @delete(operation_id="deleteStatusTarget", responses=errors(404))
-    async def delete_target(self, request: Request, repository_id: str, secret_book: SecretBook) -> None:
+    async def delete_target(self, request: Request, repository_id: str,
+                            secret_book: NamedDependency[SecretBook]) -> None:
         """Stop sending the repository's commit statuses."""
         await blocking(secret_book.remove_status_target, repository_id, principal_of(request))
 
@@ -68,8 +70,8 @@ class RunStatusesController(Controller):
     tags = ["statuses"]
 
     @get(operation_id="listRunStatuses", responses=errors(404))
-    async def list_statuses(self, request: Request, run_id: str, ledger: LedgerApp,
-                            outbox: StatusOutbox) -> StatusList:
+    async def list_statuses(self, request: Request, run_id: str, ledger: NamedDependency[LedgerApp],
+                            outbox: NamedDependency[StatusOutbox]) -> StatusList:
         """The commit statuses queued for the run's host, with their delivery attempts and the
         host's last answer (empty when its repository has no status target)."""
         run = await blocking(ledger.runs.get_run, uuid_or_not_found(run_id), principal_of(request))

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 from msgspec import Meta
 
@@ -76,7 +77,7 @@ class SubscriptionsController(Controller):
 
     @post(operation_id="createWebhookSubscription", responses=errors(404, 503))
     async def subscribe(self, request: Request, tenant_id: str, data: SubscriptionRequest,
-                        subscriptions: Subscriptions) -> SubscriptionCreated:
+                        subscriptions: NamedDependency[Subscriptions]) -> SubscriptionCreated:
         """Send the tenant's run and job events that match to `url`, signed (docs/api.md
         "Outgoing webhooks"). The answer carries the signing secret, shown only this once."""
         subscription, secret = await blocking(subscriptions.subscribe, tenant_id, data.url, data.events,
@@ -84,8 +85,8 @@ class SubscriptionsController(Controller):
         return SubscriptionCreated(subscription=_row(subscription), secret=secret)
 
     @get(operation_id="listWebhookSubscriptions", responses=errors(404))
-    async def list_subscriptions(self, request: Request, tenant_id: str, ledger: LedgerApp,
-                                 registry: RegistryQueries) -> SubscriptionList:
+    async def list_subscriptions(self, request: Request, tenant_id: str, ledger: NamedDependency[LedgerApp],
+                                 registry: NamedDependency[RegistryQueries]) -> SubscriptionList:
         """The tenant's subscriptions (never their secrets)."""
         if not principal_of(request).can_see(tenant_id):
             raise SubscriptionNotFoundError(f"tenant {tenant_id!r} not found")
@@ -94,18 +95,19 @@ class SubscriptionsController(Controller):
 
     @get("/{subscription_id:str}", operation_id="getWebhookSubscription", responses=errors(404))
     async def get_subscription(self, request: Request, tenant_id: str, subscription_id: str,
-                               subscriptions: Subscriptions) -> SubscriptionRow:
+                               subscriptions: NamedDependency[Subscriptions]) -> SubscriptionRow:
         return _row(await blocking(subscriptions.get, tenant_id, _uuid(subscription_id), principal_of(request)))
 
     @delete("/{subscription_id:str}", operation_id="deleteWebhookSubscription", responses=errors(404))
     async def unsubscribe(self, request: Request, tenant_id: str, subscription_id: str,
-                          subscriptions: Subscriptions) -> None:
+                          subscriptions: NamedDependency[Subscriptions]) -> None:
         """Stop sending; deliveries not yet made are not made."""
         await blocking(subscriptions.delete, tenant_id, _uuid(subscription_id), principal_of(request))
 
     @get("/{subscription_id:str}/deliveries", operation_id="listWebhookDeliveries", responses=errors(404))
-    async def deliveries(self, request: Request, tenant_id: str, subscription_id: str, subscriptions: Subscriptions,
-                         webhook_outbox: WebhookOutbox,
+    async def deliveries(self, request: Request, tenant_id: str, subscription_id: str,
+                         subscriptions: NamedDependency[Subscriptions],
+                         webhook_outbox: NamedDependency[WebhookOutbox],
                          limit: Annotated[int, Parameter(ge=1, le=500)] = 50) -> DeliveryList:
         """The delivery log: each event sent (or to be sent), newest first, with its attempts and
         the receiver's last answer."""
@@ -115,7 +117,8 @@ class SubscriptionsController(Controller):
     @get("/{subscription_id:str}/deliveries/{delivery_id:str}", operation_id="getWebhookDelivery",
          responses=errors(404))
     async def delivery(self, request: Request, tenant_id: str, subscription_id: str, delivery_id: str,
-                       subscriptions: Subscriptions, webhook_outbox: WebhookOutbox) -> DeliveryDetail:
+                       subscriptions: NamedDependency[Subscriptions],
+                       webhook_outbox: NamedDependency[WebhookOutbox]) -> DeliveryDetail:
         """One delivery: its body and every attempt, with what the receiver answered."""
         subscription = await blocking(subscriptions.get, tenant_id, _uuid(subscription_id), principal_of(request))
         found = await blocking(webhook_outbox.get, str(subscription.id), delivery_id)
@@ -127,7 +130,8 @@ class SubscriptionsController(Controller):
     @post("/{subscription_id:str}/deliveries/{delivery_id:str}/redeliver", operation_id="redeliverWebhook",
           status_code=202, responses=errors(404))
     async def redeliver(self, request: Request, tenant_id: str, subscription_id: str, delivery_id: str,
-                        subscriptions: Subscriptions, webhook_outbox: WebhookOutbox, ledger: LedgerApp) -> DeliveryRow:
+                        subscriptions: NamedDependency[Subscriptions], webhook_outbox: NamedDependency[WebhookOutbox],
+                        ledger: NamedDependency[LedgerApp]) -> DeliveryRow:
         """Send the delivery again, with the same id, whether it was delivered or given up."""
         subscription = await blocking(subscriptions.get, tenant_id, _uuid(subscription_id), principal_of(request))
         if not await blocking(webhook_outbox.redeliver, str(subscription.id), delivery_id, ledger.clock()):

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Request, Response, delete, post, put
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from msgspec import Meta
@@ -62,7 +63,7 @@ class WebhookSettingsController(Controller):
 
     @put(operation_id="setWebhook", responses=errors(404, 503))
     async def set_webhook(self, request: Request, repository_id: str, data: WebhookRequest,
-                          secret_book: SecretBook) -> WebhookResponse:
+                          secret_book: NamedDependency[SecretBook]) -> WebhookResponse:
         """Set the repository's webhook secret (and the host's name of it); replaces the old one.
         Give the same secret to the git host, and the path of `paths` for its kind."""
         webhook = await blocking(secret_book.set_webhook, repository_id, data.secret, data.host_name,
@@ -71,7 +72,8 @@ class WebhookSettingsController(Controller):
                                set_at=rfc3339(webhook.set_at), set_by=webhook.set_by, paths=_paths(repository_id))
 
     @delete(operation_id="deleteWebhook", responses=errors(404))
-    async def delete_webhook(self, request: Request, repository_id: str, secret_book: SecretBook) -> None:
+    async def delete_webhook(self, request: Request, repository_id: str,
+                             secret_book: NamedDependency[SecretBook]) -> None:
         """Stop taking deliveries for the repository (its pushes through `POST /push` go on)."""
         await blocking(secret_book.remove_webhook, repository_id, principal_of(request))
 
@@ -84,8 +86,9 @@ class DeliveriesController(Controller):
           status_code=HTTP_202_ACCEPTED,
           responses={200: ResponseSpec(DeliveryResponse, description="nothing to run (`ignored`), or its run again"),
                      **errors(401, 404, 429, 503)})
-    async def deliver(self, request: Request, host: Host, repository_id: str, ledger: LedgerApp,
-                      secret_book: SecretBook, admission: PushAdmission) -> Response[DeliveryResponse]:
+    async def deliver(self, request: Request, host: Host, repository_id: str, ledger: NamedDependency[LedgerApp],
+                      secret_book: NamedDependency[SecretBook],
+                      admission: NamedDependency[PushAdmission]) -> Response[DeliveryResponse]:
         """A git host's delivery, authenticated by its signature (`X-Hub-Signature-256`,
         `X-Gitea-Signature`) or token (`X-Gitlab-Token`) with the repository's webhook secret:
         401 if it does not match. A push answers 202 with its run (200 and `duplicate` when
