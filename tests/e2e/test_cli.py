@@ -4,7 +4,6 @@ module; each test makes a tenant of its own."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from tests.e2e.test_faults import wait_for
 from tests.support.api import Api
 from tests.support.cluster import ADMIN_TOKEN, LedgerCluster
 from tests.support.git_repo import GitRepo
+from tests.support.processes import without_ledgerci_settings
 
 FAILS = """\
 jobs:
@@ -47,8 +47,7 @@ class Cli:
     """`ledgerci …` as a user runs it: from an empty directory, told only LEDGERCI_URL and LEDGERCI_TOKEN."""
 
     def __init__(self, url: str, token: str, cwd: Path) -> None:
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGERCI_")},
-                    "LEDGERCI_URL": url, "LEDGERCI_TOKEN": token}
+        self.env = {**without_ledgerci_settings(), "LEDGERCI_URL": url, "LEDGERCI_TOKEN": token}
         self.cwd = cwd
 
     def __call__(self, *args: str, timeout: float = 120, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,14 +18,11 @@ import pytest
 from tests.support.api import Api
 from tests.support.git_repo import GitRepo
 from tests.support.invariants import check_invariants
-from tests.support.processes import free_port
+from tests.support.processes import free_port, without_ledgerci_settings
 
 pytestmark = pytest.mark.e2e
 
 TOKEN = "dev-admin-token"
-# The test's environment without ledgerci's own settings (a test run inside a ledgerci job has
-# LEDGERCI_RUNNER_ID): `ledgerci dev` and the CLI get only what each test gives them.
-WITHOUT_LEDGERCI_SETTINGS = {name: value for name, value in os.environ.items() if not name.startswith("LEDGERCI_")}
 
 
 class Dev:
@@ -36,7 +32,7 @@ class Dev:
         self.process = process
 
     def cli(self, *args: str, token: str = TOKEN, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**WITHOUT_LEDGERCI_SETTINGS, "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token,
+        env = {**without_ledgerci_settings(), "LEDGERCI_URL": self.url, "LEDGERCI_TOKEN": token,
                "LEDGERCI_DATABASE_URL": f"sqlite:///{self.data_dir / 'ledgerci.db'}"}
         done = subprocess.run([sys.executable, "-m", "ledgerci.cli", *args], env=env, capture_output=True,
                               text=True, timeout=120, cwd=self.data_dir.parent)
@@ -53,7 +49,7 @@ def start_dev(data_dir: Path, *extra: str, env: dict[str, str] | None = None, po
     log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "ledgerci.cli", "dev", "--data-dir", str(data_dir), "--port", str(port), *extra],
-        env={**WITHOUT_LEDGERCI_SETTINGS, "LEDGERCI_ADMIN_TOKEN": TOKEN, **(env or {})}, stdout=log,
+        env={**without_ledgerci_settings(), "LEDGERCI_ADMIN_TOKEN": TOKEN, **(env or {})}, stdout=log,
         stderr=subprocess.STDOUT,
         # Outside the source tree, as a user runs it: only what is installed can be imported.
         cwd=data_dir.parent,

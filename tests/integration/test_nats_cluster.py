@@ -231,7 +231,8 @@ async def test_cluster_nodes_have_own_ports_names_and_routes(nats_cluster: NatsC
     for node in cluster.nodes:
         config = node.config_path.read_text()
         assert f"server_name: {node.server_name}" in config
-        assert f"name: ledgerci-test-{cluster.directory.name.rsplit('-', 1)[-1]}" in config
+        assert f"name: {node.cluster_name}" in config
+        assert node.cluster_name == cluster.nodes[0].cluster_name and node.cluster_name.startswith("ledgerci-test-")
         assert "sync_interval: always" in config
         for other in cluster.nodes:
             route = f"nats-route://127.0.0.1:{other.cluster_port}"

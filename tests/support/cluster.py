@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import free_port
+from tests.support.processes import free_port, without_ledgerci_settings
 
 SERVICES = ("relay", "projector", "scheduler", "reaper", "runner", "gateway")
 ADMIN_TOKEN = "test-admin-token"
@@ -32,10 +31,7 @@ class LedgerCluster:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
-            # Nothing of ledgerci's own from the test's environment (a test run inside a
-            # ledgerci job has LEDGERCI_RUNNER_ID and LEDGERCI_JOB_ID): every service's settings are
-            # the cluster's.
-            **{name: value for name, value in os.environ.items() if not name.startswith("LEDGERCI_")},
+            **without_ledgerci_settings(),  # every service's settings are the cluster's
             "LEDGERCI_DATABASE_URL": database_url,
             "LEDGERCI_NATS_URL": nats_url,
             "LEDGERCI_ADMIN_TOKEN": ADMIN_TOKEN,

@@ -99,6 +99,14 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def without_ledgerci_settings() -> dict[str, str]:
+    """This process's environment without ledgerci's own settings: what a ledgerci process a test
+    starts inherits, so that it gets only the settings the test gives it (a test run inside a
+    ledgerci job has that job's LEDGERCI_RUNNER_ID and LEDGERCI_JOB_ID, which a runner must not
+    take for its own)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("LEDGERCI_")}
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago.
 
@@ -1079,9 +1087,7 @@ class NatsCluster:
     running); :meth:`destroy` stops them and removes :attr:`directory`.
     """
 
-    # Suffixed per cluster (see create): two test processes' clusters on one machine must never
-    # route to each other, even if one's port is reused by the other after a node stops.
-    CLUSTER_NAME = "ledgerci-test"
+    CLUSTER_NAME = "ledgerci-test"  # the prefix of every test cluster's name (see create)
 
     directory: Path
     nodes: list[NatsClusterNode]
@@ -1129,6 +1135,9 @@ class NatsCluster:
         if size < 1:
             raise ValueError(f"size must be >= 1, not {size}")
         directory = Path(tempfile.mkdtemp(prefix="nats-cluster-", dir=base_dir))
+        # Named after its directory: two test processes' clusters on one machine never route to
+        # each other, even if one reuses a port the other's stopped node had.
+        cluster_name = f"{cls.CLUSTER_NAME}-{directory.name.removeprefix('nats-cluster-')}"
         nodes = []
         cluster = cls(directory, nodes)
         try:
@@ -1142,7 +1151,7 @@ class NatsCluster:
                         monitor_port=0,
                         cluster_port=0,
                         server_name=f"n{i}",
-                        cluster_name=f"{cls.CLUSTER_NAME}-{directory.name.rsplit('-', 1)[-1]}",
+                        cluster_name=cluster_name,
                         sync_always=sync_always,
                     )
                 )
