@@ -29,16 +29,16 @@ class BatchReader:
 
     def read(self, commit: str, path: str) -> bytes | None:
         """The blob at `path` in `commit`, or None if there is none (or it is not a blob)."""
-        kind, content = self._object(f"{commit}:{path}")
+        kind, content = self.object(f"{commit}:{path}")
         return content if kind == b"blob" else None
 
     def commit_object(self, commit: str) -> bytes | None:
         """The raw commit object (headers, a blank line, the message), or None."""
-        kind, content = self._object(f"{commit}^{{commit}}")
+        kind, content = self.object(f"{commit}^{{commit}}")
         return content if kind == b"commit" else None
 
     def has_commit(self, commit: str) -> bool:
-        kind, _ = self._object(f"{commit}^{{commit}}")
+        kind, _ = self.object(f"{commit}^{{commit}}")
         return kind == b"commit"
 
     def restart(self) -> None:
@@ -48,7 +48,7 @@ class BatchReader:
     def close(self) -> None:
         self.restart()
 
-    def _object(self, name: str) -> tuple[bytes | None, bytes]:
+    def object(self, name: str) -> tuple[bytes | None, bytes]:
         """(type, content) of the object `name` names, or (None, b"") if there is none."""
         if "\n" in name:
             return None, b""  # one question per line: a newline cannot be asked

@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dulwich.index import InvalidPathError
+
 from gitcache.blobs import BatchReader
 from gitcache.commits import CommitSummary, summarize_commit
+from gitcache.worktree import write_plain_tree
 
 # Only protocols a CI system needs; `ext::` and friends would run commands from a URL.
 _GIT_ENV = {
@@ -89,10 +92,13 @@ class GitMirrors:
 
         Writing the few files of `.git` by hand and letting one `git reset --hard` fill the
         tree costs one process (~6 ms here) where `git clone --shared` + checkout cost ~40 ms.
+        A small plain tree is written from the mirror's batch reader, with no process at all
+        (gitcache.worktree).
         """
         mirror = self.mirror_path(key)
         if not mirror.exists() or not self._try_checkout(mirror, commit, dest):
             mirror = self.ensure_commit(key, clone_url, commit)
+            self._reader(mirror).restart()  # the fetch may have brought packs it has not seen
             if not self._try_checkout(mirror, commit, dest):
                 raise GitError(f"could not check out {commit}")
 
@@ -110,6 +116,20 @@ class GitMirrors:
         return mirror
 
     def _try_checkout(self, mirror: Path, commit: str, dest: Path) -> bool:
+        self._start_worktree(mirror, commit, dest)
+        try:
+            if write_plain_tree(self._reader(mirror), commit, dest):
+                return True
+        except InvalidPathError:
+            # A path dulwich will not write (`.git`, `..`, through a symlink): git decides,
+            # from a clean start, as it did before dulwich wrote anything.
+            self._start_worktree(mirror, commit, dest)
+        done = _run(["git", "reset", "--quiet", "--hard", commit], cwd=dest, timeout=300)
+        return done.returncode == 0
+
+    @staticmethod
+    def _start_worktree(mirror: Path, commit: str, dest: Path) -> None:
+        """An empty working tree whose `.git` has HEAD at `commit` and borrows the mirror's objects."""
         shutil.rmtree(dest, ignore_errors=True)
         git_dir = dest / ".git"
         (git_dir / "objects" / "info").mkdir(parents=True)
@@ -118,8 +138,6 @@ class GitMirrors:
         (git_dir / "HEAD").write_text(f"{commit}\n")
         (git_dir / "objects" / "info" / "alternates").write_text(f"{(mirror / 'objects').absolute()}\n")
         (git_dir / "config").write_text("[core]\n\trepositoryformatversion = 0\n\tbare = false\n")
-        done = _run(["git", "reset", "--quiet", "--hard", commit], cwd=dest, timeout=300)
-        return done.returncode == 0
 
     def _has_commit(self, mirror: Path, commit: str) -> bool:
         probe = _run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=mirror, timeout=30)
