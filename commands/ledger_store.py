@@ -145,8 +145,9 @@ class LedgerStore(Application):
             return
         raise ConcurrencyError(f"{what}: too many concurrent writers")
 
-    def save_new(self, *aggregates: Aggregate) -> None:
-        """Save aggregates created together, in one transaction (IntegrityError if one exists)."""
+    def save_together(self, *aggregates: Aggregate) -> None:
+        """Save aggregates in one transaction, each at its expected version (a new one at 1):
+        IntegrityError, and nothing saved, if any of them lost a race or already exists."""
         self.save(*aggregates)
 
     def wait_for_store(self) -> None:

@@ -57,7 +57,7 @@ class Registry:
         """A new random token for the tenant; only its digest is stored."""
         self.get_tenant(tenant_id)
         token = f"lci_{secrets.token_urlsafe(32)}"
-        self.store.save_new(Token.issue(token=token, tenant_id=tenant_id, actor=actor, at=self.clock()))
+        self.store.save_together(Token.issue(token=token, tenant_id=tenant_id, actor=actor, at=self.clock()))
         return token
 
     def revoke_token(self, tenant_id: str, token_id: UUID, *, actor: str) -> None:

@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from commands.app import LedgerApp
 from commands.metrics import observe_claimed, observe_finished
-from commands.runs import CommandResult
+from commands.runs import CommandResult, RunnerCommand
 from commands.secrets import SecretBook
 from domain.job import Job
 from domain.messages import (
@@ -42,6 +42,8 @@ from domain.messages import (
 
 log = logging.getLogger(__name__)
 
+# Commands decided together at most: a group's transaction stays short.
+MAX_GROUP = 64
 # A command that has not had the store's answer in this long counts as stalled: the replica
 # steps aside. Store commands take milliseconds; a slow one under load well under a second.
 STALLED_AFTER_SECONDS = 5.0
@@ -55,35 +57,39 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event,
     # Without a book of its own (no LEDGERCI_SECRET_KEY), a job that lists secrets fails saying so.
     book = secrets or SecretBook(app, None)
 
-    # nats-py runs one callback at a time per subscription; commands of different runs are
-    # independent, so each gets its own task and they overlap in worker threads.
-    in_flight: set[asyncio.Task[None]] = set()
-
     membership = QueueMembership(stalled_after)
 
-    def spawn(message: Msg, command) -> None:
-        task = asyncio.create_task(_answer(message, command, membership))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
+    def answered(command: RunnerCommand, result: CommandResult) -> CommandResult:
+        """What a command's reply carries beyond the decision: a claim's sealed secrets."""
+        if isinstance(command, StartJob):
+            return book.seal_for_claim(command, _observed(result, observe_claimed))
+        if isinstance(command, FinishJob):
+            return _observed(result, observe_finished)
+        return result
 
-    async def on_start(message: Msg) -> None:
-        command = msgspec.json.decode(message.data, type=StartJob)
-        spawn(message, lambda: book.seal_for_claim(command, _observed(app.runs.start_job(command), observe_claimed)))
+    def decide(commands: list[RunnerCommand]) -> list[CommandResult | Exception]:
+        results = []
+        for command, result in zip(commands, app.runs.runner_commands(commands), strict=True):
+            try:
+                results.append(result if isinstance(result, Exception) else answered(command, result))
+            except Exception as failed:
+                results.append(failed)
+        return results
 
-    async def on_heartbeat(message: Msg) -> None:
-        command = msgspec.json.decode(message.data, type=Heartbeat)
-        spawn(message, lambda: app.runs.heartbeat(command))
+    groups = CommandGroups(decide)
+    # nats-py runs one callback at a time per subscription: each command gets its own task.
+    in_flight: set[asyncio.Task[None]] = set()
 
-    async def on_finish(message: Msg) -> None:
-        command = msgspec.json.decode(message.data, type=FinishJob)
-        spawn(message, lambda: _observed(app.runs.finish_job(command), observe_finished))
+    def on(kind: type[RunnerCommand]) -> Callable[[Msg], Awaitable[None]]:
+        async def handle(message: Msg) -> None:
+            command = msgspec.json.decode(message.data, type=kind)
+            task = asyncio.create_task(_answer(message, groups.submit(command), membership))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        return handle
 
-    async def on_hand_back(message: Msg) -> None:
-        command = msgspec.json.decode(message.data, type=HandBack)
-        spawn(message, lambda: app.runs.hand_back(command))
-
-    handlers = {HAND_BACK_SUBJECT: on_hand_back, START_JOB_SUBJECT: on_start, HEARTBEAT_SUBJECT: on_heartbeat,
-                FINISH_JOB_SUBJECT: on_finish}
+    handlers = {HAND_BACK_SUBJECT: on(HandBack), START_JOB_SUBJECT: on(StartJob), HEARTBEAT_SUBJECT: on(Heartbeat),
+                FINISH_JOB_SUBJECT: on(FinishJob)}
     await membership.join(nc, handlers)
     try:
         await stop.wait()
@@ -91,6 +97,43 @@ async def serve_runner_commands(app: LedgerApp, nc: NATS, stop: asyncio.Event,
         await membership.close()
         if in_flight:
             await asyncio.wait(in_flight)
+
+
+class CommandGroups:
+    """Runner commands decided in groups: those that arrive while a group is being decided
+    wait for it and go together next (`RunCommands.runner_commands`: one worker-thread hop
+    and one transaction for the lot). Nothing waits for company: a command arriving when
+    none is being decided goes at once, alone."""
+
+    def __init__(self, decide: Callable[[list[RunnerCommand]], list[CommandResult | Exception]]) -> None:
+        self._decide = decide
+        self._waiting: list[tuple[RunnerCommand, asyncio.Future[CommandResult]]] = []
+        self._deciding: asyncio.Task[None] | None = None
+
+    def submit(self, command: RunnerCommand) -> asyncio.Future[CommandResult]:
+        future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((command, future))
+        if self._deciding is None:
+            self._deciding = asyncio.create_task(self._decide_waiting())
+        return future
+
+    async def _decide_waiting(self) -> None:
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
+                try:
+                    results = await asyncio.to_thread(self._decide, [command for command, _ in group])
+                except Exception as failed:  # each waiting command gets it as its own answer
+                    results = [failed] * len(group)
+                for (_, future), result in zip(group, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._deciding = None
 
 
 class QueueMembership:
@@ -148,11 +191,11 @@ def _observed(result: CommandResult, observe: Callable[[Job], None]) -> CommandR
     return result
 
 
-async def _answer(message: Msg, command: Callable[[], CommandResult], membership: QueueMembership) -> None:
+async def _answer(message: Msg, result: asyncio.Future[CommandResult], membership: QueueMembership) -> None:
     try:
-        result = await membership.track(asyncio.ensure_future(asyncio.to_thread(command)), message.subject)
+        answer = await membership.track(result, message.subject)
     except Exception as failed:
         # Not a refusal: the runner keeps its attempt and retries the command.
-        log.exception("runner command on %s failed", message.subject)
-        result = CommandResult(CommandReply(ok=False, refused=False, error=f"command failed: {failed}"))
-    await message.respond(msgspec.json.encode(result.reply))
+        log.error("runner command on %s failed", message.subject, exc_info=failed)
+        answer = CommandResult(CommandReply(ok=False, refused=False, error=f"command failed: {failed}"))
+    await message.respond(msgspec.json.encode(answer.reply))

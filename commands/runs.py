@@ -7,7 +7,8 @@ of a concurrency group also hands the group on, in the same save (commands/concu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 from uuid import UUID, uuid4
@@ -21,6 +22,7 @@ from commands.dispatch import inputs_of, ready_dispatch
 from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
 from commands.plan_rules import declare_schedules, group_of, pool_refusal, within_tenant_cap
 from commands.principal import Principal
+from commands.recent_runs import RecentRuns
 from commands.registry import Registry
 from domain.errors import (
     InvalidTransitionError,
@@ -54,6 +56,25 @@ class CommandResult(NamedTuple):
     changed: Job | None = None
 
 
+class RunnerDecision(NamedTuple):
+    """A runner command as a decision on its run, and what its reply carries."""
+
+    run_id: UUID
+    job_id: str
+    decide: Callable[[Run], bool]
+    with_deadlines: bool = True
+    with_inputs: bool = False
+
+
+RunnerCommand = StartJob | Heartbeat | FinishJob | HandBack
+# What refuses a runner command: the runner stops working on that attempt.
+RUNNER_REFUSALS = (StaleAttemptError, InvalidTransitionError, RunNotFoundError)
+
+
+def _refused(refused: Exception) -> CommandResult:
+    return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
+
+
 class PushResult(NamedTuple):
     run_id: UUID
     duplicate: bool
@@ -67,27 +88,34 @@ class RunCommands:
         self.clock = clock
         self.timing = timing
         self.groups = ConcurrencyGroups(store)
+        self.recent = RecentRuns()
 
     def _decide(self, run_id: UUID, decide: Callable[[Run], bool | list[Aggregate]]) -> Run:
         """Load the run, let `decide` trigger events (returning whether it did, or the other
         aggregates it changed alongside), and save all of it at the expected versions; if the
         run ended, its concurrency group is handed on in the same save."""
         decided: list[Run] = []
+        self.recent.drop(run_id)  # this run is about to change under a kept copy
 
         def decision() -> list[Aggregate]:
             run = self.store.load(run_id, Run)
             if run is None:
                 raise RunNotFoundError(f"run {run_id} not found")
             decided[:] = [run]
-            outcome = decide(run)
-            if outcome is False:
-                return []
-            alongside = [] if outcome is True else outcome
-            changed = [run, *alongside, *self.groups.settle(run, self.clock(), "concurrency", decided=alongside)]
-            return list({aggregate.id: aggregate for aggregate in changed}.values())  # each once
+            return self._changed_by(run, decide)
 
         self.store.decide_together(decision, f"run {run_id}")
         return decided[0]
+
+    def _changed_by(self, run: Run, decide: Callable[[Run], bool | list[Aggregate]]) -> list[Aggregate]:
+        """What `decide` changed, each aggregate once: the run, what it changed alongside,
+        and the concurrency group handed on if the run ended (nothing: it appended nothing)."""
+        outcome = decide(run)
+        if outcome is False:
+            return []
+        alongside = [] if outcome is True else outcome
+        changed = [run, *alongside, *self.groups.settle(run, self.clock(), "concurrency", decided=alongside)]
+        return list({aggregate.id: aggregate for aggregate in changed}.values())
 
     # ----- a push, and the runs a user asks for ---------------------------------------------------
 
@@ -120,7 +148,7 @@ class RunCommands:
         run = aggregates[-1]
         assert isinstance(run, Run)
         try:
-            self.store.save_new(*aggregates)
+            self.store.save_together(*aggregates)
         except IntegrityError:
             stored = self.store.load(run.id, Run)
             return stored is not None and stored.request_id == run.request_id
@@ -285,57 +313,141 @@ class RunCommands:
     # ----- runner commands (fenced by attempt) ----------------------------------------------------
 
     def start_job(self, command: StartJob) -> CommandResult:
-        return self._runner_command(
-            command.run_id,
-            lambda run: run.start_job(command.job_id, command.attempt, command.runner_id, self.clock(),
-                                      executor=command.executor, pool=command.pool),
-            job_id=command.job_id, with_inputs=True,
-        )
+        return self._runner_command(self._runner_decision(command))
 
     def heartbeat(self, command: Heartbeat) -> CommandResult:
-        return self._runner_command(
-            command.run_id,
-            lambda run: run.heartbeat(command.job_id, command.attempt, command.runner_id, self.clock()),
-            job_id=command.job_id,
-        )
+        return self._runner_command(self._runner_decision(command))
 
     def finish_job(self, command: FinishJob) -> CommandResult:
-        return self._runner_command(
-            command.run_id,
-            lambda run: run.finish_job(
-                command.job_id, command.attempt, command.runner_id, command.exit_code,
-                self.clock(), command.error, timed_out=command.timed_out, artifacts=command.artifacts,
-                cache=command.cache,
-            ),
-            job_id=command.job_id, with_deadlines=False,
-        )
+        return self._runner_command(self._runner_decision(command))
 
     def hand_back(self, command: HandBack) -> CommandResult:
-        return self._runner_command(
-            command.run_id,
-            lambda run: run.hand_back(command.job_id, command.attempt, command.runner_id, self.clock()),
-            job_id=command.job_id, with_deadlines=False,
-        )
+        return self._runner_command(self._runner_decision(command))
 
-    def _runner_command(
-        self, run_id: str, decide: Callable[[Run], bool], job_id: str, with_deadlines: bool = True,
-        with_inputs: bool = False,
-    ) -> CommandResult:
+    def _runner_decision(self, command: RunnerCommand) -> RunnerDecision:
+        clock = self.clock  # read when deciding: a decision made again is made at its own time
+        job_id, attempt, runner_id = command.job_id, command.attempt, command.runner_id
+        match command:
+            case StartJob():
+                return RunnerDecision(
+                    UUID(command.run_id), job_id,
+                    lambda run: run.start_job(job_id, attempt, runner_id, clock(), executor=command.executor,
+                                              pool=command.pool),
+                    with_inputs=True)
+            case Heartbeat():
+                return RunnerDecision(UUID(command.run_id), job_id,
+                                      lambda run: run.heartbeat(job_id, attempt, runner_id, clock()))
+            case FinishJob():
+                return RunnerDecision(
+                    UUID(command.run_id), job_id,
+                    lambda run: run.finish_job(job_id, attempt, runner_id, command.exit_code, clock(), command.error,
+                                               timed_out=command.timed_out, artifacts=command.artifacts,
+                                               cache=command.cache),
+                    with_deadlines=False)
+            case HandBack():
+                return RunnerDecision(UUID(command.run_id), job_id,
+                                      lambda run: run.hand_back(job_id, attempt, runner_id, clock()),
+                                      with_deadlines=False)
+        raise TypeError(f"not a runner command: {command!r}")
+
+    def _runner_command(self, decision: RunnerDecision) -> CommandResult:
+        """One runner command, decided on the run as stored (with retries on conflicts)."""
         appended = False
 
         def deciding(run: Run) -> bool:
             nonlocal appended
-            appended = decide(run)
+            appended = decision.decide(run)
             return appended
 
         try:
-            run = self._decide(UUID(run_id), deciding)
-        except (StaleAttemptError, InvalidTransitionError, RunNotFoundError) as refused:
-            return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
-        job = run.job(job_id)
-        deadlines = {"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at} if with_deadlines else {}
-        inputs = inputs_of(run, job_id, self.clock()) if with_inputs else []
-        return CommandResult(CommandReply(ok=True, inputs=inputs, **deadlines), job if appended else None)
+            run = self._decide(decision.run_id, deciding)
+        except RUNNER_REFUSALS as refused:
+            return _refused(refused)
+        result = self._runner_reply(run, decision, appended)
+        self.recent.keep(run)  # ours alone: nothing returned refers to it
+        return result
+
+    def runner_commands(self, commands: Sequence[RunnerCommand]) -> list[CommandResult | Exception]:
+        """Runner commands that arrived together, each one's result (or the error it met), in
+        order: those on different runs are decided and saved in one transaction, kept runs
+        standing in for loads (commands.recent_runs says when one counts); a second command
+        on the same run waits for the first one's save. Whatever cannot be settled together
+        (a conflict, a lost connection, a decision a kept run cannot vouch for) is decided
+        again alone, on the run as stored, exactly as if it had come alone."""
+        decisions = [self._runner_decision(command) for command in commands]
+        results: list[CommandResult | Exception | None] = [None] * len(decisions)
+        waiting = list(range(len(decisions)))
+        while waiting:
+            together, later, runs = [], [], set()
+            for index in waiting:
+                run_id = decisions[index].run_id
+                (later if run_id in runs else together).append(index)
+                runs.add(run_id)
+            self._decide_together([(index, decisions[index]) for index in together], results)
+            waiting = later
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
+
+    def _decide_together(self, decisions: list[tuple[int, RunnerDecision]],
+                         results: list[CommandResult | Exception | None]) -> None:
+        """Decisions on distinct runs: saved in one transaction, or each decided again alone."""
+        saving: list[tuple[int, RunnerDecision, Run]] = []
+        changed: dict[UUID, Aggregate] = {}
+        alone: list[tuple[int, RunnerDecision]] = []
+        for index, decision in decisions:
+            kept = self.recent.take(decision.run_id)
+            try:
+                run = kept or self.store.load(decision.run_id, Run)
+                if run is None:
+                    raise RunNotFoundError(f"run {decision.run_id} not found")
+                aggregates = self._changed_by(run, decision.decide)
+            except RUNNER_REFUSALS as refused:
+                if kept is not None:
+                    alone.append((index, decision))  # maybe stale: the stored run decides
+                else:
+                    results[index] = _refused(refused)
+                continue
+            except Exception as failed:
+                results[index] = failed
+                continue
+            if not aggregates:
+                if kept is not None:
+                    alone.append((index, decision))
+                else:
+                    results[index] = self._runner_reply(run, decision, appended=False)
+                    self.recent.keep(run)
+                continue
+            if (kept is not None and not run.pending_events) or changed.keys() & {a.id for a in aggregates}:
+                # A kept run's decision that its own save would not check, or one that changes
+                # what another decision here changed (two runs of one concurrency group).
+                alone.append((index, decision))
+                continue
+            changed.update((aggregate.id, aggregate) for aggregate in aggregates)
+            saving.append((index, decision, run))
+        if changed:
+            try:
+                self.store.save_together(*changed.values())
+            except (IntegrityError, OperationalError, InterfaceError) as failed:
+                if not isinstance(failed, IntegrityError):
+                    self.store.wait_for_store()
+                alone += [(index, decision) for index, decision, _ in saving]
+                saving = []
+        for index, decision, run in saving:
+            results[index] = self._runner_reply(run, decision, appended=True)
+            self.recent.keep(run)
+        for index, decision in alone:
+            try:
+                results[index] = self._runner_command(decision)
+            except Exception as failed:
+                results[index] = failed
+
+    def _runner_reply(self, run: Run, decision: RunnerDecision, appended: bool) -> CommandResult:
+        job = run.job(decision.job_id)
+        deadlines = ({"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at}
+                     if decision.with_deadlines else {})
+        inputs = inputs_of(run, decision.job_id, self.clock()) if decision.with_inputs else []
+        # A copy: the run is kept for the next command, which may change its jobs.
+        return CommandResult(CommandReply(ok=True, inputs=inputs, **deadlines), copy.copy(job) if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------
 

@@ -43,7 +43,7 @@ class Subscriptions:
             repository_id=repository_id, branch=branch,
             ciphertext=self.book.encrypt(secret, subscription_context(str(subscription_id))),
             actor=principal.name, at=self.app.clock())
-        self.app.store.save_new(subscription)
+        self.app.store.save_together(subscription)
         return subscription, secret
 
     def get(self, tenant_id: str, subscription_id: UUID, principal: Principal) -> WebhookSubscription:

@@ -77,7 +77,7 @@ class StoreContract:
         assert ledger.runs.rerun(tagged.run_id, ADMIN) == run_id_for(repository, COMMIT, 1, "refs/tags/v1")
         # Recorded before tags had runs of their own: the tag's first push took its commit's id.
         older = "b" * 40
-        ledger.store.save_new(Run.request(
+        ledger.store.save_together(Run.request(
             run_id=run_id_for(repository, older), repository_id=repository, tenant_id="acme", commit=older,
             ref="refs/tags/v0", clone_url="file:///x", rerun=0, request_id="q", actor="admin", at=ledger.clock()))
         assert ledger.runs.push(repository, older, "refs/tags/v0", ADMIN) == PushResult(run_id_for(repository, older),
