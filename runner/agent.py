@@ -21,11 +21,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from domain.messages import (
     JOBS_STREAM,
     CommandReply,
-    EventMessage,
     JobDispatch,
     StartJob,
-    control_subject,
-    events_subject,
     jobs_subject,
 )
 from gitcache import GitMirrors
@@ -37,6 +34,7 @@ from runner.leftovers import kill_left_over_jobs, remove_left_over_workspaces
 from runner.logs import MAX_LOG_BYTES
 from runner.presence import announce_presence
 from runner.secrets import JobSecrets, open_secrets
+from runner.stops import AttemptStops
 from sealing import Recipient
 
 log = logging.getLogger(__name__)
@@ -75,6 +73,7 @@ class RunnerAgent:
         # a third of the lease, so that one reply lost in a reconnect never costs the lease.
         self.commands = CommandClient(nc, runner_id, min(max(lease_seconds / 3, 0.05), COMMAND_TIMEOUT_SECONDS))
         self._hand_back_now = asyncio.Event()
+        self.stops = AttemptStops(nc)
         self.workspaces = data_dir / "workspaces"
         self.attempts = AttemptRunner(self.js, executor, GitMirrors(data_dir / "mirrors"), runner_id=runner_id,
                                       max_log_bytes=max_log_bytes, files=files)
@@ -87,6 +86,7 @@ class RunnerAgent:
         log.info("runner %s serves pool %s with %d slots (%d left-over job processes killed, %d workspaces "
                  "removed)", self.runner_id, self.pool, self.slots, len(killed), len(removed))
         grace = asyncio.create_task(self._grace_after(stop))
+        await self.stops.start()  # before the first job: no cancel of ours goes unheard
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(announce_presence(self.nc, self.runner_id, self.pool, self.slots, stop))
@@ -94,6 +94,7 @@ class RunnerAgent:
                     group.create_task(self._slot(stop))
         finally:
             grace.cancel()
+            await self.stops.close()
             if self._background:
                 await asyncio.wait(self._background)
 
@@ -180,19 +181,11 @@ class RunnerAgent:
         stopped = asyncio.Event()
         reason: list[str] = []
 
-        async def on_control(_: Msg) -> None:
+        def on_cancelled() -> None:
             reason.append("cancelled")
             stopped.set()
 
-        async def on_cancelled(message: Msg) -> None:
-            # Whoever cancelled it (a user through a gateway, a newer run of its concurrency
-            # group through the planner), the relay publishes the stored JobCancelled.
-            event = msgspec.json.decode(message.data, type=EventMessage)
-            if (event.data.get("job_id"), event.data.get("attempt")) == (dispatch.job_id, dispatch.attempt):
-                await on_control(message)
-
-        control = await self.nc.subscribe(control_subject(dispatch.job_id, dispatch.attempt), cb=on_control)
-        cancelled = await self.nc.subscribe(events_subject("Run", dispatch.run_id, "JobCancelled"), cb=on_cancelled)
+        self.stops.watch(dispatch.job_id, dispatch.attempt, on_cancelled)
         execution = asyncio.create_task(self.attempts.run(dispatch, workdir, claim, secrets))
         guard = asyncio.create_task(self.commands.keep_lease(dispatch, claim.lease_expires_at, stopped, reason))
         stop_wait = asyncio.create_task(stopped.wait())
@@ -220,9 +213,7 @@ class RunnerAgent:
         finally:
             for task in (guard, stop_wait, grace_over):
                 task.cancel()
-            for subscription in (control, cancelled):
-                with contextlib.suppress(Exception):
-                    await subscription.unsubscribe()
+            self.stops.forget(dispatch.job_id, dispatch.attempt)
 
 
     async def _finish_message(self, message: Msg, workdir: Path) -> None:
