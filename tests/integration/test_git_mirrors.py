@@ -110,6 +110,10 @@ def test_a_small_plain_tree_is_written_as_git_writes_it_and_git_reads_it_clean(t
         assert _git(tree, "diff-index", "--quiet", "HEAD", check=False).returncode == 0
         assert _git(tree, "ls-files", "-s").stdout == _git(reference, "ls-files", "-s").stdout
         assert _git(tree, "rev-parse", "HEAD").stdout.strip() == commit
+        # A job may make branches and tags in its checkout (its `.git` starts with an empty refs/).
+        _git(tree, "tag", "v1")
+        _git(tree, "branch", "topic")
+        assert _git(tree, "rev-parse", "v1", "topic").stdout.split() == [commit, commit]
 
 
 def test_git_checks_out_what_it_would_change_on_the_way(tmp_path: Path):
