@@ -60,6 +60,17 @@ def logs_subject(job_id: str, attempt: int) -> str:
     return f"{LOGS_SUBJECT_PREFIX}.{job_id}.{attempt}"
 
 
+def log_chunk_msg_id(job_id: str, attempt: int, number: int) -> str:
+    """A log chunk's Nats-Msg-Id: the runner numbers an attempt's chunks from 1."""
+    return f"{job_id}:{attempt}:{number}"
+
+
+def log_chunk_number(headers: dict[str, str] | None) -> int | None:
+    """The number of a log chunk, from its headers (None: not one the runner numbered)."""
+    _, _, number = (headers or {}).get("Nats-Msg-Id", "").rpartition(":")
+    return int(number) if number.isdigit() else None
+
+
 def presence_subject(pool: str, runner_id: str) -> str:
     return f"{RUNNERS_SUBJECT_PREFIX}.{pool}.{runner_id}"
 

@@ -14,7 +14,7 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from domain.errors import RunNotFoundError
-from domain.messages import LOGS_STREAM, logs_subject
+from domain.messages import LOGS_STREAM, log_chunk_number, logs_subject
 from projections.log_archive import LogArchive
 from projections.queries import JobLocation
 
@@ -114,16 +114,19 @@ class LogFollower:
         return self._last_sequence >= (last.seq or 0)
 
 
-async def _stored_chunks(js: JetStreamContext, subject: str) -> int:
-    info = await js.stream_info(LOGS_STREAM, subjects_filter=subject)
-    return (info.state.subjects or {}).get(subject, 0)
-
-
 async def read_live_log(js: JetStreamContext, job_id: str, attempt: int) -> bytes:
-    """The attempt's chunks in the LOGS stream, in order, as they are now."""
+    """The attempt's chunks in the LOGS stream, in order, as they are now.
+
+    Its last chunk first (one small request): none means nothing was logged, and a last chunk
+    numbered 1 is the whole log (the runner numbers its chunks from 1 in `Nats-Msg-Id`), as
+    for most short jobs; only a longer log is read through a consumer."""
     subject = logs_subject(job_id, attempt)
-    if not await _stored_chunks(js, subject):
+    try:
+        last = await js.get_last_msg(LOGS_STREAM, subject)
+    except NotFoundError:
         return b""
+    if log_chunk_number(last.headers) == 1:
+        return last.data or b""
     chunks: list[bytes] = []
     subscription = await js.subscribe(subject, stream=LOGS_STREAM, ordered_consumer=True,
                                       deliver_policy=DeliverPolicy.ALL)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from nats.js import JetStreamContext
 
-from domain.messages import logs_subject
+from domain.messages import log_chunk_msg_id, logs_subject
 from runner.masking import Masker
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LogStream:
                 chunk = bytes(self._buffer[:MAX_CHUNK_BYTES])
                 del self._buffer[:MAX_CHUNK_BYTES]
                 self.sequence += 1
-                headers = {"Nats-Msg-Id": f"{self.job_id}:{self.attempt}:{self.sequence}"}
+                headers = {"Nats-Msg-Id": log_chunk_msg_id(self.job_id, self.attempt, self.sequence)}
                 try:
                     await self.js.publish(self.subject, chunk, headers=headers)
                 except Exception:

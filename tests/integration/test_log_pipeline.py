@@ -11,6 +11,7 @@ import nats
 import pytest
 
 from commands.streams import ensure_streams
+from domain.messages import log_chunk_msg_id, logs_subject
 from gateway.logs import read_live_log
 from runner.logs import MAX_CHUNK_BYTES, LogStream, truncation_notice
 
@@ -97,3 +98,28 @@ def test_a_failed_chunk_publish_does_not_stop_the_job(fresh_nats_server) -> None
 @pytest.fixture(autouse=True)
 def _quiet_nats_reconnects(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("CRITICAL", logger="nats")
+
+
+def test_a_live_log_reads_whole_when_empty_one_chunk_many_or_with_a_chunk_lost(fresh_nats_server) -> None:
+    """read_live_log asks for the last chunk first: none is an empty log, chunk 1 the whole log,
+    anything else is read through a consumer (in order, past a chunk whose publish failed)."""
+
+    async def scenario() -> list[bytes]:
+        nc = await nats.connect(fresh_nats_server.url)
+        js = nc.jetstream()
+        await ensure_streams(js)
+
+        async def publish(job_id: str, number: int, data: bytes) -> None:
+            await js.publish(logs_subject(job_id, 1), data,
+                             headers={"Nats-Msg-Id": log_chunk_msg_id(job_id, 1, number)})
+
+        await publish("one", 1, b"all of it\n")
+        for number in (1, 2, 3):
+            await publish("three", number, f"chunk {number}\n".encode())
+        for number in (1, 3):  # chunk 2 was lost on its way: the gap stays, the rest is read
+            await publish("gap", number, f"chunk {number}\n".encode())
+        read = [await read_live_log(js, job_id, 1) for job_id in ("none", "one", "three", "gap")]
+        await nc.close()
+        return read
+
+    assert asyncio.run(scenario()) == [b"", b"all of it\n", b"chunk 1\nchunk 2\nchunk 3\n", b"chunk 1\nchunk 3\n"]
