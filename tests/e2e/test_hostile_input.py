@@ -26,8 +26,10 @@ pytestmark = pytest.mark.e2e
 WORKFLOW = "jobs:\n  - name: hello\n    run: echo hello from $LEDGERCI_JOB_NAME\n"
 MiB = 1024 * 1024
 
-# Spent in full: the fuzzing and stateful phases repeat until it is (the process gets a margin more).
-FUZZ_SECONDS = 30
+# The cases are fixed by the seed and the examples per operation, with no time limit: how many
+# are made must not depend on how busy the machine is (under `make test`'s load a 30 s budget made
+# a fifth of them). This bounds only a hang (under the test timeout); alone it takes about 30 s.
+FUZZ_TIMEOUT_SECONDS = 240
 # A fixed seed: the same cases on every run, so a failure in CI is one that reproduces.
 FUZZ_SEED = 20261128
 # Real ids from a seeded run, drawn half of the time for the path parameters that name one, so the
@@ -94,7 +96,6 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
         "--checks", "all",
         "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", "30",
-        "--max-time", str(FUZZ_SECONDS),
         "--seed", str(FUZZ_SEED),
         "--workers", "1",
         "--request-timeout", "10",
@@ -102,7 +103,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_schema(
         "--report", "json", "--report-json-path", str(report),
     ]
 
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120)
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_SECONDS)
 
     assert run.returncode == 0, f"schemathesis found problems:\n{run.stdout[-25000:]}\n{run.stderr[-5000:]}"
     summary = json.loads(report.read_text())
