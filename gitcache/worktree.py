@@ -70,10 +70,11 @@ def write_plain_tree(reader: BatchReader, commit: str, dest: Path) -> bool:
     tree_id = _tree_of(commit_object)
     objects = _BatchObjects(reader)
     try:
-        entries = list(iter_tree_contents(objects, tree_id))
+        # Walked only until git's turn is certain: a big repository's whole tree is never read here.
+        for count, entry in enumerate(iter_tree_contents(objects, tree_id), start=1):
+            if count > MAX_ENTRIES or _needs_git(entry.path, entry.mode):
+                return False
     except KeyError:
-        return False
-    if len(entries) > MAX_ENTRIES or any(_needs_git(entry.path, entry.mode) for entry in entries):
         return False
     build_index_from_tree(os.fsencode(dest), os.fsencode(dest / ".git" / "index"), objects, tree_id)
     return True
