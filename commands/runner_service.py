@@ -24,7 +24,7 @@ from nats.aio.subscription import Subscription
 
 from commands.app import LedgerApp
 from commands.metrics import observe_claimed, observe_finished
-from commands.runs import CommandResult, RunnerCommand
+from commands.runner_decisions import CommandResult, RunnerCommand
 from commands.secrets import SecretBook
 from domain.job import Job
 from domain.messages import (

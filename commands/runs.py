@@ -7,7 +7,6 @@ of a concurrency group also hands the group on, in the same save (commands/concu
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
@@ -18,22 +17,29 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 
 from commands.concurrency import ConcurrencyGroups
-from commands.dispatch import inputs_of, ready_dispatch
+from commands.dispatch import ready_dispatch
 from commands.ledger_store import MAX_DECISION_ATTEMPTS, ConcurrencyError, LedgerStore
 from commands.plan_rules import declare_schedules, group_of, pool_refusal, within_tenant_cap
 from commands.principal import Principal
 from commands.recent_runs import RecentRuns
 from commands.registry import Registry
+from commands.runner_decisions import (
+    RUNNER_REFUSALS,
+    CommandResult,
+    RunnerCommand,
+    RunnerDecision,
+    refused_result,
+    runner_decision,
+    runner_reply,
+)
 from domain.errors import (
-    InvalidTransitionError,
     InvalidWorkflowError,
     RepositoryDeletedError,
     RunNotFoundError,
-    StaleAttemptError,
 )
 from domain.ids import run_id_for, scheduled_run_id, tenant_aggregate_id
 from domain.job import Job
-from domain.messages import CommandReply, FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
+from domain.messages import FinishJob, HandBack, Heartbeat, JobDispatch, StartJob
 from domain.refs import ref_matches, tag_of
 from domain.registry import Tenant
 from domain.run import DEFAULT_LEASE_SECONDS, DEFAULT_QUEUE_TIMEOUT_SECONDS, Run
@@ -46,33 +52,6 @@ class Timing(NamedTuple):
 
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     queue_timeout_seconds: float = DEFAULT_QUEUE_TIMEOUT_SECONDS
-
-
-class CommandResult(NamedTuple):
-    """A runner command's answer, and the job as the command left it when it changed
-    something (for metrics)."""
-
-    reply: CommandReply
-    changed: Job | None = None
-
-
-class RunnerDecision(NamedTuple):
-    """A runner command as a decision on its run, and what its reply carries."""
-
-    run_id: UUID
-    job_id: str
-    decide: Callable[[Run], bool]
-    with_deadlines: bool = True
-    with_inputs: bool = False
-
-
-RunnerCommand = StartJob | Heartbeat | FinishJob | HandBack
-# What refuses a runner command: the runner stops working on that attempt.
-RUNNER_REFUSALS = (StaleAttemptError, InvalidTransitionError, RunNotFoundError)
-
-
-def _refused(refused: Exception) -> CommandResult:
-    return CommandResult(CommandReply(ok=False, refused=True, error=str(refused)))
 
 
 class PushResult(NamedTuple):
@@ -313,42 +292,16 @@ class RunCommands:
     # ----- runner commands (fenced by attempt) ----------------------------------------------------
 
     def start_job(self, command: StartJob) -> CommandResult:
-        return self._runner_command(self._runner_decision(command))
+        return self._runner_command(runner_decision(command, self.clock))
 
     def heartbeat(self, command: Heartbeat) -> CommandResult:
-        return self._runner_command(self._runner_decision(command))
+        return self._runner_command(runner_decision(command, self.clock))
 
     def finish_job(self, command: FinishJob) -> CommandResult:
-        return self._runner_command(self._runner_decision(command))
+        return self._runner_command(runner_decision(command, self.clock))
 
     def hand_back(self, command: HandBack) -> CommandResult:
-        return self._runner_command(self._runner_decision(command))
-
-    def _runner_decision(self, command: RunnerCommand) -> RunnerDecision:
-        clock = self.clock  # read when deciding: a decision made again is made at its own time
-        job_id, attempt, runner_id = command.job_id, command.attempt, command.runner_id
-        match command:
-            case StartJob():
-                return RunnerDecision(
-                    UUID(command.run_id), job_id,
-                    lambda run: run.start_job(job_id, attempt, runner_id, clock(), executor=command.executor,
-                                              pool=command.pool),
-                    with_inputs=True)
-            case Heartbeat():
-                return RunnerDecision(UUID(command.run_id), job_id,
-                                      lambda run: run.heartbeat(job_id, attempt, runner_id, clock()))
-            case FinishJob():
-                return RunnerDecision(
-                    UUID(command.run_id), job_id,
-                    lambda run: run.finish_job(job_id, attempt, runner_id, command.exit_code, clock(), command.error,
-                                               timed_out=command.timed_out, artifacts=command.artifacts,
-                                               cache=command.cache),
-                    with_deadlines=False)
-            case HandBack():
-                return RunnerDecision(UUID(command.run_id), job_id,
-                                      lambda run: run.hand_back(job_id, attempt, runner_id, clock()),
-                                      with_deadlines=False)
-        raise TypeError(f"not a runner command: {command!r}")
+        return self._runner_command(runner_decision(command, self.clock))
 
     def _runner_command(self, decision: RunnerDecision) -> CommandResult:
         """One runner command, decided on the run as stored (with retries on conflicts)."""
@@ -362,8 +315,8 @@ class RunCommands:
         try:
             run = self._decide(decision.run_id, deciding)
         except RUNNER_REFUSALS as refused:
-            return _refused(refused)
-        result = self._runner_reply(run, decision, appended)
+            return refused_result(refused)
+        result = runner_reply(run, decision, appended, self.clock())
         self.recent.keep(run)  # ours alone: nothing returned refers to it
         return result
 
@@ -374,7 +327,7 @@ class RunCommands:
         on the same run waits for the first one's save. Whatever cannot be settled together
         (a conflict, a lost connection, a decision a kept run cannot vouch for) is decided
         again alone, on the run as stored, exactly as if it had come alone."""
-        decisions = [self._runner_decision(command) for command in commands]
+        decisions = [runner_decision(command, self.clock) for command in commands]
         results: list[CommandResult | Exception | None] = [None] * len(decisions)
         waiting = list(range(len(decisions)))
         while waiting:
@@ -405,7 +358,7 @@ class RunCommands:
                 if kept is not None:
                     alone.append((index, decision))  # maybe stale: the stored run decides
                 else:
-                    results[index] = _refused(refused)
+                    results[index] = refused_result(refused)
                 continue
             except Exception as failed:
                 results[index] = failed
@@ -414,7 +367,7 @@ class RunCommands:
                 if kept is not None:
                     alone.append((index, decision))
                 else:
-                    results[index] = self._runner_reply(run, decision, appended=False)
+                    results[index] = runner_reply(run, decision, False, self.clock())
                     self.recent.keep(run)
                 continue
             if (kept is not None and not run.pending_events) or changed.keys() & {a.id for a in aggregates}:
@@ -433,21 +386,13 @@ class RunCommands:
                 alone += [(index, decision) for index, decision, _ in saving]
                 saving = []
         for index, decision, run in saving:
-            results[index] = self._runner_reply(run, decision, appended=True)
+            results[index] = runner_reply(run, decision, True, self.clock())
             self.recent.keep(run)
         for index, decision in alone:
             try:
                 results[index] = self._runner_command(decision)
             except Exception as failed:
                 results[index] = failed
-
-    def _runner_reply(self, run: Run, decision: RunnerDecision, appended: bool) -> CommandResult:
-        job = run.job(decision.job_id)
-        deadlines = ({"lease_expires_at": job.lease_expires_at, "timeout_at": job.timeout_at}
-                     if decision.with_deadlines else {})
-        inputs = inputs_of(run, decision.job_id, self.clock()) if decision.with_inputs else []
-        # A copy: the run is kept for the next command, which may change its jobs.
-        return CommandResult(CommandReply(ok=True, inputs=inputs, **deadlines), copy.copy(job) if appended else None)
 
     # ----- the reaper's commands (deadlines passed; each a no-op if it no longer applies) ---------
 

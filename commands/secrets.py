@@ -16,7 +16,7 @@ import msgspec
 
 from commands.app import LedgerApp
 from commands.principal import Principal
-from commands.runs import CommandResult
+from commands.runner_decisions import CommandResult
 from domain.errors import RepositoryNotFoundError, SecretsUnavailableError, TenantNotFoundError
 from domain.job import Job
 from domain.messages import StartJob

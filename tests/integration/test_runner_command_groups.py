@@ -17,7 +17,7 @@ import pytest
 
 from commands.app import LedgerApp
 from commands.principal import Principal
-from commands.runs import CommandResult
+from commands.runner_decisions import CommandResult
 from commands.schema import create_event_store
 from commands.store import eventsourcing_env
 from domain.messages import FinishJob, Heartbeat, StartJob
