@@ -14,7 +14,9 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # eventsourcing's store, its sessions ended when their client is lost
+            # (commands.postgres_store: why a cut-off writer could stop every append).
+            "PERSISTENCE_MODULE": "commands.postgres_store:LostClientsPostgresFactory",
             "POSTGRES_DBNAME": unquote(parts.path.lstrip("/")) or "ledgerci",
             "POSTGRES_HOST": parts.hostname or "127.0.0.1",
             "POSTGRES_PORT": str(parts.port or 5432),

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import psycopg
 
 from commands.app import LedgerApp
+from commands.postgres_store import lost_client_options
 from commands.runs import Timing
 from commands.schema import create_event_store
 from commands.secrets import SecretBook
@@ -71,7 +72,7 @@ async def store(settings: Settings, *, migrate_schema: bool | None = None) -> As
     # On SQLite the read models write to the event store's file: they take its writer lock.
     shared_lock = None if is_postgres(settings.database_url) else writer_lock(sqlite_path(settings.database_url))
     db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size,
-                                 writer_lock=shared_lock)
+                                 writer_lock=shared_lock, session_options=lost_client_options())
     try:
         if settings.auto_migrate if migrate_schema is None else migrate_schema:
             await asyncio.to_thread(migrate, settings, ledger, db)

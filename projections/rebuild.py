@@ -50,7 +50,8 @@ def staging_tables(live: Database) -> Iterator[Database]:
         with live.transaction() as cursor:
             cursor.execute(f"DROP SCHEMA IF EXISTS {STAGING_SCHEMA} CASCADE")
             cursor.execute(f"CREATE SCHEMA {STAGING_SCHEMA}")
-        staging: Database = PostgresDatabase(live.url, pool_size=2, schema=STAGING_SCHEMA)
+        staging: Database = PostgresDatabase(live.url, pool_size=2, schema=STAGING_SCHEMA,
+                                              session_options=live.session_options)
         try:
             create_read_model_tables(staging)
             yield staging

@@ -47,12 +47,19 @@ class _PgCursor:
 class PostgresDatabase:
     dialect = "postgresql"
 
-    def __init__(self, url: str, *, pool_size: int = 4, schema: str | None = None) -> None:
-        """`schema`: where unqualified table names resolve (a rebuild's staging tables)."""
+    def __init__(self, url: str, *, pool_size: int = 4, schema: str | None = None, session_options: str = "") -> None:
+        """`schema`: where unqualified table names resolve (a rebuild's staging tables).
+        `session_options`: settings every session starts with, as libpq's `options` spells them
+        (the composition root passes commands.postgres_store's: a lost client's session ends,
+        and with it any lock it held)."""
         self.url = url
+        self.session_options = session_options
         kwargs: dict[str, Any] = {"connect_timeout": 5}
+        options = [session_options] if session_options else []
         if schema is not None:
-            kwargs["options"] = f"-c search_path={schema}"
+            options.append(f"-c search_path={schema}")
+        if options:
+            kwargs["options"] = " ".join(options)
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=True, kwargs=kwargs)
 
     @contextmanager
@@ -109,10 +116,11 @@ class SqliteDatabase:
         self._conn.close()
 
 
-def open_database(database_url: str, *, pool_size: int = 4, writer_lock: threading.Lock | None = None) -> Database:
-    """`writer_lock`: SQLite only, see SqliteDatabase."""
+def open_database(database_url: str, *, pool_size: int = 4, writer_lock: threading.Lock | None = None,
+                  session_options: str = "") -> Database:
+    """`writer_lock`: SQLite only, see SqliteDatabase; `session_options`: PostgreSQL only."""
     if database_url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(database_url, pool_size=pool_size)
+        return PostgresDatabase(database_url, pool_size=pool_size, session_options=session_options)
     if database_url.startswith("sqlite:///"):
         return SqliteDatabase(Path(database_url.removeprefix("sqlite:///")), writer_lock)
     raise ValueError(f"unsupported database URL {database_url!r}")

@@ -645,6 +645,10 @@ class PostgresServer(_Process):
             "unix_socket_directories": "",
             "fsync": "on" if self._fsync else "off",
             "synchronous_commit": "on",
+            # A failure that involves a lock names who held it: a wait over deadlock_timeout
+            # (1 s) is logged with the holder's pid, and every line with its process's pid.
+            "log_lock_waits": "on",
+            "log_line_prefix": "%m [%p] ",
             **self._settings,
         }
         argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir)]
