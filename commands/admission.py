@@ -102,7 +102,7 @@ async def run_admission(app: LedgerApp, nc: NATS, takeover: TakeoverQuery, leade
         pause = 0.0
         try:
             await leader.take_over()
-            await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,))
+            await run_woken(leader.step, wake, stop, idle_seconds, fatal=(LeadershipLostError,), batch=BATCH_SIZE)
         except LeadershipLostError as lost:
             log.warning("admission: %s; giving the lead up", lost)
             pause = STANDBY_RETRY_SECONDS  # another replica's turn first, and no tight loop

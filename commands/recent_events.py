@@ -8,13 +8,14 @@ chain link) on its own. This keeps the newest events it has read, already decode
 whose position falls inside them is answered from memory; one that reaches past them reads
 the store, and what it read is kept for the others.
 
-It answers what the store would, or the start of it: what it keeps is only ever what one
-read returned, so between two kept positions there is nothing the store did not return (the
-store assigns positions in commit order, which every follower relies on already). An answer
-from memory ends at the newest kept event even if the store has more; followers read until
-an answer is empty, and past the newest kept event it always asks the store. So a follower
-costs one query per wake-up, as before, but decodes nothing another one has decoded. The
-events are shared: domain events are immutable.
+It answers what the store would: what it keeps is only ever what one read returned, so
+between two kept positions there is nothing the store did not return (the store assigns
+positions in commit order, which every follower relies on already). An answer from memory that
+reaches the newest kept event and is short of `limit` goes on with a read of the store after
+it, so an answer short of `limit` always means the store had nothing more when asked: a
+follower that got one has caught up, and sleeps until the next commit wakes it
+(commands.wake.run_woken's `batch`). So a follower costs one query per wake-up, as before, but
+decodes nothing another one has decoded. The events are shared: domain events are immutable.
 """
 
 from __future__ import annotations
@@ -39,14 +40,21 @@ class RecentEvents:
         self._events: list[Positioned] = []
 
     def events_after(self, position: int, limit: int) -> list[Positioned]:
+        """Up to `limit` events after `position`; fewer only if the store had no more."""
         with self._lock:
             if self._positions and self._complete_after <= position < self._positions[-1]:
                 start = bisect_right(self._positions, position)
-                return self._events[start:start + limit]
-            page = self._read(position, limit)
-            if page:
-                self._keep_page(position, page)
-            return page
+                kept = self._events[start:start + limit]
+                if len(kept) == limit:
+                    return kept
+                return kept + self._read_and_keep(self._positions[-1], limit - len(kept))
+            return self._read_and_keep(position, limit)
+
+    def _read_and_keep(self, position: int, limit: int) -> list[Positioned]:
+        page = self._read(position, limit)
+        if page:
+            self._keep_page(position, page)
+        return page
 
     def _keep_page(self, position: int, page: list[Positioned]) -> None:
         if self._positions and position == self._positions[-1]:

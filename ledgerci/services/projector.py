@@ -19,11 +19,14 @@ from ledgerci.resources import (
     waking_on_commits,
 )
 from ledgerci.settings import Settings
+from projections.log_archive import PAGE as ARCHIVE_PAGE
 from projections.log_archive import LogArchive, LogArchiver
 from projections.runs import RunsProjection
 from projections.sql import Database
 from projections.status_outbox import StatusOutbox
 from projections.webhook_outbox import WebhookOutbox
+
+PROJECTION_BATCH = 500  # events applied in one transaction
 
 
 async def projector_service(settings: Settings, stop: asyncio.Event, ledger: LedgerApp, db: Database,
@@ -43,7 +46,7 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
 
     async def step() -> int:
         applied = await asyncio.to_thread(projection.catch_up,
-                                          lambda position: ledger.store.events_after(position, 500))
+                                          lambda position: ledger.store.events_after(position, PROJECTION_BATCH))
         if applied:
             status_wake.set()
             webhook_wake.set()
@@ -56,8 +59,9 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     archive_wake = asyncio.Event()
     try:
         async with waking_on_commits(settings, ledger, stop, wake, archive_wake), asyncio.TaskGroup() as group:
-            group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds))
-            group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds))
+            group.create_task(run_woken(step, wake, stop, settings.idle_check_seconds, batch=PROJECTION_BATCH))
+            group.create_task(run_woken(archiver.archive_pending, archive_wake, stop, settings.idle_check_seconds,
+                                        batch=ARCHIVE_PAGE))
             group.create_task(run_woken(statuses.send_due, status_wake, stop, settings.idle_check_seconds))
             group.create_task(run_woken(webhooks.send_due, webhook_wake, stop, settings.idle_check_seconds))
     finally:

@@ -7,7 +7,7 @@ import asyncio
 from nats.aio.client import Client as NATS
 
 from commands.app import LedgerApp
-from commands.relay import Relay
+from commands.relay import BATCH_SIZE, Relay
 from commands.wake import run_woken
 from ledgerci.resources import (
     waking_on_commits,
@@ -21,4 +21,4 @@ async def relay_service(settings: Settings, stop: asyncio.Event, ledger: LedgerA
     wake = asyncio.Event()
     relay = Relay(ledger, nc.jetstream(), settings.stream_replicas)
     async with waking_on_commits(settings, ledger, stop, wake):
-        await run_woken(relay.publish_pending, wake, stop, settings.idle_check_seconds)
+        await run_woken(relay.publish_pending, wake, stop, settings.idle_check_seconds, batch=BATCH_SIZE)
