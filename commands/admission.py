@@ -303,10 +303,7 @@ class AdmissionLeader:
         item.offer, item.offer_seq = offered.offer, offered.seq
 
     async def _offer(self, attempts: Iterable[Attempt]) -> None:
-        dispatches = await asyncio.to_thread(self._dispatches, list(attempts))
-        # Confirm the lead after the (possibly slow) store reads, right before publishing. The
-        # fenced work queue refuses a former leader's publish even if this check passes late.
-        await asyncio.to_thread(self.leadership.confirm)
+        dispatches = await asyncio.to_thread(self._confirmed_dispatches, list(attempts))
         # One after another: each publish expects the sequence the previous one left.
         failed = 0
         for item, dispatch in dispatches:
@@ -320,6 +317,14 @@ class AdmissionLeader:
                 failed += 1
         if dispatches and failed == len(dispatches):
             raise NothingPublishedError(f"none of {failed} offers could be published")
+
+    def _confirmed_dispatches(self, attempts: list[Attempt]) -> list[tuple[Attempt, JobDispatch]]:
+        dispatches = self._dispatches(attempts)
+        # Confirm the lead after the (possibly slow) store reads, right before publishing (in
+        # the same thread hop). The fenced work queue refuses a former leader's publish even if
+        # this check passes late.
+        self.leadership.confirm()
+        return dispatches
 
     def _dispatches(self, attempts: list[Attempt]) -> list[tuple[Attempt, JobDispatch]]:
         found = []

@@ -8,6 +8,8 @@ below the tracked one is skipped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from enum import Enum
 from functools import singledispatchmethod
 from typing import Any, NamedTuple
 
@@ -46,10 +48,24 @@ def _overwritten_lease_extensions(events: list[tuple[int, Any]]) -> set[int]:
     return overwritten
 
 
+class Outbox(Enum):
+    STATUSES = "statuses"
+    WEBHOOKS = "webhooks"
+
+
 class RunsProjection:
     def __init__(self, db: Database, name: str = PROJECTION_NAME) -> None:
         self.db = db
         self.name = name
+        # The outboxes this projection may have put rows in since they were last taken: their
+        # senders are woken for those only (rows sent later are found by their backstop timer).
+        self._filled: set[Outbox] = set()
+
+    def take_filled_outboxes(self) -> set[Outbox]:
+        """The outboxes given rows (or maybe given rows, where the database does not say) since
+        the last call; a sender not named here has nothing new to send."""
+        filled, self._filled = self._filled, set()
+        return filled
 
     def position(self) -> int:
         rows = self.db.query("SELECT position FROM lci_tracking WHERE projection = ?", (self.name,))
@@ -107,9 +123,15 @@ class RunsProjection:
                 continue  # already applied: a redelivery or a second replica
             if position not in overwritten:
                 self.handle(event, cursor, position)
-                queue_deliveries(cursor, event, position)  # outgoing webhooks, from the rows just written
+                if queue_deliveries(cursor, event, position):  # outgoing webhooks, from the rows just written
+                    self._filled.add(Outbox.WEBHOOKS)
             tracked = position
         return tracked
+
+    def _record_state(self, cursor: Cursor, run_id: str, state: RunState, at: datetime,
+                      context: str | None = None) -> None:
+        if record_state(cursor, run_id, state, at, context):
+            self._filled.add(Outbox.STATUSES)
 
     def _save_position(self, cursor: Cursor, tracked: int) -> None:
         cursor.execute(
@@ -152,7 +174,7 @@ class RunsProjection:
             (run_id, run_id),
         )
         ref = cursor.execute("SELECT ref FROM lci_runs WHERE id = ?", (run_id,)).fetchone()
-        record_state(cursor, run_id, RunState.PENDING, event.timestamp,
+        self._record_state(cursor, run_id, RunState.PENDING, event.timestamp,
                      status_context(event.workflow_name, tag_of(ref[0] if ref else None)))
 
     @handle.register
@@ -189,19 +211,19 @@ class RunsProjection:
     @handle.register
     def _(self, event: Run.RunFailed, cursor: Cursor, position: int) -> None:
         self._end_run(cursor, event, RunStatus.FAILED, event.error)
-        record_state(cursor, str(event.originator_id), RunState.FAILURE, event.timestamp)
+        self._record_state(cursor, str(event.originator_id), RunState.FAILURE, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunSucceeded, cursor: Cursor, position: int) -> None:
         self._end_run(cursor, event, RunStatus.SUCCEEDED, None)
-        record_state(cursor, str(event.originator_id), RunState.SUCCESS, event.timestamp)
+        self._record_state(cursor, str(event.originator_id), RunState.SUCCESS, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunCancelled, cursor: Cursor, position: int) -> None:
         # The error stays: a run its concurrency group superseded says by which run.
         cursor.execute("UPDATE lci_runs SET status = ?, finished_at = ?, waiting = NULL WHERE id = ?",
                        (RunStatus.CANCELLED.value, rfc3339(event.timestamp), str(event.originator_id)))
-        record_state(cursor, str(event.originator_id), RunState.CANCELLED, event.timestamp)
+        self._record_state(cursor, str(event.originator_id), RunState.CANCELLED, event.timestamp)
 
     @handle.register
     def _(self, event: Run.RunJoinedGroup, cursor: Cursor, position: int) -> None:
@@ -257,7 +279,7 @@ class RunsProjection:
             "UPDATE lci_runs SET status = ? WHERE id = ? AND status = ?",
             (RunStatus.RUNNING.value, str(event.originator_id), RunStatus.QUEUED.value),
         )
-        record_state(cursor, str(event.originator_id), RunState.RUNNING, event.timestamp)
+        self._record_state(cursor, str(event.originator_id), RunState.RUNNING, event.timestamp)
 
     @handle.register
     def _(self, event: Run.ArtifactUploaded, cursor: Cursor, position: int) -> None:

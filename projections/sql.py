@@ -17,6 +17,9 @@ from psycopg_pool import ConnectionPool
 
 
 class Cursor(Protocol):
+    # Rows the last statement changed; -1 where not known yet (PostgreSQL in pipeline mode).
+    rowcount: int
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
     def fetchone(self) -> Any: ...
     def fetchall(self) -> list[Any]: ...
@@ -42,6 +45,10 @@ class _PgCursor:
 
     def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
 
 
 class PostgresDatabase:

@@ -54,9 +54,11 @@ def status_context(workflow_name: str | None, tag: str | None) -> str:
     return context if tag is None else f"{context} ({tag.removeprefix('refs/tags/')})"
 
 
-def record_state(cursor: Cursor, run_id: str, state: RunState, at: datetime, context: str | None = None) -> None:
+def record_state(cursor: Cursor, run_id: str, state: RunState, at: datetime, context: str | None = None) -> bool:
     """Queue `state` of the run for its host, if its repository has a status target (else no
-    row: runs without one pay one indexed lookup). `context`: the run's, once known (RunPlanned)."""
+    row: runs without one pay one indexed lookup). `context`: the run's, once known (RunPlanned).
+    False when no row was queued; True when one was, or when the database does not say
+    (PostgreSQL in pipeline mode answers a row count only once results are fetched)."""
     cursor.execute(
         "INSERT INTO lci_status_outbox (id, run_id, repository_id, commit_sha, context, state, rank, created_at, "
         "next_at) SELECT r.id || ?, r.id, r.repository_id, r.commit_sha, "
@@ -65,6 +67,7 @@ def record_state(cursor: Cursor, run_id: str, state: RunState, at: datetime, con
         "WHERE r.id = ? AND p.statuses = 1 ON CONFLICT (id) DO NOTHING",
         (f":{state.value}", context, state.value, RANK[state], rfc3339(at), rfc3339(at), run_id),
     )
+    return cursor.rowcount != 0
 
 
 class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):

@@ -101,19 +101,21 @@ _RUN = "id, tenant_id, repository_id, commit_sha, ref, status, error, commit_sub
 _JOB = "id, name, idx, status, attempt, runner_id, exit_code, error, started_at, finished_at"
 
 
-def queue_deliveries(cursor: Cursor, event: Any, position: int) -> None:
+def queue_deliveries(cursor: Cursor, event: Any, position: int) -> bool:
     """Queue the event for every subscription of its run's tenant that takes it. A run of a
-    tenant without subscriptions costs one indexed lookup; most events, none."""
+    tenant without subscriptions costs one indexed lookup; most events, none. True when a
+    delivery was queued."""
     found = occurrences(event)
     if not found:
-        return
+        return False
     run_id = found[0].run_id
     subscriptions = cursor.execute(
         "SELECT s.id, s.events, s.repository_id, s.branch, r.repository_id, r.ref FROM lci_webhook_subscriptions s "
         "JOIN lci_runs r ON r.tenant_id = s.tenant_id WHERE r.id = ? AND s.deleted_at IS NULL", (run_id,)).fetchall()
     if not subscriptions:
-        return
+        return False
     run: WebhookRun | None = None
+    queued = False
     for seq, occurrence in enumerate(found):
         takers = [row[0] for row in subscriptions
                   if Filter(tuple(row[1].strip(",").split(",")), row[2], row[3]).matches(occurrence.event, row[4],
@@ -138,6 +140,8 @@ def queue_deliveries(cursor: Cursor, event: Any, position: int) -> None:
                 (delivery_id, subscription_id, run.tenant_id, occurrence.event, run_id, occurrence.job_id,
                  msgspec.json.encode(payload).decode(), position, seq, rfc3339(event.timestamp),
                  rfc3339(event.timestamp)))
+            queued = True
+    return queued
 
 
 def _one(cursor: Cursor, columns: str, table: str, row_id: str) -> tuple:

@@ -21,7 +21,7 @@ from ledgerci.resources import (
 from ledgerci.settings import Settings
 from projections.log_archive import PAGE as ARCHIVE_PAGE
 from projections.log_archive import LogArchive, LogArchiver
-from projections.runs import RunsProjection
+from projections.runs import Outbox, RunsProjection
 from projections.sql import Database
 from projections.status_outbox import StatusOutbox
 from projections.webhook_outbox import WebhookOutbox
@@ -47,8 +47,12 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     async def step() -> int:
         applied = await asyncio.to_thread(projection.catch_up,
                                           lambda position: ledger.store.events_after(position, PROJECTION_BATCH))
-        if applied:
+        # A sender is woken only when its outbox got rows: most batches give a webhook none,
+        # and on SQLite most give a status none. A retry's time comes with the backstop timer.
+        filled = projection.take_filled_outboxes()
+        if Outbox.STATUSES in filled:
             status_wake.set()
+        if Outbox.WEBHOOKS in filled:
             webhook_wake.set()
         return applied
 
