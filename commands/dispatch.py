@@ -29,7 +29,7 @@ def job_dispatch(origin: RunOrigin, job_id: str, attempt: int, spec: JobSpec) ->
         repository_id=origin.repository_id, clone_url=origin.clone_url, commit=origin.commit, ref=origin.ref,
         script=spec.run, env=dict(spec.env), image=spec.image, timeout_seconds=spec.timeout_seconds,
         idempotency_key=f"{origin.run_id}:{job_id}", resources=spec.resources, pool=spec.pool,
-        artifacts=spec.artifacts, cache=spec.cache,
+        artifacts=spec.artifacts, cache=spec.cache, lists_secrets=bool(spec.secrets),
     )
 
 

@@ -124,6 +124,10 @@ class JobDispatch(Message, frozen=True):
     pool: str = "default"  # the runners it is offered to (ledgerci.jobs.<pool>)
     artifacts: ArtifactSpec | None = None  # what the runner stores of the workspace once the command ends
     cache: CacheSpec | None = None  # what it restores before the command and saves after it
+    # Whether the job lists secrets: only then does the runner make a key pair for its claim
+    # (most jobs list none, and making one is a third of a millisecond). A dispatch offered
+    # before this field existed reads as True: its runner sends a key, as it always did.
+    lists_secrets: bool = True
 
 
 class StartJob(Message, frozen=True):

@@ -146,11 +146,11 @@ class RunnerAgent:
 
     async def handle(self, message: Msg) -> None:
         dispatch = msgspec.json.decode(message.data, type=JobDispatch)
-        # A key pair for this claim only: the job's secrets come back sealed to it.
-        recipient = Recipient()
+        # A key pair for this claim only, if the job lists secrets: they come back sealed to it.
+        recipient = Recipient() if dispatch.lists_secrets else None
         start = StartJob(run_id=dispatch.run_id, job_id=dispatch.job_id, attempt=dispatch.attempt,
                          runner_id=self.runner_id, executor=self.executor.name, pool=self.pool,
-                         seal_to=recipient.public_key)
+                         seal_to=recipient.public_key if recipient is not None else None)
         try:
             claim = await self.commands.claim(start)
         except Refused as refused:

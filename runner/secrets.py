@@ -14,11 +14,14 @@ class JobSecrets(NamedTuple):
     error: str | None = None  # why the job cannot have them: it fails with this, before it runs
 
 
-def open_secrets(claim: CommandReply, recipient: Recipient, job_id: str, attempt: int) -> JobSecrets:
+def open_secrets(claim: CommandReply, recipient: Recipient | None, job_id: str, attempt: int) -> JobSecrets:
+    """`recipient`: the key pair the claim sent (None: it sent none, its job listing no secrets)."""
     if claim.secrets_error:
         return JobSecrets({}, claim.secrets_error)
     if claim.secrets is None:
         return JobSecrets({})
+    if recipient is None:
+        return JobSecrets({}, "secrets came for a claim that sent no key to seal them to")
     try:
         return JobSecrets(recipient.open(claim.secrets, sealed_for(job_id, attempt)))
     except SealingError as failed:

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from uuid import UUID
 
+import msgspec
 import pytest
 
 from commands.app import LedgerApp
+from commands.dispatch import ready_dispatch
 from commands.secrets import SecretBook
-from domain.messages import FinishJob, StartJob
+from domain.messages import FinishJob, JobDispatch, StartJob
 from domain.secrets import Scope
 from runner.secrets import JobSecrets, open_secrets
 from sealing import Keyring, Recipient
@@ -59,7 +61,7 @@ def claim(ledger: LedgerApp, book: SecretBook, run_id: UUID, job_id: str, attemp
     command = StartJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id=runner,
                        seal_to=recipient.public_key if recipient else None)
     reply = book.seal_for_claim(command, ledger.runs.start_job(command)).reply
-    return reply.ok, open_secrets(reply, recipient or Recipient(), job_id, attempt)
+    return reply.ok, open_secrets(reply, recipient, job_id, attempt)
 
 
 def test_the_claiming_runner_opens_the_secrets_the_job_lists_and_nobody_else_gets_them(
@@ -79,14 +81,22 @@ def test_the_claiming_runner_opens_the_secrets_the_job_lists_and_nobody_else_get
     assert reply.refused and reply.secrets is None and reply.secrets_error is None
 
 
-def test_a_job_that_lists_no_secret_gets_none(ledger: LedgerApp, book: SecretBook) -> None:
+def test_a_job_that_lists_no_secret_gets_none_and_its_runner_sends_no_key(ledger: LedgerApp, book: SecretBook) -> None:
     run_id, job_id, attempt = queued(ledger)
+    dispatch = ready_dispatch(ledger.runs.load_run(run_id))
+    assert dispatch is not None and dispatch.lists_secrets  # its runner makes a key pair for the claim
     claim(ledger, book, run_id, job_id, attempt, "runner-1", Recipient())
     ledger.runs.finish_job(FinishJob(run_id=str(run_id), job_id=job_id, attempt=attempt, runner_id="runner-1",
                                 exit_code=0))
     plain = ledger.runs.get_run(run_id, ADMIN).jobs[1]
-    ok, secrets = claim(ledger, book, run_id, str(plain.id), plain.attempt, "runner-1", Recipient())
+    dispatch = ready_dispatch(ledger.runs.load_run(run_id))
+    assert dispatch is not None and dispatch.job_id == str(plain.id) and not dispatch.lists_secrets
+    ok, secrets = claim(ledger, book, run_id, str(plain.id), plain.attempt, "runner-1", None)  # as runner/agent.py
     assert ok and secrets == JobSecrets({})
+    # A dispatch offered before `lists_secrets` existed reads as listing secrets: a key is sent.
+    older = msgspec.structs.asdict(dispatch)
+    del older["lists_secrets"]
+    assert msgspec.json.decode(msgspec.json.encode(older), type=JobDispatch).lists_secrets
 
 
 @pytest.mark.parametrize("why", ["deleted", "no key sent", "no keyring", "another key", "too large"])
