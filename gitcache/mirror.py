@@ -43,10 +43,16 @@ class GitMirrors:
         self._locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._readers: dict[Path, BatchReader] = {}
+        self._paths: dict[str, Path] = {}
 
     def mirror_path(self, key: str) -> Path:
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return self.root / f"{_SAFE_NAME.sub('_', key)[:64]}-{digest}.git"
+        # Kept per key: every plan and checkout asks, and the same Path object hashes once
+        # where a new one would hash its string again as a key of `_readers`.
+        path = self._paths.get(key)
+        if path is None:
+            digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+            path = self._paths[key] = self.root / f"{_SAFE_NAME.sub('_', key)[:64]}-{digest}.git"
+        return path
 
     def read_file(self, key: str, clone_url: str, commit: str, path: str) -> bytes | None:
         """The file at `path` in `commit` (None if the commit has no such file).
