@@ -15,9 +15,14 @@ writers' lock timeout.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from eventsourcing.postgres import PostgresFactory
+
+# The eventsourcing env key that carries session_options() to LostClientsPostgresFactory.
+SESSION_OPTIONS_KEY = "LEDGERCI_SESSION_OPTIONS"
 
 # Seconds until PostgreSQL probes an idle client, between probes, and unanswered probes
 # before it gives up on it; and milliseconds data it sent may stay unacknowledged. A live
@@ -36,6 +41,17 @@ def lost_client_options() -> str:
     return " ".join(f"-c {name}={value}" for name, value in LOST_CLIENT_SETTINGS.items())
 
 
+def session_options(database_url: str, *, drop_lost_clients: bool = True) -> str:
+    """libpq's `options` for every session a service opens: what the operator already asks
+    (the URL's `options`, else PGOPTIONS, which an `options` given in code would override),
+    then LOST_CLIENT_SETTINGS unless switched off (LEDGERCI_DB_DROP_LOST_CLIENTS=false: a
+    connection pooler such as PgBouncer may refuse the `options` parameter). Empty: none."""
+    given = parse_qs(urlsplit(database_url).query).get("options")
+    operators = given[-1] if given else os.environ.get("PGOPTIONS", "")
+    ours = lost_client_options() if drop_lost_clients else ""
+    return " ".join(part for part in (operators, ours) if part)
+
+
 class LostClientsPostgresFactory(PostgresFactory):
     """PERSISTENCE_MODULE for PostgreSQL (commands.store.eventsourcing_env)."""
 
@@ -43,4 +59,5 @@ class LostClientsPostgresFactory(PostgresFactory):
         super().__init__(env)
         # The pool opens on first use, so every connection it makes starts with these; the
         # kwargs dict is the pool's own (eventsourcing sets the password in it the same way).
-        self.datastore.pool.kwargs["options"] = lost_client_options()
+        if options := env.get(SESSION_OPTIONS_KEY):
+            self.datastore.pool.kwargs["options"] = options

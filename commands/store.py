@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from commands.postgres_store import SESSION_OPTIONS_KEY, session_options
+
 # The application's name becomes the events table's prefix: `ledgerci_events`.
 APP_NAME = "ledgerci"
 
 
-def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str]:
-    """Translate `postgresql://user:pw@host:port/db` or `sqlite:///path` to eventsourcing env."""
+def eventsourcing_env(database_url: str, *, pool_size: int = 4, drop_lost_clients: bool = True) -> dict[str, str]:
+    """Translate `postgresql://user:pw@host:port/db` or `sqlite:///path` to eventsourcing env.
+    `drop_lost_clients`: commands.postgres_store.session_options."""
     parts = urlsplit(database_url)
     if parts.scheme in ("postgresql", "postgres"):
         env = {
@@ -30,6 +33,7 @@ def eventsourcing_env(database_url: str, *, pool_size: int = 4) -> dict[str, str
             "POSTGRES_PRE_PING": "n",
             # Writers wait for the table lock rather than fail at once under contention.
             "POSTGRES_LOCK_TIMEOUT": "10",
+            SESSION_OPTIONS_KEY: session_options(database_url, drop_lost_clients=drop_lost_clients),
         }
     elif parts.scheme == "sqlite":
         path = sqlite_path(database_url)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import psycopg
 
 from commands.app import LedgerApp
-from commands.postgres_store import lost_client_options
+from commands.postgres_store import session_options
 from commands.runs import Timing
 from commands.schema import create_event_store
 from commands.secrets import SecretBook
@@ -33,7 +33,8 @@ EVENTS_CHANNEL = "ledgerci_events"  # eventsourcing NOTIFYs the events table's n
 
 def open_ledger(settings: Settings) -> LedgerApp:
     return LedgerApp(
-        env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size),
+        env=eventsourcing_env(settings.database_url, pool_size=settings.db_pool_size,
+                              drop_lost_clients=settings.db_drop_lost_clients),
         timing=Timing(settings.lease_seconds, settings.queue_timeout_seconds),
         audit_key=settings.audit_key.encode(),
     )
@@ -72,7 +73,9 @@ async def store(settings: Settings, *, migrate_schema: bool | None = None) -> As
     # On SQLite the read models write to the event store's file: they take its writer lock.
     shared_lock = None if is_postgres(settings.database_url) else writer_lock(sqlite_path(settings.database_url))
     db = await asyncio.to_thread(open_database, settings.database_url, pool_size=settings.db_pool_size,
-                                 writer_lock=shared_lock, session_options=lost_client_options())
+                                 writer_lock=shared_lock,
+                                 session_options=session_options(settings.database_url,
+                                                                 drop_lost_clients=settings.db_drop_lost_clients))
     try:
         if settings.auto_migrate if migrate_schema is None else migrate_schema:
             await asyncio.to_thread(migrate, settings, ledger, db)

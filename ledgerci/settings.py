@@ -94,6 +94,10 @@ class Settings:
     times LEDGERCI_IDLE_CHECK_SECONDS and 6 s, since a leader pings every third of it between steps."""
     db_pool_size: int
     """LEDGERCI_DB_POOL_SIZE: database connections per process."""
+    db_drop_lost_clients: bool
+    """LEDGERCI_DB_DROP_LOST_CLIENTS: sessions start with TCP keepalive settings, so PostgreSQL
+    ends a lost service's session (and frees its locks) within about 8 s
+    (commands/postgres_store.py); `false` behind a pooler that refuses libpq's `options`."""
     default_max_concurrent_jobs: int
     """LEDGERCI_DEFAULT_MAX_CONCURRENT_JOBS: a new tenant's concurrent-job quota."""
     default_max_queued_runs: int
@@ -156,6 +160,7 @@ class Settings:
             idle_check_seconds=float(_env("LEDGERCI_IDLE_CHECK_SECONDS", "2")),
             leader_session_seconds=float(_env("LEDGERCI_LEADER_SESSION_SECONDS", "30")),
             db_pool_size=int(_env("LEDGERCI_DB_POOL_SIZE", "4")),
+            db_drop_lost_clients=_env("LEDGERCI_DB_DROP_LOST_CLIENTS", "true").lower() not in ("false", "0", "no"),
             default_max_concurrent_jobs=int(_env("LEDGERCI_DEFAULT_MAX_CONCURRENT_JOBS", "10")),
             default_max_queued_runs=int(_env("LEDGERCI_DEFAULT_MAX_QUEUED_RUNS", "100")),
             default_pushes_per_minute=int(_env("LEDGERCI_DEFAULT_PUSHES_PER_MINUTE", "60")),

@@ -48,7 +48,9 @@ class _PgCursor:
 
     @property
     def rowcount(self) -> int:
-        return self._cursor.rowcount
+        # Never known here: in pipeline mode psycopg's count is -1 until results are fetched,
+        # and may then be an earlier statement's (one cursor serves the whole transaction).
+        return -1
 
 
 class PostgresDatabase:

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.integration
 HOLDER = ("SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
           "WHERE c.relname = 'ledgerci_events' AND l.mode = 'ExclusiveLock' AND l.granted")
 SETTINGS = ("SELECT name, setting FROM pg_settings WHERE name IN "
-            "('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout') "
+            "('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout', "
+            "'work_mem') "
             "ORDER BY name")
 
 
@@ -80,15 +81,25 @@ def test_a_writer_cut_off_halfway_through_an_append_holds_the_events_table_for_s
             writer.wait()
 
 
+async def settings_of_both_pools(settings: Settings) -> tuple[list, list]:
+    async with store(settings) as (ledger, db):
+        read_models = db.query(SETTINGS)
+        with ledger.store.recorder.datastore.get_connection() as conn:
+            event_store = [(row["name"], row["setting"]) for row in conn.execute(SETTINGS).fetchall()]
+    return [tuple(row) for row in read_models], event_store
+
+
 async def test_every_service_connection_to_postgresql_ends_a_lost_client_within_seconds(postgres_url: str) -> None:
     """Both pools a service opens (the event store's and the read models') start their sessions
-    with the settings; a read-model transaction (pipeline mode too) holds locks as well."""
-    settings = replace(Settings.from_env(), database_url=postgres_url, auto_migrate=True)
-    async with store(settings) as (ledger, db):
-        rows = db.query(SETTINGS)
-        with ledger.store.recorder.datastore.get_connection() as conn:
-            in_the_store = conn.execute(SETTINGS).fetchall()
+    with the settings, after the options the URL asks for; a read-model transaction (pipeline
+    mode too) holds locks as well. LEDGERCI_DB_DROP_LOST_CLIENTS=false leaves them out."""
+    assert "?" not in postgres_url
+    settings = replace(Settings.from_env(), database_url=f"{postgres_url}?options=-c%20work_mem%3D5MB",
+                       auto_migrate=True)
     expected = [("tcp_keepalives_count", "3"), ("tcp_keepalives_idle", "5"), ("tcp_keepalives_interval", "1"),
-                ("tcp_user_timeout", "8000")]
-    assert rows == expected
-    assert [(row["name"], row["setting"]) for row in in_the_store] == expected
+                ("tcp_user_timeout", "8000"), ("work_mem", "5120")]
+    assert await settings_of_both_pools(settings) == (expected, expected)
+
+    read_models, event_store = await settings_of_both_pools(replace(settings, db_drop_lost_clients=False))
+    assert read_models == event_store
+    assert dict(read_models)["tcp_user_timeout"] == "0" and dict(read_models)["work_mem"] == "5120"
