@@ -175,7 +175,7 @@ class RunsProjection:
         )
         ref = cursor.execute("SELECT ref FROM lci_runs WHERE id = ?", (run_id,)).fetchone()
         self._record_state(cursor, run_id, RunState.PENDING, event.timestamp,
-                     status_context(event.workflow_name, tag_of(ref[0] if ref else None)))
+                           status_context(event.workflow_name, tag_of(ref[0] if ref else None)))
 
     @handle.register
     def _(self, event: Run.SchedulesDeclared, cursor: Cursor, position: int) -> None:

@@ -43,17 +43,15 @@ async def projector_service(settings: Settings, stop: asyncio.Event, ledger: Led
     webhooks = WebhookSender(WebhookOutbox(db), Subscriptions(ledger, book), outbound, ledger.clock,
                              settings.public_url, retry_seconds=settings.webhook_retry_seconds)
     status_wake, webhook_wake = asyncio.Event(), asyncio.Event()
+    sender_wakes = {Outbox.STATUSES: status_wake, Outbox.WEBHOOKS: webhook_wake}
 
     async def step() -> int:
         applied = await asyncio.to_thread(projection.catch_up,
                                           lambda position: ledger.store.events_after(position, PROJECTION_BATCH))
         # A sender is woken only when its outbox got rows: most batches give a webhook none,
         # and on SQLite most give a status none. A retry's time comes with the backstop timer.
-        filled = projection.take_filled_outboxes()
-        if Outbox.STATUSES in filled:
-            status_wake.set()
-        if Outbox.WEBHOOKS in filled:
-            webhook_wake.set()
+        for outbox in projection.take_filled_outboxes():
+            sender_wakes[outbox].set()
         return applied
 
     # The log archiver shares the process, and with it the events read (commands.recent_events).
